@@ -1,0 +1,146 @@
+"""Devices, seeds, determinism, mixed precision and distributed (DDP) set-up.
+
+Everything here is homework-agnostic: a homework asks for a device and a seed and gets the
+same behaviour on a laptop CPU, an Apple GPU, one CUDA card or several under ``torchrun``.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import random
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+
+def pick_device(preference: str = "auto") -> torch.device:
+    """Return the device to train on: ``cuda`` if present, then ``mps``, then ``cpu``.
+
+    Args:
+        preference: ``"auto"`` for that order, or an explicit torch device string
+            (``"cpu"``, ``"cuda:1"``, ``"mps"``). An explicit device that is not available
+            raises ``RuntimeError`` instead of silently falling back.
+    """
+    if preference == "auto":
+        if torch.cuda.is_available():
+            local_rank = int(os.environ.get("LOCAL_RANK", 0))
+            return torch.device("cuda", local_rank % torch.cuda.device_count())
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    device = torch.device(preference)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(f"--device {preference}: CUDA is not available on this machine")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise RuntimeError(f"--device {preference}: MPS is not available on this machine")
+    return device
+
+
+def seed_everything(seed: int, deterministic: bool = False) -> None:
+    """Seed Python, NumPy and PyTorch (all devices); optionally force deterministic kernels.
+
+    ``deterministic=True`` makes cuDNN pick deterministic algorithms and asks PyTorch to
+    warn about ops that have none, so two runs with the same seed give the same weights.
+    """
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.backends.cudnn.deterministic = True
+        torch.backends.cudnn.benchmark = False
+        torch.use_deterministic_algorithms(True, warn_only=True)
+
+
+def rng_state() -> dict:
+    """Capture every random generator a training run draws from (for exact resume)."""
+    state = {
+        "python": random.getstate(),
+        "numpy": np.random.get_state(),
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    """Restore what :func:`rng_state` captured."""
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """Map ``--precision`` to the autocast dtype, or ``None`` for full fp32.
+
+    ``auto`` means bf16 on a CUDA card that supports it, fp16 on older cards, fp32 on CPU
+    and MPS (mixed precision on the CPU is slower than fp32 for these small models).
+    """
+    if precision == "32":
+        return None
+    if precision == "auto":
+        if device.type != "cuda":
+            return None
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if precision in ("bf16", "16"):
+        return torch.bfloat16 if precision == "bf16" else torch.float16
+    raise ValueError(f"--precision {precision!r}: expected one of auto, 32, bf16, 16")
+
+
+def autocast(device: torch.device, dtype: torch.dtype | None):
+    """An autocast context for ``dtype``, or a no-op context when ``dtype`` is ``None``."""
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    """Where this process stands in a (possibly single-process) run."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def init_distributed(device: torch.device) -> DistInfo:
+    """Join the process group when launched by ``torchrun``; a no-op otherwise.
+
+    ``torchrun`` sets ``RANK``, ``WORLD_SIZE`` and ``LOCAL_RANK``. The backend is ``nccl``
+    on CUDA and ``gloo`` everywhere else, so ``torchrun --nproc_per_node 2`` works on a CPU.
+    """
+    world_size = int(os.environ.get("WORLD_SIZE", 1))
+    if world_size <= 1:
+        return DistInfo()
+    info = DistInfo(int(os.environ["RANK"]), world_size, int(os.environ.get("LOCAL_RANK", 0)))
+    if not dist.is_initialized():
+        backend = "nccl" if device.type == "cuda" else "gloo"
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+        dist.init_process_group(backend=backend)
+    return info
+
+
+def dist_info() -> DistInfo:
+    """The current process's rank and world size (``DistInfo()`` when not distributed)."""
+    if dist.is_available() and dist.is_initialized():
+        return DistInfo(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", 0)))
+    return DistInfo()
+
+
+def is_main_process() -> bool:
+    """True on rank 0, and always in a single-process run: only it writes files and logs."""
+    return dist_info().is_main

@@ -1,0 +1,166 @@
+"""Figures every homework saves: training curves, image grids, confusion matrices, masks.
+
+All functions write a PNG and return its path; they never open a window (the Agg backend is
+selected here, before pyplot is imported), so they work on servers and in CI.
+"""
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+
+def _save(fig, path: str | os.PathLike) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return path
+
+
+def to_image_array(image) -> np.ndarray:
+    """A torch tensor (C,H,W) or array (H,W[,C]) as a float array (H,W[,C]) for ``imshow``."""
+    if hasattr(image, "detach"):
+        image = image.detach().cpu().float().numpy()
+    image = np.asarray(image)
+    if image.ndim == 3 and image.shape[0] in (1, 3) and image.shape[-1] not in (1, 3):
+        image = np.moveaxis(image, 0, -1)
+    if image.ndim == 3 and image.shape[-1] == 1:
+        image = image[..., 0]
+    if image.dtype == np.uint8:
+        return image.astype(np.float32) / 255.0
+    return np.clip(image, 0.0, 1.0) if image.ndim == 3 else image
+
+
+def plot_history(history: pd.DataFrame | str | os.PathLike, path: str | os.PathLike,
+                 title: str | None = None) -> Path:
+    """Curves of every metric in ``history`` (a ``history.csv`` or its DataFrame) per epoch.
+
+    ``train_x`` and ``val_x`` share one panel; each other column gets its own. Columns
+    ``epoch``, ``time`` and ``lr*`` are plotted as the x axis, skipped, and a log-scale panel.
+    """
+    df = pd.read_csv(history) if not isinstance(history, pd.DataFrame) else history
+    x = df["epoch"] if "epoch" in df else np.arange(1, len(df) + 1)
+    groups: dict[str, list[str]] = {}
+    for col in df.columns:
+        if col in ("epoch", "time", "step"):
+            continue
+        key = col.split("_", 1)[1] if col.startswith(("train_", "val_")) else col
+        groups.setdefault(key, []).append(col)
+    n = max(len(groups), 1)
+    ncols = min(n, 3)
+    nrows = (n + ncols - 1) // ncols
+    fig, axes = plt.subplots(nrows, ncols, figsize=(4.5 * ncols, 3.2 * nrows), squeeze=False)
+    for ax, (key, cols) in zip(axes.flat, groups.items()):
+        for col in cols:
+            ax.plot(x, df[col], marker="o", markersize=3, label=col)
+        if key.startswith("lr"):
+            ax.set_yscale("log")
+        ax.set_title(key)
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    for ax in list(axes.flat)[len(groups):]:
+        ax.axis("off")
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def image_grid(images: Sequence, path: str | os.PathLike, titles: Sequence[str] | None = None,
+               ncols: int = 8, cmap: str | None = None, title: str | None = None,
+               cell_size: float = 1.8) -> Path:
+    """Show ``images`` (tensors C×H×W in [0, 1], or arrays) in a grid with optional titles."""
+    images = list(images)
+    n = len(images)
+    ncols = max(1, min(ncols, n))
+    nrows = max(1, (n + ncols - 1) // ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(cell_size * ncols, cell_size * nrows + 0.3), squeeze=False)
+    for i, ax in enumerate(axes.flat):
+        ax.axis("off")
+        if i >= n:
+            continue
+        img = to_image_array(images[i])
+        ax.imshow(img, cmap=cmap or ("gray" if img.ndim == 2 else None))
+        if titles is not None:
+            ax.set_title(str(titles[i]), fontsize=8)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def confusion_matrix_plot(cm: np.ndarray, class_names: Sequence[str], path: str | os.PathLike,
+                          normalize: bool = True, title: str = "confusion matrix") -> Path:
+    """A confusion matrix (rows: true class, columns: predicted) with counts or row shares."""
+    cm = np.asarray(cm, dtype=float)
+    shown = cm / np.maximum(cm.sum(axis=1, keepdims=True), 1) if normalize else cm
+    k = len(class_names)
+    size = max(4.0, 0.45 * k + 2)
+    fig, ax = plt.subplots(figsize=(size, size))
+    im = ax.imshow(shown, cmap="Blues", vmin=0, vmax=1 if normalize else None)
+    ax.set_xticks(range(k), class_names, rotation=90, fontsize=8)
+    ax.set_yticks(range(k), class_names, fontsize=8)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(title)
+    if k <= 20:
+        for i in range(k):
+            for j in range(k):
+                value = f"{shown[i, j]:.2f}" if normalize else f"{int(cm[i, j])}"
+                ax.text(j, i, value, ha="center", va="center", fontsize=7,
+                        color="white" if shown[i, j] > 0.5 * shown.max() else "black")
+    fig.colorbar(im, ax=ax, fraction=0.046)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def mask_overlays(images: Sequence, truths: Sequence, preds: Sequence, path: str | os.PathLike,
+                  titles: Sequence[str] | None = None) -> Path:
+    """One row per example: image, true mask, predicted mask, and both outlines on the image
+    (green: truth, red: prediction)."""
+    n = len(images)
+    fig, axes = plt.subplots(n, 4, figsize=(8, 2.1 * n), squeeze=False)
+    for i in range(n):
+        img = to_image_array(images[i])
+        truth = to_image_array(truths[i]) > 0.5
+        pred = to_image_array(preds[i]) > 0.5
+        panels = [(img, None, "image"), (truth, "gray", "truth"), (pred, "gray", "prediction")]
+        for ax, (data, cmap, name) in zip(axes[i], panels):
+            ax.imshow(data, cmap=cmap)
+            ax.set_title(name if titles is None else f"{titles[i]}: {name}", fontsize=8)
+        axes[i, 3].imshow(img)
+        axes[i, 3].contour(truth, levels=[0.5], colors="lime", linewidths=1)
+        axes[i, 3].contour(pred, levels=[0.5], colors="red", linewidths=1)
+        axes[i, 3].set_title("outlines", fontsize=8)
+        for ax in axes[i]:
+            ax.axis("off")
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def bar_compare(labels: Sequence[str], series: dict[str, Sequence[float]], path: str | os.PathLike,
+                title: str = "", ylabel: str = "", ylim: tuple[float, float] | None = None) -> Path:
+    """Grouped bars: one group per label, one bar per series (e.g. predicted vs real frequency)."""
+    x = np.arange(len(labels))
+    width = 0.8 / max(len(series), 1)
+    fig, ax = plt.subplots(figsize=(max(5, 0.7 * len(labels) + 2), 3.5))
+    for i, (name, values) in enumerate(series.items()):
+        ax.bar(x + (i - (len(series) - 1) / 2) * width, values, width, label=name)
+    ax.set_xticks(x, [str(label) for label in labels])
+    ax.set_title(title)
+    ax.set_ylabel(ylabel)
+    if ylim:
+        ax.set_ylim(*ylim)
+    ax.legend()
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    return _save(fig, path)
