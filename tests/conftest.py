@@ -1,0 +1,61 @@
+"""Shared test fixtures.
+
+Tests that need the real data subsets are marked ``realdata`` and take the ``dls_data``
+fixture; without ``$DLS_DATA`` they are skipped with the reason. With
+``DLS_REQUIRE_REALDATA=1`` (set by ``.ci/run``) the session fails if no ``realdata`` test
+passed, so a CI run cannot go green while silently skipping every real-data check.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import matplotlib
+import pytest
+
+matplotlib.use("Agg")
+
+_realdata_passed = 0
+
+
+def _dls_data() -> Path | None:
+    env = os.environ.get("DLS_DATA")
+    return Path(env) if env else None
+
+
+@pytest.fixture(scope="session")
+def dls_data() -> Path:
+    """The root of the real data subsets (``$DLS_DATA``); skips the test when unset."""
+    root = _dls_data()
+    if root is None:
+        pytest.skip("DLS_DATA is not set (point it at the real data subsets)")
+    if not root.is_dir():
+        pytest.fail(f"DLS_DATA={root}: folder does not exist")
+    return root
+
+
+def real_dataset(dls_data: Path, name: str) -> Path:
+    """``$DLS_DATA/<name>``, failing (not skipping) when DLS_DATA is set but the subset is missing."""
+    path = dls_data / name
+    if not path.is_dir():
+        pytest.fail(f"DLS_DATA={dls_data} has no '{name}' folder")
+    return path
+
+
+@pytest.fixture
+def runs_root(tmp_path, monkeypatch) -> Path:
+    """Send every run folder of the test to a temporary directory."""
+    monkeypatch.setenv("DLS_RUNS", str(tmp_path / "runs"))
+    return tmp_path / "runs"
+
+
+def pytest_runtest_logreport(report):
+    global _realdata_passed
+    if report.when == "call" and report.passed and "realdata" in report.keywords:
+        _realdata_passed += 1
+
+
+def pytest_sessionfinish(session, exitstatus):
+    if os.environ.get("DLS_REQUIRE_REALDATA") == "1" and exitstatus == 0 and _realdata_passed == 0:
+        print("\nDLS_REQUIRE_REALDATA=1 but no test marked 'realdata' passed: failing the run")
+        session.exitstatus = 1
