@@ -1,0 +1,50 @@
+"""Train a small regression model; run under torchrun for DDP, or plainly for one process.
+
+Usage: python ddp_train_script.py RUN_DIR BATCH_SIZE_PER_PROCESS
+The homework-side code has no DDP in it: the Trainer adds the sampler and the wrapper.
+"""
+import sys
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from core.trainer import Task, Trainer
+
+
+class Regress(Task):
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.model = nn.Sequential(nn.Linear(5, 16), nn.Tanh(), nn.Linear(16, 1))
+
+    def training_step(self, batch):
+        x, y = batch
+        return F.mse_loss(self.model(x).squeeze(1), y)
+
+    def validation_step(self, batch):
+        x, y = batch
+        return {"loss": F.mse_loss(self.model(x).squeeze(1), y, reduction="none")}
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.05, momentum=0.9)
+
+
+def make_task() -> Regress:
+    return Regress()
+
+
+def dataset(n: int, seed: int) -> TensorDataset:
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, 5, generator=g)
+    return TensorDataset(x, torch.sin(x @ torch.linspace(-1, 1, 5)) + 0.05 * torch.randn(n, generator=g))
+
+
+if __name__ == "__main__":
+    run_dir, batch_size = sys.argv[1], int(sys.argv[2])
+    train = DataLoader(dataset(64, 0), batch_size=batch_size, shuffle=False)
+    val = DataLoader(dataset(32, 1), batch_size=batch_size)
+    trainer = Trainer(max_epochs=3, run_dir=run_dir, monitor="val_loss", mode="min", device="cpu",
+                      seed=1, deterministic=True, progress=False)
+    trainer.fit(make_task(), train, val)

@@ -1,0 +1,328 @@
+"""The Trainer: resume, accumulation, early stopping, schedulers, manual optimisation, DDP."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from core.callbacks import EarlyStopping
+from core.trainer import Task, Trainer, load_checkpoint
+
+HERE = Path(__file__).parent
+
+
+def small_cnn(dropout: float = 0.2) -> nn.Module:
+    return nn.Sequential(
+        nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Flatten(), nn.Dropout(dropout), nn.Linear(4 * 4 * 4, 3),
+    )
+
+
+class Classify(Task):
+    def __init__(self, model: nn.Module, lr: float = 0.05, optimizer: str = "sgd", scheduler: str | None = None):
+        super().__init__()
+        self.model, self.lr, self.optimizer_name, self.scheduler_name = model, lr, optimizer, scheduler
+
+    def training_step(self, batch):
+        x, y = batch
+        return F.cross_entropy(self.model(x), y)
+
+    def validation_step(self, batch):
+        x, y = batch
+        logits = self.model(x)
+        return {"loss": F.cross_entropy(logits, y), "acc": (logits.argmax(1) == y).float()}
+
+    def configure_optimizers(self):
+        if self.optimizer_name == "adam":
+            opt = torch.optim.Adam(self.parameters(), lr=self.lr)
+        else:
+            opt = torch.optim.SGD(self.parameters(), lr=self.lr, momentum=0.9)
+        if self.scheduler_name == "step":
+            return {"optimizer": opt, "scheduler": torch.optim.lr_scheduler.StepLR(opt, 1, gamma=0.5)}
+        if self.scheduler_name == "onecycle":
+            sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=self.lr, total_steps=100)
+            return {"optimizer": opt, "scheduler": sched, "interval": "step"}
+        return opt
+
+
+def image_data(n: int = 96, seed: int = 0) -> TensorDataset:
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, 1, 8, 8, generator=g)
+    y = (x[:, 0, :4].mean((1, 2)) > 0).long() + (x[:, 0, 4:].mean((1, 2)) > 0.3).long()
+    return TensorDataset(x, y)
+
+
+def loaders(batch_size: int = 16):
+    train = DataLoader(image_data(96, 0), batch_size=batch_size, shuffle=True)
+    val = DataLoader(image_data(48, 1), batch_size=32)
+    return train, val
+
+
+def make_task(**kwargs) -> Classify:
+    torch.manual_seed(123)
+    return Classify(small_cnn(), **kwargs)
+
+
+def history_without_time(path: Path) -> pd.DataFrame:
+    return pd.read_csv(path).drop(columns=["time"])
+
+
+@pytest.mark.parametrize("optimizer,scheduler", [("sgd", "step"), ("adam", "onecycle")])
+def test_resume_matches_uninterrupted_run(tmp_path, optimizer, scheduler):
+    """4 epochs straight == 2 epochs, stop, resume for 2 more: same weights, same history.
+
+    Shuffling and dropout draw from the global RNG, and momentum/Adam moments and the
+    scheduler carry state, so this only holds if the checkpoint restores all of them.
+    """
+    common = dict(monitor="val_acc", mode="max", seed=7, deterministic=True, device="cpu", progress=False)
+
+    straight = make_task(optimizer=optimizer, scheduler=scheduler)
+    Trainer(max_epochs=4, run_dir=tmp_path / "straight", **common).fit(straight, *loaders())
+
+    first = make_task(optimizer=optimizer, scheduler=scheduler)
+    Trainer(max_epochs=2, run_dir=tmp_path / "split", **common).fit(first, *loaders())
+    resumed = make_task(optimizer=optimizer, scheduler=scheduler)
+    trainer = Trainer(max_epochs=4, run_dir=tmp_path / "split", **common)
+    trainer.fit(resumed, *loaders(), resume=tmp_path / "split" / "last.pt")
+
+    assert trainer.epoch == 4
+    for (name, a), (_, b) in zip(straight.state_dict().items(), resumed.state_dict().items()):
+        assert torch.equal(a, b), f"weights differ after resume: {name}"
+    h_straight = history_without_time(tmp_path / "straight" / "history.csv")
+    h_resumed = history_without_time(tmp_path / "split" / "history.csv")
+    assert len(h_straight) == 4
+    pd.testing.assert_frame_equal(h_straight, h_resumed)
+    # the run must actually have learned something for the comparison to mean anything
+    assert h_straight["train_loss"].iloc[-1] < h_straight["train_loss"].iloc[0]
+
+
+class Regress(Task):
+    """Linear regression with SGD: no batch-norm, so the batch split must not matter."""
+
+    def __init__(self, lr=0.1):
+        super().__init__()
+        torch.manual_seed(0)
+        self.model = nn.Sequential(nn.Linear(5, 8), nn.Tanh(), nn.Linear(8, 1))
+        self.lr = lr
+
+    def training_step(self, batch):
+        x, y = batch
+        return F.mse_loss(self.model(x).squeeze(1), y)
+
+    def validation_step(self, batch):
+        x, y = batch
+        return {"loss": F.mse_loss(self.model(x).squeeze(1), y)}
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=self.lr)
+
+
+def regression_data(n: int) -> TensorDataset:
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(n, 5, generator=g)
+    return TensorDataset(x, x @ torch.arange(1.0, 6.0) + 0.1 * torch.randn(n, generator=g))
+
+
+def fit_regression(dataset, batch_size, accumulate, epochs=1) -> Regress:
+    task = Regress()
+    Trainer(max_epochs=epochs, monitor=None, accumulate=accumulate, device="cpu", progress=False,
+            log_every_epoch=False).fit(task, DataLoader(dataset, batch_size=batch_size))
+    return task
+
+
+def test_gradient_accumulation_equals_large_batch():
+    """k=4 batches of b=8 accumulated == one batch of 32, for two optimiser steps."""
+    data = regression_data(64)
+    accumulated = fit_regression(data, batch_size=8, accumulate=4)
+    large = fit_regression(data, batch_size=32, accumulate=1)
+    untouched = Regress()
+    for a, b, c in zip(accumulated.parameters(), large.parameters(), untouched.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+        assert not torch.allclose(a, c)  # a step was taken
+
+
+def test_gradient_accumulation_uneven_last_group():
+    """5 batches with accumulate=3: groups of 3 and 2 batches, each averaged over its own size,
+    so it equals batches of 24 then 16 samples."""
+    data = regression_data(40)
+    accumulated = fit_regression(data, batch_size=8, accumulate=3)
+    manual = Regress()
+    opt = manual.configure_optimizers()
+    for lo, hi in [(0, 24), (24, 40)]:
+        x, y = data.tensors[0][lo:hi], data.tensors[1][lo:hi]
+        manual.training_step((x, y)).backward()
+        opt.step()
+        opt.zero_grad()
+    for a, b in zip(accumulated.parameters(), manual.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+class Scripted(Task):
+    """A task whose validation metric follows a fixed script, epoch by epoch."""
+
+    def __init__(self, script):
+        super().__init__()
+        self.model = nn.Linear(1, 1)
+        self.script, self.calls = list(script), 0
+
+    def training_step(self, batch):
+        return self.model(batch[0]).pow(2).mean()
+
+    def validation_step(self, batch):
+        value = self.script[self.calls]
+        self.calls += 1
+        return {"loss": torch.tensor(value)}
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.0)
+
+
+@pytest.mark.parametrize("script,patience,min_delta,stop_epoch", [
+    ([1.0, 0.8, 0.9, 0.85, 0.7, 0.6], 2, 0.0, 4),       # best at 2, no gain in 3 and 4
+    ([1.0, 0.9, 0.8, 0.7, 0.6, 0.5], 2, 0.0, 6),        # always improving: runs all epochs
+    ([1.0, 0.96, 0.95, 0.5, 0.4, 0.3], 2, 0.06, 3),      # gains below min_delta do not count
+    ([1.0, 1.0, 0.5, 0.5, 0.5, 0.5, 0.1], 3, 0.0, 6),   # equal is not better; 3 epochs without gain -> epoch 6
+])
+def test_early_stopping_epoch(script, patience, min_delta, stop_epoch):
+    loader = DataLoader(TensorDataset(torch.ones(4, 1)), batch_size=4)
+    stopper = EarlyStopping("val_loss", "min", patience=patience, min_delta=min_delta)
+    trainer = Trainer(max_epochs=len(script), monitor=None, callbacks=[stopper], device="cpu",
+                      progress=False, log_every_epoch=False)
+    history = trainer.fit(Scripted(script), loader, loader)
+    assert trainer.epoch == stop_epoch
+    assert [row["val_loss"] for row in history] == pytest.approx(script[:stop_epoch])
+
+
+def test_best_checkpoint_tracks_monitor(tmp_path):
+    loader = DataLoader(TensorDataset(torch.ones(4, 1)), batch_size=4)
+    trainer = Trainer(max_epochs=5, run_dir=tmp_path, monitor="val_loss", mode="min", device="cpu",
+                      progress=False, log_every_epoch=False)
+    trainer.fit(Scripted([0.9, 0.5, 0.7, 0.4, 0.6]), loader, loader)
+    best = load_checkpoint(tmp_path / "best.pt")
+    last = load_checkpoint(tmp_path / "last.pt")
+    assert best["epoch"] == 4 and best["best_score"] == pytest.approx(0.4)
+    assert last["epoch"] == 5
+    assert trainer.best_score == pytest.approx(0.4)
+
+
+def test_step_scheduler_advances_per_optimizer_step():
+    task = make_task(optimizer="adam", scheduler="onecycle")
+    train, _ = loaders(batch_size=16)  # 6 batches per epoch
+    trainer = Trainer(max_epochs=2, monitor=None, device="cpu", progress=False, log_every_epoch=False)
+    trainer.fit(task, train)
+    assert trainer.global_step == 12
+    assert trainer.schedulers[0]["scheduler"].last_epoch == 12
+
+
+def test_limit_batches_counts_steps():
+    task = make_task()
+    train, val = loaders(batch_size=16)
+    trainer = Trainer(max_epochs=3, monitor=None, limit_batches=2, device="cpu", progress=False,
+                      log_every_epoch=False)
+    trainer.fit(task, train, val)
+    assert trainer.global_step == 6
+
+
+class TwoPlayers(Task):
+    """A GAN-shaped task: two models, two optimisers, its own update order."""
+
+    automatic_optimization = False
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.generator = nn.Linear(2, 2)
+        self.discriminator = nn.Linear(2, 1)
+
+    def training_step(self, batch):
+        (real,) = batch
+        opt_d, opt_g = self.optimizers()
+        fake = self.generator(torch.randn_like(real))
+        d_loss = (F.binary_cross_entropy_with_logits(self.discriminator(real), torch.ones(len(real), 1))
+                  + F.binary_cross_entropy_with_logits(self.discriminator(fake.detach()), torch.zeros(len(real), 1)))
+        self.manual_step(opt_d, d_loss)
+        g_loss = F.binary_cross_entropy_with_logits(self.discriminator(fake), torch.ones(len(real), 1))
+        self.manual_step(opt_g, g_loss)
+        return {"loss_d": d_loss.detach(), "loss_g": g_loss.detach()}
+
+    def validation_step(self, batch):
+        return {"d_real": torch.sigmoid(self.discriminator(batch[0])).squeeze(1)}
+
+    def configure_optimizers(self):
+        return [torch.optim.Adam(self.discriminator.parameters(), lr=1e-2),
+                torch.optim.Adam(self.generator.parameters(), lr=1e-2)]
+
+
+def test_manual_optimisation_two_optimisers(tmp_path):
+    data = TensorDataset(torch.randn(64, 2) + 3.0)
+    task = TwoPlayers()
+    before = {k: v.clone() for k, v in task.state_dict().items()}
+    trainer = Trainer(max_epochs=2, run_dir=tmp_path, monitor=None, device="cpu", progress=False,
+                      log_every_epoch=False)
+    history = trainer.fit(task, DataLoader(data, batch_size=16), DataLoader(data, batch_size=32))
+    assert trainer.global_step == 8  # 4 batches x 2 epochs, counted on the first optimiser
+    assert {"train_loss_d", "train_loss_g", "val_d_real", "lr", "lr1"} <= set(history[-1])
+    for key, value in task.state_dict().items():
+        assert not torch.equal(value, before[key]), f"{key} was not updated"
+    checkpoint = load_checkpoint(tmp_path / "last.pt")
+    assert len(checkpoint["optimizers"]) == 2
+    assert set(checkpoint["task"]) == set(before)
+
+
+def test_non_finite_loss_raises():
+    class Exploding(Regress):
+        def training_step(self, batch):
+            return torch.tensor(float("nan"), requires_grad=True)
+
+    with pytest.raises(FloatingPointError, match="loss is nan at epoch 1, batch 0"):
+        Trainer(max_epochs=1, monitor=None, device="cpu", progress=False).fit(
+            Exploding(), DataLoader(regression_data(8), batch_size=4))
+
+
+def test_missing_monitor_metric_is_named():
+    task = make_task()
+    train, val = loaders()
+    trainer = Trainer(max_epochs=1, monitor="val_iou", patience=2, device="cpu", progress=False)
+    with pytest.raises(KeyError, match="'val_iou' not in this epoch's metrics"):
+        trainer.fit(task, train, val)
+
+
+@pytest.mark.slow
+def test_ddp_two_processes_match_single_process(tmp_path):
+    """torchrun --nproc_per_node 2 (gloo on CPU), 8 samples per process == 16 in one process."""
+    script = HERE / "ddp_train_script.py"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           str(script), str(tmp_path / "ddp"), "8"]
+    result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    single = subprocess.run([sys.executable, str(script), str(tmp_path / "single"), "16"], env=env,
+                            capture_output=True, text=True, timeout=300)
+    assert single.returncode == 0, single.stdout[-3000:] + single.stderr[-3000:]
+
+    ddp_ckpt = load_checkpoint(tmp_path / "ddp" / "last.pt")
+    single_ckpt = load_checkpoint(tmp_path / "single" / "last.pt")
+    assert set(ddp_ckpt["task"]) == set(single_ckpt["task"])  # no "module." prefixes from DDP
+    for key in single_ckpt["task"]:
+        torch.testing.assert_close(ddp_ckpt["task"][key], single_ckpt["task"][key], rtol=1e-4, atol=1e-5)
+    # losses are averaged over both processes, so the logged history matches too
+    ddp_hist, single_hist = ddp_ckpt["history"], single_ckpt["history"]
+    assert [r["train_loss"] for r in ddp_hist] == pytest.approx([r["train_loss"] for r in single_hist], rel=1e-4)
+    assert ddp_hist[-1]["train_loss"] < ddp_hist[0]["train_loss"]
+    # only rank 0 wrote files, and the checkpoint loads into a fresh task
+    assert sorted(p.name for p in (tmp_path / "ddp").iterdir()) == ["best.pt", "history.csv", "last.pt"]
+    sys.path.insert(0, str(HERE))
+    try:
+        from ddp_train_script import make_task as make_ddp_task
+    finally:
+        sys.path.remove(str(HERE))
+    task = make_ddp_task()
+    load_checkpoint(tmp_path / "ddp" / "best.pt", task)
