@@ -177,7 +177,8 @@ class RunDir:
         """Write the final metrics as flat ``{"name": number}`` JSON (``metrics.json``)."""
         flat = {}
         for key, value in metrics.items():
-            value = _json_default(value) if not isinstance(value, (int, float)) else value
+            if hasattr(value, "item") and getattr(value, "ndim", 0) == 0:  # NumPy / torch scalars
+                value = value.item()
             if not isinstance(value, (int, float)) or isinstance(value, bool):
                 raise TypeError(f"metrics.json: {key!r} is {value!r}, expected a number")
             flat[key] = None if isinstance(value, float) and math.isnan(value) else value

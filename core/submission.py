@@ -73,7 +73,7 @@ def validate_submission(
         ids = df[id_column]
         duplicated = ids[ids.duplicated()]
         if len(duplicated):
-            raise SubmissionError(f"{name}: id {duplicated.iloc[0]!r} appears more than once "
+            raise SubmissionError(f"{name}: id {_show(duplicated.iloc[0])} appears more than once "
                                   f"({len(duplicated)} duplicate id(s))")
         if expected_ids is not None:
             expected = pd.Index(expected_ids)
@@ -82,9 +82,9 @@ def validate_submission(
             unknown_ids = present.difference(expected)
             if len(missing_ids):
                 raise SubmissionError(f"{name}: {len(missing_ids)} expected id(s) missing, "
-                                      f"e.g. {missing_ids[0]!r}")
+                                      f"e.g. {_show(missing_ids[0])}")
             if len(unknown_ids):
-                raise SubmissionError(f"{name}: {len(unknown_ids)} unknown id(s), e.g. {unknown_ids[0]!r}")
+                raise SubmissionError(f"{name}: {len(unknown_ids)} unknown id(s), e.g. {_show(unknown_ids[0])}")
 
     value_columns = [c for c in columns if c != id_column]
     for col in value_columns:
@@ -92,15 +92,20 @@ def validate_submission(
         if allowed_values is not None:
             bad = values[~values.isin(list(allowed_values))]
             if len(bad):
-                raise SubmissionError(f"{name}: column '{col}' row {bad.index[0]} has {bad.iloc[0]!r}, "
+                raise SubmissionError(f"{name}: column '{col}' row {bad.index[0]} has {_show(bad.iloc[0])}, "
                                       f"not one of the {len(allowed_values)} allowed values")
         if value_range is not None:
             numeric = pd.to_numeric(values, errors="coerce")
             low, high = value_range
             bad = values[numeric.isna() | (numeric < low) | (numeric > high)]
             if len(bad):
-                raise SubmissionError(f"{name}: column '{col}' row {bad.index[0]} has {bad.iloc[0]!r}, "
+                raise SubmissionError(f"{name}: column '{col}' row {bad.index[0]} has {_show(bad.iloc[0])}, "
                                       f"outside [{low}, {high}]")
+
+
+def _show(value) -> str:
+    """``repr`` of a cell, with NumPy scalars shown as plain Python values."""
+    return repr(value.item() if hasattr(value, "item") else value)
 
 
 def write_submission(df: pd.DataFrame, path: str | os.PathLike, **checks) -> Path:
