@@ -326,3 +326,37 @@ def test_ddp_two_processes_match_single_process(tmp_path):
         sys.path.remove(str(HERE))
     task = make_ddp_task()
     load_checkpoint(tmp_path / "ddp" / "best.pt", task)
+
+
+class MeanOf(Task):
+    """Validation reports the target as a per-batch mean and as per-sample values."""
+
+    def __init__(self):
+        super().__init__()
+        self.model = nn.Linear(1, 1)
+
+    def training_step(self, batch):
+        return self.model(batch[0]).pow(2).mean()
+
+    def validation_step(self, batch):
+        x, y = batch
+        return {"batch_mean": y.mean(), "per_sample": y, "as_float": float(y.mean())}
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.0)
+
+
+def test_validation_metrics_are_sample_weighted():
+    """Batches of 4, 4 and 2: batch means are weighted by size, so all three equal the mean of y."""
+    y = torch.arange(10.0) ** 2
+    loader = DataLoader(TensorDataset(torch.ones(10, 1), y), batch_size=4)
+    history = Trainer(max_epochs=1, monitor=None, device="cpu", progress=False,
+                      log_every_epoch=False).fit(MeanOf(), loader, loader)
+    expected = float(y.mean())  # 28.5; the unweighted mean of batch means would be 33.33
+    for key in ("val_batch_mean", "val_per_sample", "val_as_float"):
+        assert history[0][key] == pytest.approx(expected)
+
+
+def test_progress_bar_is_quiet_in_ci(monkeypatch):
+    monkeypatch.setenv("CI", "true")
+    assert Trainer(device="cpu").progress is False
