@@ -1,0 +1,64 @@
+"""The segmentation task for :class:`core.trainer.Trainer`, prediction and scoring helpers."""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from core.metrics import dice_score, iou_pytorch, iou_score
+from core.trainer import Task
+
+
+def score_logits(logits: torch.Tensor, masks: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Per-image ``iou`` (plain IoU), ``dice`` and ``score`` (the course's thresholded
+    ``iou_pytorch``) of logits thresholded at 0 (probability 0.5) against binary masks."""
+    truth = masks > 0.5
+    return {"iou": iou_score(logits, masks), "dice": dice_score(logits, masks),
+            "score": iou_pytorch(logits > 0, truth)}
+
+
+class SegmentationTask(Task):
+    """Binary segmentation: ``loss_fn(logits, masks)``; AdamW with a one-cycle LR schedule
+    (warm-up then cosine decay, stepped per batch) over ``total_steps`` optimiser steps."""
+
+    def __init__(self, model: nn.Module, loss_fn: nn.Module, lr: float = 1e-3, weight_decay: float = 1e-4,
+                 total_steps: int | None = None):
+        super().__init__()
+        self.model, self.loss_fn = model, loss_fn
+        self.lr, self.weight_decay, self.total_steps = lr, weight_decay, total_steps
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.model(images)
+
+    def training_step(self, batch):
+        images, masks = batch
+        return self.loss_fn(self.model(images), masks)
+
+    def validation_step(self, batch) -> dict:
+        images, masks = batch
+        logits = self.model(images)
+        return {"loss": self.loss_fn(logits.float(), masks), **score_logits(logits.float(), masks)}
+
+    def configure_optimizers(self):
+        optimizer = torch.optim.AdamW(self.model.parameters(), lr=self.lr, weight_decay=self.weight_decay)
+        if not self.total_steps:
+            return optimizer
+        scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=self.lr, total_steps=self.total_steps,
+                                                        pct_start=0.15)
+        return {"optimizer": optimizer, "scheduler": scheduler, "interval": "step"}
+
+
+def optimizer_steps(n_batches: int, epochs: int, limit_batches: int | None = None, accumulate: int = 1) -> int:
+    """How many optimiser steps a Trainer run takes (for the LR schedule's length)."""
+    per_epoch = min(n_batches, limit_batches) if limit_batches else n_batches
+    return max(1, epochs * math.ceil(per_epoch / accumulate))
+
+
+@torch.no_grad()
+def predict(model: nn.Module, images: torch.Tensor, batch_size: int = 16,
+            device: torch.device | str = "cpu") -> torch.Tensor:
+    """Logits (N, 1, H, W) of ``model`` in eval mode for images (N, 3, H, W), on the CPU."""
+    model.eval()
+    outputs = [model(images[i:i + batch_size].to(device)).float().cpu() for i in range(0, len(images), batch_size)]
+    return torch.cat(outputs)

@@ -1,0 +1,141 @@
+"""Train SegNet, UNet or UNet2 on PH2 skin lesions (or the built-in lesion-like images).
+
+    python -m hw_segment.train                              # UNet, dice+bce, built-in data, CPU minutes
+    python -m hw_segment.train --model segnet --loss focal --data-dir PATH/TO/PH2
+
+Sizes, epochs, batch size, width and learning rate default to a recipe for the data in use
+(printed at the start); any of them given on the command line wins. The run folder gets
+history.csv, best.pt/last.pt, metrics.json (val and test IoU, Dice, the course's
+iou_pytorch score) and plots (curves, image/truth/prediction overlays).
+"""
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+from torch.utils.data import DataLoader
+
+from core import cli
+from core.data import DataError, resolve_data_root
+from core.plots import mask_overlays, plot_history
+from core.trainer import Trainer, load_checkpoint
+
+from .data import SegmentationData, SegmentationDataset, load_ph2, make_lesions, split_indices
+from .models import MODEL_NAMES, build_model, check_input_size, count_parameters
+from .task import SegmentationTask, optimizer_steps, predict, score_logits
+
+DEFAULT_LOSS = "dice+bce"
+# recipe defaults: built-in data is sized to train on a CPU in a couple of minutes; PH2 follows
+# the course (256 px, batch 25) with a model wide enough for the real images
+RECIPES = {
+    "built-in": dict(size=64, epochs=12, batch_size=16, lr=3e-3, width=16),
+    "ph2": dict(size=256, epochs=60, batch_size=25, lr=3e-3, width=16),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from core.losses import LOSS_NAMES
+
+    parser = cli.make_parser("hw_segment.train", __doc__.split("\n")[0])
+    cli.add_data_args(parser)
+    cli.add_training_args(parser, epochs=None, batch_size=None, lr=None)
+    group = parser.add_argument_group("segmentation")
+    group.add_argument("--model", choices=MODEL_NAMES, default="unet", help="network")
+    group.add_argument("--loss", default=DEFAULT_LOSS,
+                       help=f"one of {', '.join(LOSS_NAMES)}, or a weighted sum such as 0.5*dice+bce")
+    group.add_argument("--size", type=int, default=None, help="image side in pixels, a multiple of 16 "
+                       "(default: 64 built-in, 256 PH2)")
+    group.add_argument("--width", type=int, default=None, help="channels of the first block (default: recipe)")
+    group.add_argument("--n-images", type=int, default=400, help="number of built-in images")
+    group.add_argument("--no-augment", action="store_true", help="no flips/rotations/colour jitter")
+    group.add_argument("--split-seed", type=int, default=0, help="seed of the train/val/test split")
+    return parser
+
+
+def apply_recipe(args: argparse.Namespace, builtin: bool) -> dict:
+    """Fill the options left at None from the recipe for this data; return the recipe used."""
+    recipe = RECIPES["built-in" if builtin else "ph2"]
+    for key, value in recipe.items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    check_input_size(args.size, args.size)
+    return {key: getattr(args, key) for key in recipe}
+
+
+def load_data(args: argparse.Namespace, builtin: bool, root) -> SegmentationData:
+    if builtin:
+        return make_lesions(args.n_images, args.size, seed=args.split_seed)
+    return load_ph2(root, args.size)
+
+
+def make_loaders(data: SegmentationData, args) -> tuple[DataLoader, DataLoader, SegmentationData, SegmentationData]:
+    train_ix, val_ix, test_ix = split_indices(len(data), args.split_seed)
+    train, val, test = data.subset(train_ix), data.subset(val_ix), data.subset(test_ix)
+    print(f"split: {len(train)} train / {len(val)} val / {len(test)} test (split seed {args.split_seed})")
+    train_loader = DataLoader(SegmentationDataset(train, train=not args.no_augment), batch_size=args.batch_size,
+                              shuffle=True, num_workers=args.num_workers, drop_last=len(train) > args.batch_size)
+    val_loader = DataLoader(SegmentationDataset(val), batch_size=args.batch_size, num_workers=args.num_workers)
+    return train_loader, val_loader, val, test
+
+
+def evaluate_split(model, split: SegmentationData, device) -> dict[str, torch.Tensor]:
+    """Per-case iou/dice/score of ``model`` on a whole split."""
+    return score_logits(predict(model, split.images, device=device), split.masks)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    from core.losses import get_loss
+
+    args = cli.parse_args(build_parser(), argv)
+    try:
+        loss_fn = get_loss(args.loss)
+    except (ValueError, KeyError) as exc:
+        raise SystemExit(f"error: --loss {args.loss}: {exc}") from None
+    try:
+        source = resolve_data_root("ph2", args.data_dir, builtin="built-in procedural lesion images")
+        recipe = apply_recipe(args, source.builtin)
+        print("recipe: " + "  ".join(f"{k}={v}" for k, v in recipe.items()) + f"  model={args.model}  loss={args.loss}")
+        data = load_data(args, source.builtin, source.root)
+    except (DataError, ValueError) as exc:
+        raise SystemExit(f"error: {exc}") from None
+    print(f"data: {data.description}")
+    train_loader, val_loader, val, test = make_loaders(data, args)
+
+    torch.manual_seed(args.seed)
+    model = build_model(args.model, args.width)
+    print(f"model: {args.model}, width {args.width}, {count_parameters(model):,} parameters")
+    steps = optimizer_steps(len(train_loader), args.epochs, args.limit_batches, args.accumulate)
+    task = SegmentationTask(model, loss_fn, lr=args.lr, total_steps=steps)
+    run = cli.RunDir.create("hw_segment", args)
+    trainer = Trainer.from_args(args, run_dir=run.path, monitor="val_iou", mode="max")
+    start = time.perf_counter()
+    history = trainer.fit(task, train_loader, val_loader, resume=args.resume)
+    train_time = time.perf_counter() - start
+
+    load_checkpoint(run / "best.pt", task)
+    metrics = {"epochs": len(history), "best_epoch": max(history, key=lambda r: r["val_iou"])["epoch"],
+               "train_seconds": round(train_time, 1),
+               "seconds_per_epoch": round(sum(r["time"] for r in history) / len(history), 2),
+               "parameters": count_parameters(model)}
+    for name, split in (("val", val), ("test", test)):
+        scores = evaluate_split(task.model, split, trainer.device)
+        metrics.update({f"{name}_{k}": round(v.mean().item(), 4) for k, v in scores.items()})
+    run.save_metrics(metrics)
+    write_plots(run, task.model, test, trainer.device, title=f"{args.model} / {args.loss}")
+    run.summary(metrics)
+    return metrics
+
+
+def write_plots(run: cli.RunDir, model, split: SegmentationData, device, title: str, n: int = 6) -> None:
+    """Training curves and image / truth / prediction overlays for the first ``n`` cases of ``split``."""
+    plot_history(run / "history.csv", run.plots / "history.png", title=title)
+    n = min(n, len(split))
+    logits = predict(model, split.images[:n], device=device)
+    ious = score_logits(logits, split.masks[:n])["iou"]
+    titles = [f"{name} IoU {iou:.2f}" for name, iou in zip(split.names[:n], ious.tolist())]
+    mask_overlays(split.images[:n], split.masks[:n], (logits > 0).float(), run.plots / "predictions.png", titles)
+
+
+if __name__ == "__main__":
+    main()
