@@ -167,8 +167,11 @@ class RunDir:
         return f"RunDir({str(self.path)!r})"
 
     def save_json(self, name: str, data: dict) -> Path:
-        """Write ``data`` as indented JSON (paths and NumPy scalars become plain values)."""
+        """Write ``data`` as indented JSON (paths and NumPy scalars become plain values).
+        Under DDP only rank 0 writes."""
         target = self.path / name
+        if not is_main_process():
+            return target
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_text(json.dumps(data, indent=2, default=_json_default) + "\n")
         return target

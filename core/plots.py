@@ -1,7 +1,8 @@
 """Figures every homework saves: training curves, image grids, confusion matrices, masks.
 
 All functions write a PNG and return its path; they never open a window (the Agg backend is
-selected here, before pyplot is imported), so they work on servers and in CI.
+selected here, before pyplot is imported), so they work on servers and in CI. Under DDP only
+rank 0 writes, so a homework can call them unconditionally.
 """
 from __future__ import annotations
 
@@ -16,11 +17,15 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from .device import is_main_process  # noqa: E402
+
 
 def _save(fig, path: str | os.PathLike) -> Path:
+    """Write ``fig`` as PNG and close it. Under DDP only rank 0 writes; the others just close."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110, bbox_inches="tight")
+    if is_main_process():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
     return path
 
