@@ -25,6 +25,7 @@ from torch import nn
 
 DOWNSAMPLING = 16  # four halvings
 MODEL_NAMES = ("segnet", "unet", "unet2")
+SMP_UNET = "smp-unet"  # segmentation_models_pytorch's Unet(resnet18), a reference point, not a course model
 
 
 def nearest_valid_sizes(size: int, multiple: int = DOWNSAMPLING) -> tuple[int, int]:
@@ -168,7 +169,13 @@ class UNet2(_UNetBase):
 
 
 def build_model(name: str, width: int = 32, in_channels: int = 3) -> nn.Module:
-    """``"segnet"``, ``"unet"`` or ``"unet2"`` with the given base width."""
+    """``"segnet"``, ``"unet"`` or ``"unet2"`` with the given base width, or ``"smp-unet"``:
+    segmentation_models_pytorch's ``Unet(encoder_name="resnet18", encoder_weights=None)``
+    (randomly initialised; ``width`` is ignored)."""
+    if name == SMP_UNET:
+        import segmentation_models_pytorch as smp
+
+        return smp.Unet(encoder_name="resnet18", encoder_weights=None, in_channels=in_channels, classes=1)
     models = {"segnet": SegNet, "unet": UNet, "unet2": UNet2}
     if name not in models:
         raise ValueError(f"unknown model {name!r}; choose one of {', '.join(MODEL_NAMES)}")

@@ -22,16 +22,22 @@ from core.plots import mask_overlays, plot_history
 from core.trainer import Trainer, load_checkpoint
 
 from .data import SegmentationData, SegmentationDataset, load_ph2, make_lesions, split_indices
-from .models import MODEL_NAMES, build_model, check_input_size, count_parameters
+from .models import MODEL_NAMES, SMP_UNET, build_model, check_input_size, count_parameters
 from .task import SegmentationTask, optimizer_steps, predict, score_logits
 
 DEFAULT_LOSS = "dice+bce"
 # recipe defaults: built-in data is sized to train on a CPU in a couple of minutes; PH2 follows
-# the course (256 px, batch 25) with a model wide enough for the real images
+# the course (256 px, batch 25), but with fewer than 100 training images the batch shrinks so
+# that an epoch still has 4 optimiser steps (see recipe_batch_size)
 RECIPES = {
     "built-in": dict(size=64, epochs=12, batch_size=16, lr=3e-3, width=16),
-    "ph2": dict(size=256, epochs=60, batch_size=25, lr=3e-3, width=16),
+    "ph2": dict(size=256, epochs=40, batch_size=25, lr=1e-3, width=16),
 }
+
+
+def recipe_batch_size(n_train: int, course_batch: int = 25, min_steps: int = 4) -> int:
+    """The course's batch of 25, made smaller for small training sets (20 images -> 5)."""
+    return max(2, min(course_batch, n_train // min_steps))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -41,7 +47,8 @@ def build_parser() -> argparse.ArgumentParser:
     cli.add_data_args(parser)
     cli.add_training_args(parser, epochs=None, batch_size=None, lr=None)
     group = parser.add_argument_group("segmentation")
-    group.add_argument("--model", choices=MODEL_NAMES, default="unet", help="network")
+    group.add_argument("--model", choices=MODEL_NAMES + (SMP_UNET,), default="unet",
+                       help=f"network; {SMP_UNET} is segmentation_models_pytorch's Unet(resnet18), for comparison")
     group.add_argument("--loss", default=DEFAULT_LOSS,
                        help=f"one of {', '.join(LOSS_NAMES)}, or a weighted sum such as 0.5*dice+bce")
     group.add_argument("--size", type=int, default=None, help="image side in pixels, a multiple of 16 "
@@ -53,13 +60,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def apply_recipe(args: argparse.Namespace, builtin: bool) -> dict:
+def apply_recipe(args: argparse.Namespace, builtin: bool, n_train: int) -> dict:
     """Fill the options left at None from the recipe for this data; return the recipe used."""
-    recipe = RECIPES["built-in" if builtin else "ph2"]
+    recipe = dict(RECIPES["built-in" if builtin else "ph2"])
+    if not builtin:
+        recipe["batch_size"] = recipe_batch_size(n_train, recipe["batch_size"])
     for key, value in recipe.items():
         if getattr(args, key) is None:
             setattr(args, key, value)
-    check_input_size(args.size, args.size)
     return {key: getattr(args, key) for key in recipe}
 
 
@@ -69,9 +77,13 @@ def load_data(args: argparse.Namespace, builtin: bool, root) -> SegmentationData
     return load_ph2(root, args.size)
 
 
+def split_data(data: SegmentationData, split_seed: int) -> tuple[SegmentationData, ...]:
+    """Train, val and test subsets (see :func:`hw_segment.data.split_indices`)."""
+    return tuple(data.subset(ix) for ix in split_indices(len(data), split_seed))
+
+
 def make_loaders(data: SegmentationData, args) -> tuple[DataLoader, DataLoader, SegmentationData, SegmentationData]:
-    train_ix, val_ix, test_ix = split_indices(len(data), args.split_seed)
-    train, val, test = data.subset(train_ix), data.subset(val_ix), data.subset(test_ix)
+    train, val, test = split_data(data, args.split_seed)
     print(f"split: {len(train)} train / {len(val)} val / {len(test)} test (split seed {args.split_seed})")
     train_loader = DataLoader(SegmentationDataset(train, train=not args.no_augment), batch_size=args.batch_size,
                               shuffle=True, num_workers=args.num_workers, drop_last=len(train) > args.batch_size)
@@ -94,9 +106,12 @@ def main(argv: list[str] | None = None) -> dict:
         raise SystemExit(f"error: --loss {args.loss}: {exc}") from None
     try:
         source = resolve_data_root("ph2", args.data_dir, builtin="built-in procedural lesion images")
-        recipe = apply_recipe(args, source.builtin)
-        print("recipe: " + "  ".join(f"{k}={v}" for k, v in recipe.items()) + f"  model={args.model}  loss={args.loss}")
+        if args.size is None:
+            args.size = RECIPES["built-in" if source.builtin else "ph2"]["size"]
+        check_input_size(args.size, args.size)
         data = load_data(args, source.builtin, source.root)
+        recipe = apply_recipe(args, source.builtin, len(split_indices(len(data), args.split_seed)[0]))
+        print("recipe: " + "  ".join(f"{k}={v}" for k, v in recipe.items()) + f"  model={args.model}  loss={args.loss}")
     except (DataError, ValueError) as exc:
         raise SystemExit(f"error: {exc}") from None
     print(f"data: {data.description}")
@@ -121,6 +136,7 @@ def main(argv: list[str] | None = None) -> dict:
     for name, split in (("val", val), ("test", test)):
         scores = evaluate_split(task.model, split, trainer.device)
         metrics.update({f"{name}_{k}": round(v.mean().item(), 4) for k, v in scores.items()})
+        metrics[f"{name}_iou_std"] = round(scores["iou"].std().item(), 4) if len(split) > 1 else 0.0
     run.save_metrics(metrics)
     write_plots(run, task.model, test, trainer.device, title=f"{args.model} / {args.loss}")
     run.summary(metrics)

@@ -1,0 +1,81 @@
+"""Score a trained run on every case of a data set (no split), e.g. a model trained on the
+built-in images scored on real PH2, or a PH2 model on another PH2 copy.
+
+    python -m hw_segment.evaluate --run runs/hw_segment/<name> --data-dir PATH/TO/PH2
+
+The run's ``args.json`` says which model, width and image size to rebuild; ``best.pt`` holds
+the weights. Writes ``metrics.json`` (mean IoU, Dice and course score over the cases) and
+``per_case.csv`` into ``--run-dir`` (default: ``<run>/eval-<data folder name>``).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+from core import cli
+from core.data import DataError, resolve_data_root
+from core.device import pick_device
+from core.plots import mask_overlays
+from core.trainer import load_checkpoint
+
+from .data import load_ph2, make_lesions
+from .models import build_model
+from .task import predict, score_logits
+
+
+def load_trained_model(run: str | Path) -> tuple[torch.nn.Module, dict]:
+    """The model of a training run (``args.json`` + ``best.pt``) in eval mode, and its arguments."""
+    run = Path(run)
+    args_path = run / "args.json"
+    if not args_path.is_file():
+        raise DataError(f"{run}: no args.json (is this a hw_segment.train run folder?)")
+    args = json.loads(args_path.read_text())
+    model = build_model(args["model"], args["width"])
+    checkpoint = load_checkpoint(run / "best.pt")
+    state = {k.removeprefix("model."): v for k, v in checkpoint["task"].items() if k.startswith("model.")}
+    model.load_state_dict(state)
+    return model.eval(), args
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = cli.make_parser("hw_segment.evaluate", "Score a trained segmentation run on every case of a data set.")
+    parser.add_argument("--run", required=True, help="run folder written by hw_segment.train")
+    parser.add_argument("--data-dir", default=None, help="PH2 root; default $DLS_DATA/ph2, else built-in images")
+    parser.add_argument("--n-images", type=int, default=100, help="number of built-in images when no data is found")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, mps")
+    cli.add_run_args(parser)
+    args = cli.parse_args(parser, argv)
+    try:
+        model, train_args = load_trained_model(args.run)
+        size = train_args["size"]
+        source = resolve_data_root("ph2", args.data_dir, builtin="built-in procedural lesion images")
+        data = make_lesions(args.n_images, size, seed=12345) if source.builtin else load_ph2(source.root, size)
+    except (DataError, FileNotFoundError, RuntimeError) as exc:
+        raise SystemExit(f"error: {exc}") from None
+    print(f"model: {train_args['model']} (width {train_args['width']}) from {args.run}; data: {data.description}")
+    if args.run_dir is None:
+        args.run_dir = str(Path(args.run) / f"eval-{source.root.name if source.root else 'builtin'}")
+    run = cli.RunDir.create("hw_segment", args)
+
+    device = pick_device(args.device)
+    logits = predict(model.to(device), data.images, device=device)
+    scores = score_logits(logits, data.masks)
+    table = pd.DataFrame({"case": data.names, **{k: v.numpy() for k, v in scores.items()},
+                          "foreground": data.masks.mean((1, 2, 3)).numpy()})
+    table.to_csv(run / "per_case.csv", index=False, float_format="%.4f")
+    metrics = {"cases": len(data), **{k: round(v.mean().item(), 4) for k, v in scores.items()},
+               "iou_std": round(scores["iou"].std().item(), 4) if len(data) > 1 else 0.0}
+    run.save_metrics(metrics)
+    worst = table["iou"].argsort().values[:4].tolist()
+    mask_overlays(data.images[worst], data.masks[worst], (logits[worst] > 0).float(), run.plots / "worst_cases.png",
+                  [f"{data.names[i]} IoU {scores['iou'][i]:.2f}" for i in worst])
+    run.summary(metrics)
+    return metrics
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,235 @@
+"""hw_segment: metrics on known masks, model shapes and learning, PH2 loading and bad input,
+and the train / evaluate commands end to end."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from core.data import DataError
+from core.metrics import dice_score, iou_pytorch, iou_score
+from hw_segment.data import find_ph2_cases, load_ph2, make_lesions, split_indices
+from hw_segment.models import MODEL_NAMES, build_model, count_parameters, nearest_valid_sizes
+
+
+def _square(size: int, top: int, left: int, side: int) -> torch.Tensor:
+    mask = torch.zeros(size, size, dtype=torch.bool)
+    mask[top:top + side, left:left + side] = True
+    return mask
+
+
+# -- metrics on hand-computed masks ---------------------------------------------------------
+def test_course_iou_score_on_known_masks():
+    truth = _square(10, 0, 0, 5)                      # 25 pixels
+    preds = [
+        _square(10, 0, 0, 5),                         # identical: IoU 1 -> score 1.0
+        _square(10, 0, 1, 5),                         # overlap 20, union 30: IoU 2/3 -> ceil(3.33)/10 = 0.4
+        _square(10, 0, 0, 4),                         # 16 inside 25: IoU 0.64 -> ceil(2.8)/10 = 0.3
+        _square(10, 5, 5, 5),                         # disjoint: IoU 0 -> 0
+        torch.zeros(10, 10, dtype=torch.bool),        # empty prediction: 0
+    ]
+    outputs = torch.stack(preds)[:, None]
+    labels = truth.expand(len(preds), 10, 10)[:, None]
+    score = iou_pytorch(outputs, labels)
+    assert score.tolist() == pytest.approx([1.0, 0.4, 0.3, 0.0, 0.0])
+    plain = iou_score(outputs.float(), labels.float(), threshold=0.5)
+    assert plain.tolist() == pytest.approx([1.0, 20 / 30, 16 / 25, 0.0, 0.0], abs=1e-6)
+    dice = dice_score(outputs.float(), labels.float(), threshold=0.5)
+    assert dice.tolist() == pytest.approx([1.0, 40 / 50, 32 / 41, 0.0, 0.0], abs=1e-6)
+
+
+def test_iou_score_thresholds_logits_at_zero():
+    logits = torch.tensor([[[[3.0, -1.0], [0.5, -4.0]]]])    # positive where > 0: two pixels
+    truth = torch.tensor([[[[1.0, 1.0], [0.0, 0.0]]]])
+    assert iou_score(logits, truth).item() == pytest.approx(1 / 3)   # 1 shared, union 3
+    assert dice_score(logits, truth).item() == pytest.approx(2 / 4)
+
+
+# -- models ------------------------------------------------------------------------------------
+@pytest.mark.parametrize("name", MODEL_NAMES)
+def test_models_keep_resolution_and_have_plausible_sizes(name):
+    model = build_model(name, width=8).eval()
+    with torch.no_grad():
+        assert model(torch.rand(1, 3, 256, 256)).shape == (1, 1, 256, 256)
+        assert model(torch.rand(2, 3, 48, 80)).shape == (2, 1, 48, 80)
+    # the course's width 64: UNet ~ 34.5M (Ronneberger's is 31M), SegNet a third of it
+    full = count_parameters(build_model(name, width=64))
+    expected = {"segnet": 15.46e6, "unet": 34.52e6, "unet2": 34.17e6}[name]
+    assert full == pytest.approx(expected, rel=0.01)
+
+
+@pytest.mark.parametrize("name", MODEL_NAMES)
+def test_sizes_not_divisible_by_16_raise_a_clear_error(name):
+    model = build_model(name, width=4)
+    with pytest.raises(ValueError, match=r"height 100 is not a multiple of 16.*96 or 112"):
+        model(torch.rand(1, 3, 100, 96))
+    assert nearest_valid_sizes(100) == (96, 112)
+    assert nearest_valid_sizes(8) == (16, 16)
+
+
+@pytest.mark.parametrize("name", MODEL_NAMES)
+def test_each_model_overfits_four_images(name):
+    from core.losses import get_loss
+
+    torch.manual_seed(0)
+    data = make_lesions(4, 32, seed=1)
+    model = build_model(name, width=8)
+    loss_fn = get_loss("bce")
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    losses = []
+    for _ in range(40):
+        loss = loss_fn(model(data.images), data.masks)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert losses[-1] < losses[0] / 5, f"{name}: loss {losses[0]:.3f} -> {losses[-1]:.3f}"
+
+
+# -- data ------------------------------------------------------------------------------------
+def test_split_is_100_50_50_for_ph2_and_proportional_otherwise():
+    train, val, test = split_indices(200, seed=3)
+    assert (len(train), len(val), len(test)) == (100, 50, 50)
+    assert sorted(np.concatenate([train, val, test]).tolist()) == list(range(200))
+    assert [len(s) for s in split_indices(40, seed=3)] == [20, 10, 10]
+    assert np.array_equal(split_indices(40, seed=3)[0], split_indices(40, seed=3)[0])
+
+
+def test_builtin_lesions_are_plausible():
+    data = make_lesions(50, 64, seed=0)
+    assert data.images.shape == (50, 3, 64, 64) and data.masks.shape == (50, 1, 64, 64)
+    assert set(data.masks.unique().tolist()) == {0.0, 1.0}
+    fraction = data.masks.mean((1, 2, 3))
+    assert 0.02 < fraction.min() and fraction.max() < 0.7
+    inside = (data.images * data.masks).sum() / data.masks.sum() / 3
+    outside = (data.images * (1 - data.masks)).sum() / (1 - data.masks).sum() / 3
+    assert inside < outside - 0.1   # lesions are darker than skin
+    assert torch.equal(make_lesions(3, 32, seed=5).images, make_lesions(3, 32, seed=5).images)
+
+
+def _fake_ph2(root, cases=("IMD001", "IMD002", "IMD003", "IMD004"), size=(40, 30), mask_size=None):
+    images_dir = root / "PH2Dataset" / "PH2 Dataset images"
+    for i, name in enumerate(cases):
+        (images_dir / name / f"{name}_Dermoscopic_Image").mkdir(parents=True)
+        (images_dir / name / f"{name}_lesion").mkdir(parents=True)
+        rgb = np.full((size[1], size[0], 3), 200, np.uint8)
+        rgb[10:20, 10:30] = 60
+        Image.fromarray(rgb).save(images_dir / name / f"{name}_Dermoscopic_Image" / f"{name}.bmp")
+        w, h = mask_size or size
+        mask = np.zeros((h, w), bool)
+        mask[10:20, 10:30] = True
+        img = Image.fromarray(mask) if i % 2 else Image.fromarray(mask.astype(np.uint8) * 255).convert("RGB")
+        img.save(images_dir / name / f"{name}_lesion" / f"{name}_lesion.bmp")
+    return images_dir
+
+
+def test_fake_ph2_tree_loads_from_any_of_its_roots(tmp_path):
+    images_dir = _fake_ph2(tmp_path)
+    for root in (tmp_path, tmp_path / "PH2Dataset", images_dir):
+        assert [c.name for c in find_ph2_cases(root)] == ["IMD001", "IMD002", "IMD003", "IMD004"]
+    data = load_ph2(tmp_path, size=16)
+    assert data.images.shape == (4, 3, 16, 16)
+    # 1-bit and 24-bit masks give the same mask: 10x20 of 30x40 pixels = 1/6
+    assert data.masks.mean((1, 2, 3)).tolist() == pytest.approx([1 / 6] * 4, abs=0.03)
+    assert torch.equal(data.masks[0], data.masks[1])
+
+
+def test_case_without_mask_is_named(tmp_path):
+    images_dir = _fake_ph2(tmp_path)
+    (images_dir / "IMD003" / "IMD003_lesion" / "IMD003_lesion.bmp").unlink()
+    with pytest.raises(DataError, match="IMD003: lesion mask not found"):
+        find_ph2_cases(tmp_path)
+
+
+def test_mask_of_another_size_is_named(tmp_path):
+    _fake_ph2(tmp_path, cases=("IMD007",), mask_size=(20, 30))
+    with pytest.raises(DataError, match=r"IMD007: mask is 20x30 but the image is 40x30"):
+        load_ph2(tmp_path, size=16)
+
+
+def test_unreadable_image_is_named(tmp_path):
+    images_dir = _fake_ph2(tmp_path)
+    (images_dir / "IMD002" / "IMD002_Dermoscopic_Image" / "IMD002.bmp").write_bytes(b"not a bitmap")
+    with pytest.raises(DataError, match=r"PH2 case IMD002: .*IMD002.bmp: cannot read image"):
+        load_ph2(tmp_path, size=16)
+
+
+def test_folder_without_cases_is_an_error(tmp_path):
+    with pytest.raises(DataError, match="no PH2 cases found"):
+        find_ph2_cases(tmp_path)
+
+
+# -- real data -------------------------------------------------------------------------------
+@pytest.mark.realdata
+def test_real_ph2_subset_loads_every_case(dls_data):
+    from conftest import real_dataset
+
+    data = load_ph2(real_dataset(dls_data, "ph2"), size=64)
+    assert len(data) == 40 and data.images.shape == (40, 3, 64, 64) and data.masks.shape == (40, 1, 64, 64)
+    assert set(data.masks.unique().tolist()) == {0.0, 1.0}
+    fraction = data.masks.mean((1, 2, 3))
+    assert 0.2 < fraction.mean() < 0.5            # PH2 lesions fill about a third of the frame
+    assert fraction.min() > 0.02 and fraction.max() < 0.95
+    assert fraction[data.names.index("IMD002")] > 0.1   # the 24-bit mask is read, not all black
+    assert 0.3 < data.images.mean() < 0.8
+
+
+@pytest.mark.realdata
+def test_short_unet_run_on_real_ph2_beats_trivial_predictions(dls_data, tmp_path):
+    from conftest import real_dataset
+    from hw_segment.train import main
+
+    root = real_dataset(dls_data, "ph2")
+    metrics = main(["--data-dir", str(root), "--size", "64", "--epochs", "12", "--batch-size", "5",
+                    "--run-dir", str(tmp_path / "run")])
+    # all-background scores IoU 0; all-lesion scores IoU = foreground fraction
+    data = load_ph2(root, size=64)
+    _, val_ix, _ = split_indices(len(data), 0)
+    all_lesion = iou_score(torch.ones_like(data.masks[val_ix]), data.masks[val_ix], threshold=0.5).mean().item()
+    assert metrics["val_iou"] > all_lesion + 0.2, (metrics["val_iou"], all_lesion)
+    assert metrics["val_iou"] > 0.6
+
+
+# -- commands end to end ---------------------------------------------------------------------
+def test_train_and_evaluate_commands_write_their_reports(tmp_path, monkeypatch):
+    monkeypatch.delenv("DLS_DATA", raising=False)
+    from hw_segment import evaluate, train
+
+    run_dir = tmp_path / "run"
+    metrics = train.main(["--dry-run", "--size", "32", "--n-images", "24", "--width", "4",
+                          "--model", "unet2", "--loss", "dice", "--run-dir", str(run_dir)])
+    for name in ("history.csv", "best.pt", "last.pt", "metrics.json", "args.json",
+                 "plots/history.png", "plots/predictions.png"):
+        assert (run_dir / name).is_file(), name
+    saved = json.loads((run_dir / "metrics.json").read_text())
+    assert saved == metrics
+    for key in ("val_iou", "test_iou", "val_dice", "test_score", "epochs", "seconds_per_epoch"):
+        assert key in saved
+    assert 0.0 <= saved["test_iou"] <= 1.0 and saved["epochs"] == 1
+
+    fake = _fake_ph2(tmp_path / "other")
+    out = tmp_path / "eval"
+    scores = evaluate.main(["--run", str(run_dir), "--data-dir", str(tmp_path / "other"), "--run-dir", str(out)])
+    saved = json.loads((out / "metrics.json").read_text())
+    assert saved == scores and saved["cases"] == 4
+    assert 0.0 <= saved["iou"] <= 1.0 and 0.0 <= saved["score"] <= 1.0
+    rows = (out / "per_case.csv").read_text().splitlines()
+    assert rows[0].startswith("case,") and len(rows) == 5 and rows[1].startswith("IMD001,")
+    assert fake.is_dir()
+
+
+def test_unknown_loss_is_a_clear_error(tmp_path):
+    from hw_segment.train import main
+
+    with pytest.raises(SystemExit, match="--loss nope"):
+        main(["--loss", "nope", "--dry-run", "--run-dir", str(tmp_path / "run")])
+
+
+def test_size_not_divisible_by_16_stops_before_training(tmp_path):
+    from hw_segment.train import main
+
+    with pytest.raises(SystemExit, match="height 50 is not a multiple of 16"):
+        main(["--size", "50", "--dry-run", "--run-dir", str(tmp_path / "run")])
