@@ -1,0 +1,1 @@
+"""HW1: k-nearest neighbours and logistic regression on forest cover types (UCI Covertype)."""

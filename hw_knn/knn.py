@@ -183,6 +183,7 @@ class KNNClassifier:
 
     def predict(self, X) -> np.ndarray:
         """The class with the largest vote; on equal votes the smallest class."""
+        self._check_fitted()
         return self.classes_[np.argmax(self.predict_proba(X), axis=1)]
 
     def score(self, X, y) -> float:
