@@ -1,0 +1,244 @@
+"""The churn models, the cross-validation loop and the blend.
+
+Every model here has ``fit(X, y)`` on a cleaned feature table (``data.FEATURE_COLS``) and
+``predict(X)`` returning churn probabilities, so one CV loop, one blend and one saved file
+serve them all:
+
+- :class:`LogRegModel`: the course's linear model, scaled numerics + one-hot categoricals,
+  ``C`` chosen from ``C_GRID`` by ROC-AUC with an inner stratified CV (``GridSearchCV``);
+- :class:`CatBoostModel`: CatBoost on the raw columns with native categorical features;
+- :class:`BlendModel`: ``w * p_linear + (1 - w) * p_boosting``.
+
+The CV loop is written out (:func:`cross_validate`) because scikit-learn cannot ``clone`` a
+``CatBoostClassifier`` built with ``cat_features``, so ``cross_val_score`` fails on it.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+from catboost import CatBoostClassifier
+from sklearn.compose import ColumnTransformer
+from sklearn.linear_model import LogisticRegression
+from sklearn.model_selection import GridSearchCV, StratifiedKFold, train_test_split
+from sklearn.pipeline import Pipeline
+from sklearn.preprocessing import OneHotEncoder, StandardScaler
+
+from core.metrics import roc_auc
+
+from .data import CAT_COLS, ENGINEERED_CAT, ENGINEERED_NUM, NUM_COLS, add_features
+
+C_GRID = [100, 10, 1, 0.1, 0.01, 0.001]
+FEATURE_SETS = ("raw", "log", "log+spending")
+# the parameters the course's best Kaggle submission used
+CATBOOST_COURSE = dict(iterations=500, learning_rate=0.03, boosting_type="Ordered")
+# searched with early stopping on a validation fold; `iterations` is the cap
+CATBOOST_GRID = [dict(depth=depth, learning_rate=lr, l2_leaf_reg=l2)
+                 for depth in (4, 6) for lr in (0.03, 0.06) for l2 in (3, 10)]
+CATBOOST_GRID_QUICK = [dict(depth=4, learning_rate=0.08, l2_leaf_reg=3),
+                       dict(depth=6, learning_rate=0.08, l2_leaf_reg=3)]
+
+
+def linear_features(X: pd.DataFrame, features: str = "log") -> tuple[pd.DataFrame, list[str], list[str]]:
+    """The table a linear model sees, with its numeric and categorical column lists.
+
+    ``raw``: the 3 numerics and 16 categoricals. ``log``: plus ``log1p`` of ClientPeriod and
+    TotalSpent; both are strongly skewed, and churn falls with the log of tenure rather than
+    linearly, which a linear model cannot bend to on its own. ``log+spending``: plus the
+    features of :func:`data.add_features`.
+    """
+    if features not in FEATURE_SETS:
+        raise ValueError(f"features must be one of {FEATURE_SETS}, got {features!r}")
+    num, cat = list(NUM_COLS), list(CAT_COLS)
+    out = X[num + cat].copy()
+    if features in ("log", "log+spending"):
+        out["LogClientPeriod"] = np.log1p(out["ClientPeriod"].clip(lower=0))
+        out["LogTotalSpent"] = np.log1p(out["TotalSpent"].clip(lower=0))
+        num += ["LogClientPeriod", "LogTotalSpent"]
+    if features == "log+spending":
+        extra = add_features(X)
+        for column in ENGINEERED_NUM + ENGINEERED_CAT:
+            out[column] = extra[column]
+        num += ENGINEERED_NUM
+        cat += ENGINEERED_CAT
+    return out, num, cat
+
+
+def make_logreg(num_cols: list[str], cat_cols: list[str], C: float = 1.0) -> Pipeline:
+    """StandardScaler on the numerics, one-hot on the categoricals (categories unseen in
+    training become all-zero rows), then L2 logistic regression."""
+    columns = ColumnTransformer([
+        ("scale", StandardScaler(), num_cols),
+        ("onehot", OneHotEncoder(handle_unknown="ignore"), cat_cols),
+    ])
+    return Pipeline([("columns", columns),
+                     ("logreg", LogisticRegression(C=C, solver="liblinear", max_iter=1000))])
+
+
+class LogRegModel:
+    """Logistic regression with ``C`` chosen from ``Cs`` by ROC-AUC over ``inner_folds`` stratified
+    folds of the training rows it is given (so, inside a CV fold, the choice never sees that
+    fold's held-out rows), then refitted on all of them."""
+
+    def __init__(self, features: str = "log", Cs: list[float] = C_GRID, inner_folds: int = 5, seed: int = 1):
+        self.features, self.Cs, self.inner_folds, self.seed = features, list(Cs), inner_folds, seed
+
+    def fit(self, X: pd.DataFrame, y: np.ndarray) -> "LogRegModel":
+        table, num, cat = linear_features(X, self.features)
+        search = GridSearchCV(make_logreg(num, cat), {"logreg__C": self.Cs}, scoring="roc_auc",
+                              cv=StratifiedKFold(self.inner_folds, shuffle=True, random_state=self.seed))
+        search.fit(table, y)
+        self.pipeline_ = search.best_estimator_
+        self.C_ = float(search.best_params_["logreg__C"])
+        self.search_auc_ = float(search.best_score_)
+        return self
+
+    def predict(self, X: pd.DataFrame) -> np.ndarray:
+        table, _, _ = linear_features(X, self.features)
+        return self.pipeline_.predict_proba(table)[:, 1]
+
+    def describe(self) -> str:
+        return f"C={self.C_:g}"
+
+
+class CatBoostModel:
+    """``CatBoostClassifier`` on the raw columns, the 16 categoricals as native categorical
+    features (as text: IsSeniorCitizen is "0"/"1"). No files are written (``allow_writing_files``
+    off), so nothing lands in the working directory."""
+
+    def __init__(self, params: dict | None = None, seed: int = 1, threads: int = 2):
+        self.params, self.seed, self.threads = dict(params or {}), seed, threads
+
+    def classifier(self, **extra) -> CatBoostClassifier:
+        return CatBoostClassifier(**{**self.params, **extra}, cat_features=CAT_COLS, random_seed=self.seed,
+                                  thread_count=self.threads, verbose=0, allow_writing_files=False)
+
+    def fit(self, X: pd.DataFrame, y: np.ndarray) -> "CatBoostModel":
+        self.model_ = self.classifier().fit(X[NUM_COLS + CAT_COLS], y)
+        return self
+
+    def predict(self, X: pd.DataFrame) -> np.ndarray:
+        return self.model_.predict_proba(X[NUM_COLS + CAT_COLS])[:, 1]
+
+    def describe(self) -> str:
+        return ", ".join(f"{k}={v}" for k, v in self.params.items()) or "defaults"
+
+
+class BlendModel:
+    """Probability average ``weight * first + (1 - weight) * second`` of two fitted models."""
+
+    def __init__(self, first, second, weight: float):
+        self.first, self.second, self.weight = first, second, float(weight)
+
+    def fit(self, X: pd.DataFrame, y: np.ndarray) -> "BlendModel":
+        self.first.fit(X, y)
+        self.second.fit(X, y)
+        return self
+
+    def predict(self, X: pd.DataFrame) -> np.ndarray:
+        return self.weight * self.first.predict(X) + (1 - self.weight) * self.second.predict(X)
+
+    def describe(self) -> str:
+        return f"{self.weight:.1f} x logreg ({self.first.describe()}) + {1 - self.weight:.1f} x catboost"
+
+
+# -- cross-validation --------------------------------------------------------------------------
+
+def stratified_folds(y: np.ndarray, n_splits: int = 5, seed: int = 1) -> list[tuple[np.ndarray, np.ndarray]]:
+    """The (train, held-out) index pairs every model is scored on: stratified, shuffled."""
+    splitter = StratifiedKFold(n_splits=n_splits, shuffle=True, random_state=seed)
+    return list(splitter.split(np.zeros(len(y)), y))
+
+
+@dataclass
+class CVResult:
+    """One model's cross-validation: ROC-AUC per fold and the out-of-fold predictions."""
+
+    name: str
+    fold_auc: list[float]
+    oof: np.ndarray
+    details: list[str] = field(default_factory=list)  # what each fold's model chose (C, weight)
+
+    @property
+    def mean(self) -> float:
+        return float(np.mean(self.fold_auc))
+
+    @property
+    def std(self) -> float:
+        return float(np.std(self.fold_auc))
+
+
+def cross_validate(make_model: Callable[[], object], X: pd.DataFrame, y: np.ndarray, folds, name: str,
+                   log: Callable[[str], None] = print) -> CVResult:
+    """Fit a fresh ``make_model()`` on each fold's training rows and score its held-out rows."""
+    oof = np.full(len(y), np.nan)
+    aucs, details = [], []
+    for k, (train_idx, val_idx) in enumerate(folds, 1):
+        model = make_model().fit(X.iloc[train_idx], y[train_idx])
+        oof[val_idx] = model.predict(X.iloc[val_idx])
+        aucs.append(roc_auc(y[val_idx], oof[val_idx]))
+        details.append(model.describe() if hasattr(model, "describe") else "")
+        log(f"  {name} fold {k}/{len(folds)}: ROC-AUC {aucs[-1]:.4f}" + (f" ({details[-1]})" if details[-1] else ""))
+    result = CVResult(name, aucs, oof, details)
+    log(f"  {name}: CV ROC-AUC {result.mean:.4f} ± {result.std:.4f}")
+    return result
+
+
+def best_blend_weight(p_first: np.ndarray, p_second: np.ndarray, y: np.ndarray,
+                      grid: np.ndarray = np.linspace(0, 1, 11)) -> float:
+    """The weight of ``p_first`` in the probability average with the highest ROC-AUC
+    (ties go to the weight closest to 0.5)."""
+    scores = [(roc_auc(y, w * p_first + (1 - w) * p_second), -abs(w - 0.5), w) for w in grid]
+    return float(max(scores)[2])
+
+
+def cross_validate_blend(first: CVResult, second: CVResult, y: np.ndarray, folds, name: str = "blend",
+                         log: Callable[[str], None] = print) -> CVResult:
+    """CV of the blend of two models' out-of-fold predictions, without leaking: the weight
+    scored on fold k is chosen on the other folds' out-of-fold predictions only."""
+    oof = np.full(len(y), np.nan)
+    aucs, details = [], []
+    for k, (_, val_idx) in enumerate(folds, 1):
+        others = np.setdiff1d(np.arange(len(y)), val_idx)
+        weight = best_blend_weight(first.oof[others], second.oof[others], y[others])
+        oof[val_idx] = weight * first.oof[val_idx] + (1 - weight) * second.oof[val_idx]
+        aucs.append(roc_auc(y[val_idx], oof[val_idx]))
+        details.append(f"weight={weight:.1f}")
+        log(f"  {name} fold {k}/{len(folds)}: ROC-AUC {aucs[-1]:.4f} (weight of logreg {weight:.1f})")
+    result = CVResult(name, aucs, oof, details)
+    log(f"  {name}: CV ROC-AUC {result.mean:.4f} ± {result.std:.4f}")
+    return result
+
+
+# -- CatBoost search ---------------------------------------------------------------------------
+
+def search_catboost(X: pd.DataFrame, y: np.ndarray, candidates: list[dict], seed: int = 1, threads: int = 2,
+                    max_iterations: int = 2000, patience: int = 100, valid_size: float = 0.2,
+                    log: Callable[[str], None] = print) -> tuple[dict, pd.DataFrame]:
+    """Pick CatBoost parameters on one stratified validation split, with early stopping.
+
+    Each candidate trains up to ``max_iterations`` trees, stops after ``patience`` rounds
+    without a better validation AUC and is scored at its best iteration. The winner's
+    parameters come back with ``iterations`` set to that best iteration count, ready for CV
+    and for the final fit on all rows.
+
+    Returns:
+        the chosen parameters, and a table of every candidate (params, valid AUC, best iteration).
+    """
+    X = X[NUM_COLS + CAT_COLS]
+    X_fit, X_val, y_fit, y_val = train_test_split(X, y, test_size=valid_size, stratify=y, random_state=seed)
+    rows = []
+    for k, params in enumerate(candidates, 1):
+        model = CatBoostModel(params, seed, threads).classifier(
+            iterations=max_iterations, eval_metric="AUC", early_stopping_rounds=patience, use_best_model=True)
+        model.fit(X_fit, y_fit, eval_set=(X_val, y_val))
+        auc = roc_auc(y_val, model.predict_proba(X_val)[:, 1])
+        rows.append({**params, "valid_auc": auc, "best_iteration": model.get_best_iteration() + 1})
+        log(f"  catboost search {k}/{len(candidates)}: {params} -> valid ROC-AUC {auc:.4f} "
+            f"at {rows[-1]['best_iteration']} trees")
+    table = pd.DataFrame(rows)
+    best = table.iloc[int(table["valid_auc"].to_numpy().argmax())]
+    chosen = {**candidates[int(best.name)], "iterations": int(best["best_iteration"])}
+    return chosen, table

@@ -1,0 +1,73 @@
+"""Write the Kaggle submission of a trained churn run: ``Id,Churn`` with one probability per test row.
+
+    python -m hw_churn.submit --run runs/hw_churn/<name>            # RUN/submission.csv
+    python -m hw_churn.submit --run RUN --data-dir PATH --out sub.csv
+
+``test.csv`` is read from ``--data-dir``, else ``$DLS_DATA/churn``, else the built-in sample
+(the Kaggle files: ``kaggle competitions download -c advanced-dls-spring-2021``). ``Id`` is the
+row index of test.csv (0..n-1), as the competition's sample submission numbers it. The table
+is validated (columns, row count, ids, NaNs, probabilities in [0, 1]) before it is written.
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import joblib
+import numpy as np
+import pandas as pd
+
+from core import cli
+from core.data import DataError, require_file, resolve_data_root
+from core.submission import SubmissionError, write_submission
+
+from .data import clean_table, make_sample, read_table
+from .train import BUILTIN
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = cli.make_parser("hw_churn.submit", __doc__.split("\n")[0])
+    parser.add_argument("--run", required=True, help="run folder written by hw_churn.train (holds model.joblib)")
+    cli.add_data_args(parser)
+    parser.add_argument("--out", default=None, help="where to write the CSV (default RUN/submission.csv)")
+    return parser
+
+
+def load_test(root: Path | None) -> pd.DataFrame:
+    """The cleaned test table: ``root/test.csv``, or the built-in sample's test rows."""
+    if root is None:
+        return clean_table(make_sample()[1], "built-in test")[0]
+    path = root / "test.csv"
+    return clean_table(read_table(path, with_target=False), str(path))[0]
+
+
+def make_submission(model, test: pd.DataFrame) -> pd.DataFrame:
+    """``Id`` = row index of test.csv, ``Churn`` = the model's churn probability."""
+    probabilities = np.asarray(model.predict(test), dtype=float)
+    return pd.DataFrame({"Id": np.arange(len(test)), "Churn": probabilities})
+
+
+def main(argv: list[str] | None = None) -> Path:
+    args = cli.parse_args(build_parser(), argv)
+    run = Path(args.run)
+    try:
+        saved = joblib.load(require_file(run / "model.joblib", "saved model (run hw_churn.train first)"))
+        source = resolve_data_root("churn", args.data_dir, builtin=BUILTIN)
+        test = load_test(source.root)
+    except DataError as exc:
+        raise SystemExit(f"error: {exc}") from None
+    print(f"model: {saved['name']} ({saved['description']}), CV ROC-AUC {saved['cv_auc']:.4f}, "
+          f"trained on {saved['data'].removeprefix('data: ')}")
+    submission = make_submission(saved["model"], test)
+    out = Path(args.out) if args.out else run / "submission.csv"
+    try:
+        write_submission(submission, out, columns=["Id", "Churn"], id_column="Id",
+                         expected_ids=range(len(test)), value_range=(0.0, 1.0))
+    except SubmissionError as exc:
+        raise SystemExit(f"error: {exc}") from None
+    print(f"submission: {out} ({len(submission)} rows, mean churn probability {submission['Churn'].mean():.3f})")
+    return out
+
+
+if __name__ == "__main__":
+    main()
