@@ -82,25 +82,32 @@ class KNNClassifier:
         self.classes_, self._y = np.unique(y, return_inverse=True)
         self._X = torch.from_numpy(X)
         self._binary = ((X == 0) | (X == 1)).all(axis=0)
-        self._sq_norms = (self._X * self._X).sum(1)
+        if self.metric == "euclidean":
+            self._train_augmented = _augment(self._X, (self._X * self._X).sum(1), train=True)
         return self
 
     # -- distances -----------------------------------------------------------------------
-    def _reduced_distances(self, queries: torch.Tensor) -> torch.Tensor:
-        """Distances (squared for euclidean) from each query to every training row."""
+    def _reduced_distances(self, queries: torch.Tensor, binary: torch.Tensor) -> torch.Tensor:
+        """Distances (squared for euclidean) from each query to every training row.
+
+        Both metrics end in one matrix product of augmented matrices, so no full-size
+        temporary is made: ``[q, 1, |q|^2] @ [-2t, |t|^2, 1]^T = |q - t|^2`` for euclidean,
+        and ``[q, 1, sum q] @ [-2t, sum t, 1]^T = sum |q - t|`` over the 0/1 columns for
+        manhattan, added onto ``cdist(p=1)`` of the other columns.
+        """
         train = self._X
         if self.metric == "euclidean":
-            dist = (queries * queries).sum(1, keepdim=True) - 2.0 * queries @ train.T + self._sq_norms
+            dist = _augment(queries, (queries * queries).sum(1)) @ self._train_augmented.T
             return dist.clamp_(min=0.0)
-        binary = torch.from_numpy(self._binary & self._query_binary)
         other = ~binary
-        dist = torch.zeros(len(queries), len(train), dtype=torch.float64)
+        if other.all():
+            return torch.cdist(queries, train, p=1)
         if other.any():
-            dist += torch.cdist(queries[:, other].contiguous(), train[:, other].contiguous(), p=1)
-        if binary.any():
-            qb, tb = queries[:, binary], train[:, binary]
-            dist += qb.sum(1, keepdim=True) + tb.sum(1) - 2.0 * qb @ tb.T
-        return dist
+            dist = torch.cdist(queries[:, other].contiguous(), train[:, other].contiguous(), p=1)
+        else:
+            dist = torch.zeros(len(queries), len(train), dtype=torch.float64)
+        query_bits = queries[:, binary]
+        return dist.addmm_(_augment(query_bits, query_bits.sum(1)), self._train_bits_augmented.T)
 
     def _strategy(self, n_queries: int) -> str:
         """scikit-learn's choice of parallelisation for these queries (see module docstring)."""
@@ -125,13 +132,16 @@ class KNNClassifier:
         if X.ndim != 2 or X.shape[1] != self._X.shape[1]:
             raise ValueError(f"expected queries with {self._X.shape[1]} features, got shape {X.shape}")
         queries_all = torch.from_numpy(X)
-        self._query_binary = ((X == 0) | (X == 1)).all(axis=0)
+        binary = torch.from_numpy(self._binary & ((X == 0) | (X == 1)).all(axis=0))
+        if self.metric == "manhattan":
+            bits = self._X[:, binary]
+            self._train_bits_augmented = _augment(bits, bits.sum(1), train=True)
         strategy = self._strategy(len(X))
         k, n_train = self.n_neighbors, len(self._X)
         out_dist = np.empty((len(X), k))
         out_ind = np.empty((len(X), k), dtype=np.intp)
         for start in range(0, len(X), self.chunk_size):
-            dist = self._reduced_distances(queries_all[start:start + self.chunk_size])
+            dist = self._reduced_distances(queries_all[start:start + self.chunk_size], binary)
             m = min(k + 1, n_train)
             values, index = torch.topk(dist, m, dim=1, largest=False, sorted=True)
             values, index = values.numpy(), index.numpy()
@@ -192,6 +202,15 @@ class KNNClassifier:
     def _check_fitted(self) -> None:
         if not hasattr(self, "_X"):
             raise RuntimeError("KNNClassifier is not fitted: call fit(X, y) first")
+
+
+def _augment(rows: torch.Tensor, sums: torch.Tensor, train: bool = False) -> torch.Tensor:
+    """``[rows, 1, sums]`` for queries, ``[-2 rows, sums, 1]`` for training rows (see
+    ``_reduced_distances``); scaling by -2 is exact in floating point."""
+    ones = torch.ones(len(rows), 1, dtype=rows.dtype)
+    if train:
+        return torch.cat([-2.0 * rows, sums[:, None], ones], dim=1)
+    return torch.cat([rows, ones, sums[:, None]], dim=1)
 
 
 def _sort_rows(values: np.ndarray, index: np.ndarray) -> np.ndarray:
