@@ -97,7 +97,13 @@ def bce_with_logits(logits: torch.Tensor, target: torch.Tensor, reduction: str =
         logits, target: (N, 1, H, W) or any (N, ...); output: scalar, or the input shape.
     """
     logits, target = _prepare(logits, target, "bce_with_logits")
-    return _reduce(log1p_exp(logits) - logits * target, reduction)
+    return _reduce(_bce(logits, target), reduction)
+
+
+def _bce(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """``max(x, 0) - x*y + log(1 + exp(-|x|))`` elementwise, the small log term added last so
+    that a confident right answer keeps its exact tiny loss (``log(1 + e^-100)``, not 0)."""
+    return ((x + x.abs()) / 2 - x * y) + torch.log1p(torch.exp(-x.abs()))
 
 
 def soft_dice_loss(logits: torch.Tensor, target: torch.Tensor, smooth: float = 1.0, eps: float = 1e-7,
@@ -196,7 +202,7 @@ def focal_loss(logits: torch.Tensor, target: torch.Tensor, gamma: float = 2.0, a
     """
     logits, target = _prepare(logits, target, "focal_loss")
     if variant == "standard":
-        bce = log1p_exp(logits) - logits * target
+        bce = _bce(logits, target)
         loss = (-torch.expm1(-bce)).pow(gamma) * bce
         if alpha is not None:
             loss = loss * (alpha * target + (1 - alpha) * (1 - target))
