@@ -15,6 +15,16 @@ from hw_segment.data import find_ph2_cases, load_ph2, make_lesions, split_indice
 from hw_segment.models import MODEL_NAMES, build_model, count_parameters, nearest_valid_sizes
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """These models and images are tiny: a second intra-op thread costs more than it gives,
+    and on a busy machine it can make every step several times slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def _square(size: int, top: int, left: int, side: int) -> torch.Tensor:
     mask = torch.zeros(size, size, dtype=torch.bool)
     mask[top:top + side, left:left + side] = True
@@ -172,7 +182,7 @@ def test_real_ph2_subset_loads_every_case(dls_data):
     assert set(data.masks.unique().tolist()) == {0.0, 1.0}
     fraction = data.masks.mean((1, 2, 3))
     assert 0.2 < fraction.mean() < 0.5            # PH2 lesions fill about a third of the frame
-    assert fraction.min() > 0.02 and fraction.max() < 0.95
+    assert fraction.min() > 0.05 and fraction.max() < 0.99   # the 40 cases range from 8% to 98%
     assert fraction[data.names.index("IMD002")] > 0.1   # the 24-bit mask is read, not all black
     assert 0.3 < data.images.mean() < 0.8
 
