@@ -237,6 +237,19 @@ def test_gradients_match_finite_differences(name):
     assert torch.autograd.gradcheck(lambda x: losses[name](x, target.double()), (logits,))
 
 
+def test_bce_gradients_for_target_and_second_order():
+    # the hand-written backward: d/dx = sigmoid(x) - y, d/dy = -x, itself differentiable
+    logits, _ = make_case((2, 1, 3, 3), "random", seed=4)
+    logits = logits.detach().double().requires_grad_()
+    soft = torch.rand(2, 1, 3, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(2)).requires_grad_()
+    assert torch.autograd.gradcheck(bce_with_logits, (logits, soft))
+    assert torch.autograd.gradgradcheck(bce_with_logits, (logits, soft))
+    ours = torch.autograd.grad(bce_with_logits(logits, soft), (logits, soft))
+    expected = torch.autograd.grad(nn.functional.binary_cross_entropy_with_logits(logits, soft), (logits, soft))
+    for got, want in zip(ours, expected):
+        torch.testing.assert_close(got, want)
+
+
 # -- stability -------------------------------------------------------------------------------
 def test_bce_is_exact_at_large_logits():
     logits = torch.tensor([100.0, -100.0, 100.0, -100.0]).reshape(1, 1, 2, 2).requires_grad_()
@@ -256,7 +269,7 @@ def test_bce_is_exact_at_large_logits():
 
 
 def test_bce_gradient_at_zero_logit_is_sigmoid_minus_target():
-    # (x + |x|)/2 instead of max(x, 0): autograd would otherwise take a subgradient 1 or 0 at x = 0
+    # autograd through max(x, 0) would take a subgradient, 1 or 0, at x = 0
     logits = torch.zeros(1, 1, 1, 2, requires_grad=True)
     target = torch.tensor([[[[1.0, 0.0]]]])
     grad, = torch.autograd.grad(bce_with_logits(logits, target, "sum"), logits)
