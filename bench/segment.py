@@ -5,13 +5,15 @@
 * ``step_ms``: one training step (forward, dice+bce-like loss, backward, AdamW) of our UNet
   (recipe width 16) and of segmentation_models_pytorch's ``Unet(resnet18)``, no pretrained
   weights, same size and batch; ``smp_over_ours`` is their ratio.
-* ``threads``: our UNet's step with 1 and with 2 intra-op threads.
-* ``channels_last``, ``compile``: our UNet's step in channels-last memory format and under
-  ``torch.compile`` (its first, compiling call is reported apart).
+* ``unet_w16_1_thread`` / ``_2_threads``: our UNet's step with 1 and with 2 intra-op threads.
+* ``unet_w16_channels_last`` / ``_compiled``: our UNet's step in channels-last memory format
+  and under ``torch.compile`` (its first, compiling call is reported apart).
 * ``loader_images_per_s``: the augmented training DataLoader with 0 and 2 workers, and PH2
   reading + resizing when ``$DLS_DATA/ph2`` exists.
 
-Each figure is the median of ``--steps`` timed repetitions after one warm-up.
+Each figure is the median of ``--steps`` timed steps after one warm-up; the configurations
+take turns step by step, so a change in the machine's load hits them alike, and
+``step_spread`` ((max - min) / median) says how noisy the figures were.
 """
 from __future__ import annotations
 
@@ -38,24 +40,49 @@ def soft_dice_bce(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return dice + F.binary_cross_entropy_with_logits(logits, target)
 
 
-def step_ms(model: torch.nn.Module, batch: tuple[torch.Tensor, torch.Tensor], steps: int,
-            channels_last: bool = False) -> tuple[float, float]:
-    """(first call ms, median of the following ``steps`` calls ms) of a training step."""
-    images, masks = batch
-    if channels_last:
-        model = model.to(memory_format=torch.channels_last)
-        images = images.contiguous(memory_format=torch.channels_last)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    model.train()
-    times = []
-    for _ in range(steps + 1):
+class StepTimer:
+    """A model, its optimiser and a batch, ready to time training steps."""
+
+    def __init__(self, model: torch.nn.Module, batch: tuple[torch.Tensor, torch.Tensor], channels_last: bool = False,
+                 threads: int | None = None):
+        images, masks = batch
+        if channels_last:
+            model = model.to(memory_format=torch.channels_last)
+            images = images.contiguous(memory_format=torch.channels_last)
+        self.model, self.images, self.masks, self.threads = model.train(), images, masks, threads
+        self.optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+        self.times: list[float] = []
+        self.first_ms = self.step()  # warm-up (and, under torch.compile, the compilation)
+
+    def step(self) -> float:
+        threads = torch.get_num_threads()
+        if self.threads:
+            torch.set_num_threads(self.threads)
         start = time.perf_counter()
-        loss = soft_dice_bce(model(images), masks)
-        optimizer.zero_grad(set_to_none=True)
+        loss = soft_dice_bce(self.model(self.images), self.masks)
+        self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        optimizer.step()
-        times.append(1000 * (time.perf_counter() - start))
-    return round(times[0], 1), round(statistics.median(times[1:]), 1)
+        self.optimizer.step()
+        elapsed = 1000 * (time.perf_counter() - start)
+        torch.set_num_threads(threads)
+        return elapsed
+
+    @property
+    def median_ms(self) -> float:
+        return round(statistics.median(self.times), 1)
+
+    @property
+    def spread(self) -> float:
+        """(max - min) / median of the timed steps: how noisy the machine was."""
+        return round((max(self.times) - min(self.times)) / statistics.median(self.times), 2)
+
+
+def time_interleaved(timers: dict[str, StepTimer], rounds: int) -> None:
+    """Time one step of each timer per round, round after round, so that a change in the
+    machine's load hits every configuration alike."""
+    for _ in range(rounds):
+        for timer in timers.values():
+            timer.times.append(timer.step())
 
 
 def loader_rate(dataset, batch_size: int, workers: int, epochs: int = 3) -> float:
@@ -71,7 +98,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--size", type=int, default=128)
     parser.add_argument("--batch-size", type=int, default=5)
-    parser.add_argument("--steps", type=int, default=6)
+    parser.add_argument("--steps", type=int, default=8)
     parser.add_argument("--no-compile", action="store_true")
     args = parser.parse_args()
     torch.manual_seed(0)
@@ -80,26 +107,28 @@ def main() -> None:
     out: dict = {"size": args.size, "batch_size": args.batch_size, "torch_threads": torch.get_num_threads(),
                  "cpus": os.cpu_count(), "load_average_1min": round(os.getloadavg()[0], 2)}
 
-    ours = step_ms(build_model("unet", 16), batch, args.steps)[1]
-    theirs = step_ms(build_model("smp-unet"), batch, args.steps)[1]
-    out["step_ms"] = {"unet_w16": ours, "smp_unet_resnet18": theirs}
-    out["smp_over_ours"] = round(theirs / ours, 2)
-
-    threads = torch.get_num_threads()
-    out["threads"] = {}
-    for n in sorted({1, 2}):
-        torch.set_num_threads(n)
-        out["threads"][f"{n}_ms"] = step_ms(build_model("unet", 16), batch, args.steps)[1]
-    torch.set_num_threads(threads)
-
-    out["channels_last_ms"] = step_ms(build_model("unet", 16), batch, args.steps, channels_last=True)[1]
-    out["channels_last_speedup"] = round(ours / out["channels_last_ms"], 2)
+    timers = {
+        "unet_w16": StepTimer(build_model("unet", 16), batch),
+        "smp_unet_resnet18": StepTimer(build_model("smp-unet"), batch),
+        "unet_w16_1_thread": StepTimer(build_model("unet", 16), batch, threads=1),
+        "unet_w16_2_threads": StepTimer(build_model("unet", 16), batch, threads=2),
+        "unet_w16_channels_last": StepTimer(build_model("unet", 16), batch, channels_last=True),
+    }
     if not args.no_compile:
         try:
-            first, steady = step_ms(torch.compile(build_model("unet", 16)), batch, args.steps)
-            out["compile"] = {"first_step_ms": first, "step_ms": steady, "speedup": round(ours / steady, 2)}
+            timers["unet_w16_compiled"] = StepTimer(torch.compile(build_model("unet", 16)), batch)
+            out["compile_first_step_ms"] = round(timers["unet_w16_compiled"].first_ms, 1)
         except Exception as exc:  # no C compiler, unsupported platform, ...
-            out["compile"] = {"error": f"{type(exc).__name__}: {str(exc).splitlines()[0][:120]}"}
+            out["compile_error"] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:120]}"
+    time_interleaved(timers, args.steps)
+    out["step_ms"] = {name: timer.median_ms for name, timer in timers.items()}
+    out["step_spread"] = {name: timer.spread for name, timer in timers.items()}
+    ours = out["step_ms"]["unet_w16"]
+    out["smp_over_ours"] = round(out["step_ms"]["smp_unet_resnet18"] / ours, 2)
+    out["two_threads_over_one"] = round(out["step_ms"]["unet_w16_2_threads"] / out["step_ms"]["unet_w16_1_thread"], 2)
+    out["channels_last_speedup"] = round(ours / out["step_ms"]["unet_w16_channels_last"], 2)
+    if "unet_w16_compiled" in timers:
+        out["compile_speedup"] = round(ours / out["step_ms"]["unet_w16_compiled"], 2)
 
     dataset = SegmentationDataset(data, train=True)
     out["loader_images_per_s"] = {f"workers_{w}": loader_rate(dataset, 25, w) for w in (0, 2)}

@@ -92,16 +92,17 @@ def summarise(runs: pd.DataFrame) -> pd.DataFrame:
                        parameters=("parameters", "first"), runs=("run", "count")).reset_index()
     spread = groups["test_iou"].std() if runs["seed"].nunique() > 1 else groups["test_iou_std"].first()
     table.insert(3, "test_iou_spread", spread.values)
-    table["best_of_model"] = table.groupby("model")["test_iou"].transform("max") == table["test_iou"]
+    table["best_of_model"] = False
+    table.loc[table.groupby("model", sort=False)["test_iou"].idxmax().values, "best_of_model"] = True
     return table
 
 
 def markdown(table: pd.DataFrame, over: str) -> str:
-    best = table["test_iou"].max()
+    best = table["test_iou"].idxmax()
     lines = ["| model | loss | test IoU | ± (" + over + ") | val IoU | test Dice | course score | s/epoch | parameters |",
              "|---|---|---|---|---|---|---|---|---|"]
     for row in table.itertuples():
-        mark = " **(best)**" if row.test_iou == best else (" *(best loss)*" if row.best_of_model else "")
+        mark = " **(best)**" if row.Index == best else (" *(best loss)*" if row.best_of_model else "")
         lines.append(f"| {row.model} | {row.loss}{mark} | {row.test_iou:.4f} | {row.test_iou_spread:.4f} | "
                      f"{row.val_iou:.4f} | {row.test_dice:.4f} | {row.test_score:.3f} | "
                      f"{row.seconds_per_epoch:.2f} | {row.parameters:,} |")

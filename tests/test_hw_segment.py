@@ -243,3 +243,22 @@ def test_size_not_divisible_by_16_stops_before_training(tmp_path):
 
     with pytest.raises(SystemExit, match="height 50 is not a multiple of 16"):
         main(["--size", "50", "--dry-run", "--run-dir", str(tmp_path / "run")])
+
+
+def test_compare_writes_a_table_of_every_model_and_loss(tmp_path, monkeypatch):
+    monkeypatch.delenv("DLS_DATA", raising=False)
+    from hw_segment import compare
+
+    out = tmp_path / "compare"
+    compare.main(["--models", "unet", "segnet", "--losses", "0.5*dice+bce", "--run-dir", str(out),
+                  "--extra", "--dry-run --size 32 --n-images 24 --width 4"])
+    runs = (out / "runs.csv").read_text().splitlines()
+    assert len(runs) == 1 + 2
+    report = (out / "report.md").read_text().splitlines()
+    assert report[0].startswith("| model | loss | test IoU")
+    rows = [line for line in report[2:] if line.startswith("|")]
+    assert sorted((r.split("|")[1].strip(), r.split("|")[2].split(" ")[1]) for r in rows) == [
+        ("segnet", "0.5*dice+bce"), ("unet", "0.5*dice+bce")]
+    assert sum("**(best)**" in r for r in rows) == 1       # one overall best, even when runs tie
+    assert sum("(best loss)" in r for r in rows) == 1      # the other model's best loss
+    assert (out / "plots" / "predictions.png").is_file()
