@@ -159,6 +159,8 @@ def soft_dice_loss(logits: torch.Tensor, target: torch.Tensor, smooth: float = 1
         skip_empty: an image (or batch) with an empty target contributes 0 (smp's convention).
     Shape:
         logits, target: (N, 1, H, W); output: scalar.
+    Reference:
+        Milletari, Navab, Ahmadi 2016, "V-Net", https://arxiv.org/abs/1606.04797
     """
     logits, target = _prepare(logits, target, "soft_dice_loss")
     intersection, pred_sum, target_sum = _sums(torch.sigmoid(logits), target, per_image)
@@ -186,6 +188,8 @@ def tversky_loss(logits: torch.Tensor, target: torch.Tensor, alpha: float = 0.3,
 
     Shape:
         logits, target: (N, 1, H, W); output: scalar.
+    Reference:
+        Salehi, Erdogmus, Gholipour 2017, https://arxiv.org/abs/1706.05721
     """
     logits, target = _prepare(logits, target, "tversky_loss")
     tp, pred_sum, target_sum = _sums(torch.sigmoid(logits), target, per_image)
@@ -221,6 +225,10 @@ def focal_loss(logits: torch.Tensor, target: torch.Tensor, gamma: float = 2.0, a
         alpha: class weight of the positives in [0, 1], or None.
         variant: ``"standard"`` or ``"course"``.
         reduction: ``"mean"`` (default), ``"sum"`` or ``"none"``.
+    Shape:
+        logits, target: (N, 1, H, W) or any (N, ...); output: scalar, or the input shape.
+    Reference:
+        Lin, Goyal, Girshick, He, Dollár 2017, https://arxiv.org/abs/1708.02002
     """
     logits, target = _prepare(logits, target, "focal_loss")
     if variant == "standard":
@@ -277,6 +285,8 @@ def lovasz_hinge(logits: torch.Tensor, target: torch.Tensor, per_image: bool = T
         per_image: one loss per image, then the mean (default True), or one for the batch.
     Shape:
         logits, target: (N, 1, H, W); output: scalar.
+    Reference:
+        Berman, Rannen Triki, Blaschko 2018, https://arxiv.org/abs/1705.08790
     """
     logits, target = _prepare(logits, target, "lovasz_hinge")
     rows = logits.shape[0] if per_image else 1
