@@ -87,13 +87,15 @@ class KNNClassifier:
         return self
 
     # -- distances -----------------------------------------------------------------------
-    def _reduced_distances(self, queries: torch.Tensor, binary: torch.Tensor) -> torch.Tensor:
+    def _reduced_distances(self, queries: torch.Tensor, binary: torch.Tensor,
+                           train_bits: torch.Tensor | None) -> torch.Tensor:
         """Distances (squared for euclidean) from each query to every training row.
 
         Both metrics end in one matrix product of augmented matrices, so no full-size
         temporary is made: ``[q, 1, |q|^2] @ [-2t, |t|^2, 1]^T = |q - t|^2`` for euclidean,
         and ``[q, 1, sum q] @ [-2t, sum t, 1]^T = sum |q - t|`` over the 0/1 columns for
-        manhattan, added onto ``cdist(p=1)`` of the other columns.
+        manhattan, added onto ``cdist(p=1)`` of the other columns (``binary`` marks the
+        columns that are 0/1 in both sets; ``train_bits`` is their augmented training part).
         """
         train = self._X
         if self.metric == "euclidean":
@@ -107,7 +109,7 @@ class KNNClassifier:
         else:
             dist = torch.zeros(len(queries), len(train), dtype=torch.float64)
         query_bits = queries[:, binary]
-        return dist.addmm_(_augment(query_bits, query_bits.sum(1)), self._train_bits_augmented.T)
+        return dist.addmm_(_augment(query_bits, query_bits.sum(1)), train_bits.T)
 
     def _strategy(self, n_queries: int) -> str:
         """scikit-learn's choice of parallelisation for these queries (see module docstring)."""
@@ -126,22 +128,28 @@ class KNNClassifier:
         return self.n_threads
 
     def kneighbors(self, X) -> tuple[np.ndarray, np.ndarray]:
-        """Distances and indices of the k nearest training rows, sorted by (distance, index)."""
+        """Distances and indices of the k nearest training rows, sorted by (distance, index).
+
+        The set of neighbours is scikit-learn's (see ``ties``); within equal distances the
+        order here is by index, where scikit-learn's sort leaves it unspecified. Votes do not
+        depend on that order: tied neighbours carry equal weights.
+        """
         self._check_fitted()
         X = np.ascontiguousarray(X, dtype=np.float64)
         if X.ndim != 2 or X.shape[1] != self._X.shape[1]:
             raise ValueError(f"expected queries with {self._X.shape[1]} features, got shape {X.shape}")
         queries_all = torch.from_numpy(X)
         binary = torch.from_numpy(self._binary & ((X == 0) | (X == 1)).all(axis=0))
-        if self.metric == "manhattan":
+        train_bits = None
+        if self.metric == "manhattan" and binary.any():
             bits = self._X[:, binary]
-            self._train_bits_augmented = _augment(bits, bits.sum(1), train=True)
+            train_bits = _augment(bits, bits.sum(1), train=True)
         strategy = self._strategy(len(X))
         k, n_train = self.n_neighbors, len(self._X)
         out_dist = np.empty((len(X), k))
         out_ind = np.empty((len(X), k), dtype=np.intp)
         for start in range(0, len(X), self.chunk_size):
-            dist = self._reduced_distances(queries_all[start:start + self.chunk_size], binary)
+            dist = self._reduced_distances(queries_all[start:start + self.chunk_size], binary, train_bits)
             m = min(k + 1, n_train)
             values, index = torch.topk(dist, m, dim=1, largest=False, sorted=True)
             values, index = values.numpy(), index.numpy()

@@ -92,6 +92,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     stage("kNN with defaults (Q1)")
     default_accuracy = default_knn_accuracy(X_train, y_train, X_test, y_test)
+    print(f"test accuracy {default_accuracy:.4f}")
 
     start = stage(f"kNN grid k 1..10 x uniform/distance x manhattan/euclidean, cv={args.cv}, whole data")
     grid = knn_grid(X, y, args.cv, args.n_jobs)
