@@ -56,7 +56,7 @@ class KNNClassifier:
     """
 
     def __init__(self, n_neighbors: int = 5, weights: str = "uniform", metric: str = "euclidean",
-                 chunk_size: int = 1024, ties: str = "sklearn", n_threads: int | None = None):
+                 chunk_size: int = 512, ties: str = "sklearn", n_threads: int | None = None):
         if weights not in WEIGHTS:
             raise ValueError(f"weights must be one of {WEIGHTS}, got {weights!r}")
         if metric not in METRICS:
@@ -88,7 +88,7 @@ class KNNClassifier:
 
     # -- distances -----------------------------------------------------------------------
     def _reduced_distances(self, queries: torch.Tensor, binary: torch.Tensor,
-                           train_bits: torch.Tensor | None) -> torch.Tensor:
+                           train_bits: torch.Tensor | None, out: torch.Tensor) -> torch.Tensor:
         """Distances (squared for euclidean) from each query to every training row.
 
         Both metrics end in one matrix product of augmented matrices, so no full-size
@@ -96,10 +96,13 @@ class KNNClassifier:
         and ``[q, 1, sum q] @ [-2t, sum t, 1]^T = sum |q - t|`` over the 0/1 columns for
         manhattan, added onto ``cdist(p=1)`` of the other columns (``binary`` marks the
         columns that are 0/1 in both sets; ``train_bits`` is their augmented training part).
+        Euclidean blocks are written into ``out``, reused from block to block: a fresh
+        block-sized tensor each time costs more in page faults than the product itself.
         """
         train = self._X
         if self.metric == "euclidean":
-            dist = _augment(queries, (queries * queries).sum(1)) @ self._train_augmented.T
+            dist = torch.mm(_augment(queries, (queries * queries).sum(1)), self._train_augmented.T,
+                            out=out[:len(queries)])
             return dist.clamp_(min=0.0)
         other = ~binary
         if other.all():
@@ -146,10 +149,11 @@ class KNNClassifier:
             train_bits = _augment(bits, bits.sum(1), train=True)
         strategy = self._strategy(len(X))
         k, n_train = self.n_neighbors, len(self._X)
+        block = torch.empty(min(self.chunk_size, len(X)), n_train, dtype=torch.float64)
         out_dist = np.empty((len(X), k))
         out_ind = np.empty((len(X), k), dtype=np.intp)
         for start in range(0, len(X), self.chunk_size):
-            dist = self._reduced_distances(queries_all[start:start + self.chunk_size], binary, train_bits)
+            dist = self._reduced_distances(queries_all[start:start + self.chunk_size], binary, train_bits, block)
             m = min(k + 1, n_train)
             values, index = torch.topk(dist, m, dim=1, largest=False, sorted=True)
             values, index = values.numpy(), index.numpy()
