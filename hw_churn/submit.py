@@ -27,6 +27,9 @@ from .train import BUILTIN
 
 def build_parser() -> argparse.ArgumentParser:
     parser = cli.make_parser("hw_churn.submit", __doc__.split("\n")[0])
+    parser.epilog = ("test.csv comes from 'kaggle competitions download -c advanced-dls-spring-2021'; "
+                     "upload the result with 'kaggle competitions submit -c advanced-dls-spring-2021 "
+                     "-f submission.csv -m MESSAGE'")
     parser.add_argument("--run", required=True, help="run folder written by hw_churn.train (holds model.joblib)")
     cli.add_data_args(parser)
     parser.add_argument("--out", default=None, help="where to write the CSV (default RUN/submission.csv)")
