@@ -10,7 +10,6 @@ from sklearn.datasets import load_digits
 from sklearn.neighbors import KNeighborsClassifier
 
 from core.data import DataError
-from hw_knn import data as knn_data
 from hw_knn.data import load_covtype, read_forest_csv
 from hw_knn.experiments import QUIZ_CLASS_INDEX, quiz_answers, split
 from hw_knn.knn import KNNClassifier, heap_push
