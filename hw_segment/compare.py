@@ -23,7 +23,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import torch
 
 from core import cli
 from core.data import resolve_data_root
@@ -32,7 +31,7 @@ from core.plots import image_grid
 from . import train
 from .evaluate import load_trained_model
 from .models import MODEL_NAMES
-from .task import predict, score_logits
+from .task import predict
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -99,7 +98,7 @@ def summarise(runs: pd.DataFrame) -> pd.DataFrame:
 
 def markdown(table: pd.DataFrame, over: str) -> str:
     best = table["test_iou"].idxmax()
-    lines = ["| model | loss | test IoU | ± (" + over + ") | val IoU | test Dice | course score | s/epoch | parameters |",
+    lines = [f"| model | loss | test IoU | ± ({over}) | val IoU | test Dice | course score | s/epoch | parameters |",
              "|---|---|---|---|---|---|---|---|---|"]
     for row in table.itertuples():
         mark = " **(best)**" if row.Index == best else (" *(best loss)*" if row.best_of_model else "")
@@ -144,11 +143,13 @@ def against_smp(args: argparse.Namespace, out: Path) -> dict:
                 results.setdefault(f"{key}_{name}", []).append(metrics[name])
     summary = {key: float(np.mean(values)) for key, values in results.items()}
     summary["seeds"] = len(args.seeds)
-    lines = ["| model | test IoU (mean over splits) | per split | train s | epochs | parameters |", "|---|---|---|---|---|---|"]
+    lines = ["| model | test IoU (mean over splits) | per split | train s | epochs | parameters |",
+             "|---|---|---|---|---|---|"]
     for key, label in (("unet", "our UNet (default recipe)"), ("smp_unet", "smp Unet(resnet18), no weights")):
         per_split = ", ".join(f"{v:.3f}" for v in results[f"{key}_test_iou"])
-        lines.append(f"| {label} | {summary[f'{key}_test_iou']:.4f} | {per_split} | {summary[f'{key}_train_seconds']:.0f} "
-                     f"| {summary[f'{key}_epochs']:.0f} | {summary[f'{key}_parameters']:,.0f} |")
+        lines.append(f"| {label} | {summary[f'{key}_test_iou']:.4f} | {per_split} "
+                     f"| {summary[f'{key}_train_seconds']:.0f} | {summary[f'{key}_epochs']:.0f} "
+                     f"| {summary[f'{key}_parameters']:,.0f} |")
     (out / "against_smp.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     return summary

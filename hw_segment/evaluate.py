@@ -3,13 +3,13 @@ built-in images scored on real PH2, or a PH2 model on another PH2 copy.
 
     python -m hw_segment.evaluate --run runs/hw_segment/<name> --data-dir PATH/TO/PH2
 
-The run's ``args.json`` says which model, width and image size to rebuild; ``best.pt`` holds
-the weights. Writes ``metrics.json`` (mean IoU, Dice and course score over the cases) and
-``per_case.csv`` into ``--run-dir`` (default: ``<run>/eval-<data folder name>``).
+The run's ``args.json`` says which model, width and image size to rebuild and which checkpoint
+(``last.pt`` or ``best.pt``, its ``--select``) holds the weights. Writes ``metrics.json`` (mean
+IoU, Dice and course score over the cases), ``per_case.csv`` and a figure of the worst cases
+into ``--run-dir`` (default: ``<run>/eval-<data folder name>``).
 """
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 
@@ -28,14 +28,15 @@ from .task import predict, score_logits
 
 
 def load_trained_model(run: str | Path) -> tuple[torch.nn.Module, dict]:
-    """The model of a training run (``args.json`` + ``best.pt``) in eval mode, and its arguments."""
+    """The model of a training run (``args.json`` + the checkpoint its ``--select`` names) in
+    eval mode, and its arguments."""
     run = Path(run)
     args_path = run / "args.json"
     if not args_path.is_file():
         raise DataError(f"{run}: no args.json (is this a hw_segment.train run folder?)")
     args = json.loads(args_path.read_text())
     model = build_model(args["model"], args["width"])
-    checkpoint = load_checkpoint(run / "best.pt")
+    checkpoint = load_checkpoint(run / f"{args.get('select', 'best')}.pt")
     state = {k.removeprefix("model."): v for k, v in checkpoint["task"].items() if k.startswith("model.")}
     model.load_state_dict(state)
     return model.eval(), args

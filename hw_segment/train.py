@@ -4,9 +4,15 @@
     python -m hw_segment.train --model segnet --loss focal --data-dir PATH/TO/PH2
 
 Sizes, epochs, batch size, width and learning rate default to a recipe for the data in use
-(printed at the start); any of them given on the command line wins. The run folder gets
-history.csv, best.pt/last.pt, metrics.json (val and test IoU, Dice, the course's
-iou_pytorch score) and plots (curves, image/truth/prediction overlays).
+(printed at the start); any of them given on the command line wins. The recipe: AdamW with a
+one-cycle LR schedule (warm-up, then cosine decay to almost 0), flips / 90-degree rotations /
+light colour jitter on the training images, dice+bce loss, and the last epoch's weights as
+the model (``--select``). The run folder gets history.csv, best.pt/last.pt, metrics.json
+(val and test IoU, Dice, the course's iou_pytorch score, time) and plots (curves,
+image / truth / prediction overlays of test cases).
+
+On a CPU shared with other jobs, ``OMP_NUM_THREADS=1`` can be several times faster than the
+default of one thread per core (see bench/segment.py).
 """
 from __future__ import annotations
 
@@ -57,6 +63,9 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument("--n-images", type=int, default=400, help="number of built-in images")
     group.add_argument("--no-augment", action="store_true", help="no flips/rotations/colour jitter")
     group.add_argument("--split-seed", type=int, default=0, help="seed of the train/val/test split")
+    group.add_argument("--select", choices=("last", "best"), default="last",
+                       help="which weights the run reports and keeps as its model: the last epoch's (the "
+                            "one-cycle schedule ends at a tiny LR) or the best val IoU's (best.pt)")
     return parser
 
 
@@ -114,7 +123,7 @@ def main(argv: list[str] | None = None) -> dict:
         print("recipe: " + "  ".join(f"{k}={v}" for k, v in recipe.items()) + f"  model={args.model}  loss={args.loss}")
     except (DataError, ValueError) as exc:
         raise SystemExit(f"error: {exc}") from None
-    print(f"data: {data.description}")
+    print(f"dataset: {data.description}")
     train_loader, val_loader, val, test = make_loaders(data, args)
 
     torch.manual_seed(args.seed)
@@ -128,7 +137,8 @@ def main(argv: list[str] | None = None) -> dict:
     history = trainer.fit(task, train_loader, val_loader, resume=args.resume)
     train_time = time.perf_counter() - start
 
-    load_checkpoint(run / "best.pt", task)
+    # the run's model; picking the best epoch on a small val set (10 PH2 cases) tends to overfit it
+    load_checkpoint(run / f"{args.select}.pt", task)
     metrics = {"epochs": len(history), "best_epoch": max(history, key=lambda r: r["val_iou"])["epoch"],
                "train_seconds": round(train_time, 1),
                "seconds_per_epoch": round(sum(r["time"] for r in history) / len(history), 2),
