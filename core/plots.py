@@ -20,7 +20,7 @@ import pandas as pd  # noqa: E402
 from .device import is_main_process  # noqa: E402
 
 
-def _save(fig, path: str | os.PathLike) -> Path:
+def save_figure(fig, path: str | os.PathLike) -> Path:
     """Write ``fig`` as PNG and close it. Under DDP only rank 0 writes; the others just close."""
     path = Path(path)
     if is_main_process():
@@ -77,7 +77,7 @@ def plot_history(history: pd.DataFrame | str | os.PathLike, path: str | os.PathL
     if title:
         fig.suptitle(title)
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def image_grid(images: Sequence, path: str | os.PathLike, titles: Sequence[str] | None = None,
@@ -100,7 +100,7 @@ def image_grid(images: Sequence, path: str | os.PathLike, titles: Sequence[str] 
     if title:
         fig.suptitle(title)
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def confusion_matrix_plot(cm: np.ndarray, class_names: Sequence[str], path: str | os.PathLike,
@@ -125,7 +125,7 @@ def confusion_matrix_plot(cm: np.ndarray, class_names: Sequence[str], path: str 
                         color="white" if shown[i, j] > 0.5 * shown.max() else "black")
     fig.colorbar(im, ax=ax, fraction=0.046)
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def mask_overlays(images: Sequence, truths: Sequence, preds: Sequence, path: str | os.PathLike,
@@ -149,7 +149,7 @@ def mask_overlays(images: Sequence, truths: Sequence, preds: Sequence, path: str
         for ax in axes[i]:
             ax.axis("off")
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def bar_compare(labels: Sequence[str], series: dict[str, Sequence[float]], path: str | os.PathLike,
@@ -168,4 +168,4 @@ def bar_compare(labels: Sequence[str], series: dict[str, Sequence[float]], path:
     ax.legend()
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)

@@ -5,20 +5,10 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
-import matplotlib
+import matplotlib.pyplot as plt
+import numpy as np
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-
-
-def _save(fig, path: str | os.PathLike) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110, bbox_inches="tight")
-    plt.close(fig)
-    return path
-
+from core.plots import save_figure  # also selects the non-interactive Agg backend
 
 def descent_path(f: Callable, steps: np.ndarray, path: str | os.PathLike, margin: float = 1.0) -> Path:
     """The surface of ``f`` around the path (3-D), the path on its contour map, and f per step."""
@@ -47,7 +37,7 @@ def descent_path(f: Callable, steps: np.ndarray, path: str | os.PathLike, margin
     ax.set_title("f per step")
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def batch_losses(losses: list[float], path: str | os.PathLike, title: str = "log-loss per batch") -> Path:
@@ -59,7 +49,7 @@ def batch_losses(losses: list[float], path: str | os.PathLike, title: str = "log
     ax.set_title(title)
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def decision_boundary(model, X: np.ndarray, y: np.ndarray, path: str | os.PathLike, title: str = "") -> Path:
@@ -74,4 +64,4 @@ def decision_boundary(model, X: np.ndarray, y: np.ndarray, path: str | os.PathLi
     ax.scatter(X[:, 0], X[:, 1], c=y, cmap="RdBu_r", s=8, edgecolors="k", linewidths=0.2)
     ax.set_title(title)
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)
