@@ -221,7 +221,9 @@ def search_catboost(X: pd.DataFrame, y: np.ndarray, candidates: list[dict], seed
     Each candidate trains up to ``max_iterations`` trees, stops after ``patience`` rounds
     without a better validation AUC and is scored at its best iteration. The winner's
     parameters come back with ``iterations`` set to that best iteration count, ready for CV
-    and for the final fit on all rows.
+    and for the final fit on all rows. The validation rows are also in the CV folds, so the
+    CV score of the winner is slightly optimistic (the search saw a fifth of the labels); the
+    other steps of the study choose everything inside their training folds.
 
     Returns:
         the chosen parameters, and a table of every candidate (params, valid AUC, best iteration).
