@@ -205,7 +205,8 @@ def make_sample(n_train: int = 1200, n_test: int = 400, seed: int = 0) -> tuple[
     logit = (-0.6 - 0.045 * period + 1.3 * (contract == "Month-to-month") - 0.8 * (contract == "Two year")
              + 0.9 * (internet == "Fiber optic") - 0.7 * (internet == "No") + 0.5 * (payment == "Electronic check")
              + 0.35 * (paperless == "Yes") + 0.35 * senior
-             - 0.5 * (services["HasTechSupportAccess"] == "Yes") - 0.5 * (services["HasOnlineSecurityService"] == "Yes"))
+             - 0.5 * (services["HasTechSupportAccess"] == "Yes")
+             - 0.5 * (services["HasOnlineSecurityService"] == "Yes"))
     churn = (rng.random(n) < 1 / (1 + np.exp(-logit))).astype(int)
     table = pd.DataFrame({
         "ClientPeriod": period, "MonthlySpending": monthly,

@@ -12,20 +12,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-import core.plots  # noqa: F401  (selects the Agg backend before pyplot loads)
-import matplotlib.pyplot as plt
+from core.plots import plt, save_figure  # core.plots selects the Agg backend before pyplot loads
 
 from .data import CAT_COLS, NUM_COLS, TARGET_COL
 
 COLORS = {0: "tab:blue", 1: "tab:red"}
-
-
-def save_figure(fig, path: str | os.PathLike) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110, bbox_inches="tight")
-    plt.close(fig)
-    return path
 
 
 def plot_numeric(train: pd.DataFrame, path: str | os.PathLike) -> Path:
@@ -116,4 +107,5 @@ def print_report(train: pd.DataFrame, report: dict) -> None:
     print(f"NaN cells: train {sum(r['nan'].values())}, test {sum(report['test']['nan'].values())}; "
           f"blank cells in train {r['blank_cells'] or 'none'}")
     share = train[TARGET_COL].mean()
-    print(f"target: {int((train[TARGET_COL] == 0).sum())} stay / {int(train[TARGET_COL].sum())} churn ({share:.1%} positive)")
+    churned = int(train[TARGET_COL].sum())
+    print(f"target: {len(train) - churned} stay / {churned} churn ({share:.1%} positive)")
