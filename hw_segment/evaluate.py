@@ -25,6 +25,7 @@ from core.trainer import load_checkpoint
 from .data import load_ph2, make_lesions
 from .models import build_model
 from .task import predict, score_logits
+from .train import model_options
 
 
 def load_trained_model(run: str | Path) -> tuple[torch.nn.Module, dict]:
@@ -35,7 +36,7 @@ def load_trained_model(run: str | Path) -> tuple[torch.nn.Module, dict]:
     if not args_path.is_file():
         raise DataError(f"{run}: no args.json (is this a hw_segment.train run folder?)")
     args = json.loads(args_path.read_text())
-    model = build_model(args["model"], args["width"])
+    model = build_model(args["model"], args["width"], **model_options(args))
     checkpoint = load_checkpoint(run / f"{args.get('select', 'best')}.pt")
     state = {k.removeprefix("model."): v for k, v in checkpoint["task"].items() if k.startswith("model.")}
     model.load_state_dict(state)

@@ -44,12 +44,36 @@ def check_input_size(height: int, width: int, multiple: int = DOWNSAMPLING) -> N
                              f"resolution 4 times); use e.g. {below} or {above}")
 
 
+def standardize_images(x: torch.Tensor, eps: float = 1e-3) -> torch.Tensor:
+    """Per image and channel: subtract the mean, divide by the standard deviation.
+
+    A lesion is darker than the skin *around it*; absolute colour varies with skin tone and
+    lighting. Standardising each image lets the first layer see the contrast, not the tone,
+    so a tanned or orange skin is not taken for a lesion (a common failure with 20-100
+    training images)."""
+    mean = x.mean(dim=(-2, -1), keepdim=True)
+    std = x.std(dim=(-2, -1), keepdim=True)
+    return (x - mean) / (std + eps)
+
+
 def conv_block(in_channels: int, out_channels: int, n_convs: int = 2) -> nn.Sequential:
     """``n_convs`` times ``Conv3x3 -> BatchNorm -> ReLU`` (the course's enc_conv/dec_conv block)."""
     layers: list[nn.Module] = []
     for i in range(n_convs):
         layers += [nn.Conv2d(in_channels if i == 0 else out_channels, out_channels, 3, padding=1, bias=False),
                    nn.BatchNorm2d(out_channels), nn.ReLU(inplace=True)]
+    return nn.Sequential(*layers)
+
+
+def dilated_block(in_channels: int, out_channels: int, dilations: tuple[int, ...] = (1, 2, 4)) -> nn.Sequential:
+    """``Conv3x3 -> BN -> ReLU`` layers with growing dilation (Yu & Koltun, 2016, arXiv:1511.07122):
+    at the 16x-downsampled bottleneck, dilations 1, 2, 4 widen the receptive field by 2 x (2 + 4)
+    x 16 = 192 input pixels at almost no cost, so the decoder sees the whole lesion and its
+    surroundings even when the lesion fills most of the image."""
+    layers: list[nn.Module] = []
+    for i, d in enumerate(dilations):
+        layers += [nn.Conv2d(in_channels if i == 0 else out_channels, out_channels, 3, padding=d, dilation=d,
+                             bias=False), nn.BatchNorm2d(out_channels), nn.ReLU(inplace=True)]
     return nn.Sequential(*layers)
 
 
@@ -69,9 +93,10 @@ class SegNet(nn.Module):
         input (N, in_channels, H, W) with H, W multiples of 16; output (N, 1, H, W) logits.
     """
 
-    def __init__(self, in_channels: int = 3, width: int = 32):
+    def __init__(self, in_channels: int = 3, width: int = 32, standardize: bool = True):
         super().__init__()
         c = _widths(width)
+        self.standardize = standardize
         self.enc_conv0 = conv_block(in_channels, c[0])
         self.enc_conv1 = conv_block(c[0], c[1])
         self.enc_conv2 = conv_block(c[1], c[2], n_convs=3)
@@ -87,6 +112,8 @@ class SegNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_input_size(x.shape[-2], x.shape[-1])
+        if self.standardize:
+            x = standardize_images(x)
         e0, i0 = self.pool(self.enc_conv0(x))    # H/2
         e1, i1 = self.pool(self.enc_conv1(e0))   # H/4
         e2, i2 = self.pool(self.enc_conv2(e1))   # H/8
@@ -101,15 +128,16 @@ class SegNet(nn.Module):
 class _UNetBase(nn.Module):
     """The U-shaped network; subclasses choose the down- and upsampling layers."""
 
-    def __init__(self, in_channels: int = 3, width: int = 32):
+    def __init__(self, in_channels: int = 3, width: int = 32, dilated: bool = True, standardize: bool = True):
         super().__init__()
         c = _widths(width)
+        self.standardize = standardize
         self.enc_conv0 = conv_block(in_channels, c[0])
         self.enc_conv1 = conv_block(c[0], c[1])
         self.enc_conv2 = conv_block(c[1], c[2])
         self.enc_conv3 = conv_block(c[2], c[3])
         self.down = nn.ModuleList(self.make_down(ch) for ch in c)
-        self.bottleneck_conv = conv_block(c[3], 2 * c[3])
+        self.bottleneck_conv = dilated_block(c[3], 2 * c[3]) if dilated else conv_block(c[3], 2 * c[3])
         ups_in = [2 * c[3], c[3], c[2], c[1]]
         self.up = nn.ModuleList(self.make_up(cin, cout) for cin, cout in zip(ups_in, reversed(c)))
         # after concatenation with the skip, decoder block i sees 2 * c[3 - i] channels
@@ -128,7 +156,7 @@ class _UNetBase(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_input_size(x.shape[-2], x.shape[-1])
         skips = []
-        h = x
+        h = standardize_images(x) if self.standardize else x
         for enc, down in zip((self.enc_conv0, self.enc_conv1, self.enc_conv2, self.enc_conv3), self.down):
             h = enc(h)
             skips.append(h)
@@ -168,7 +196,7 @@ class UNet2(_UNetBase):
         return nn.ConvTranspose2d(in_channels, out_channels, 2, stride=2)
 
 
-def build_model(name: str, width: int = 32, in_channels: int = 3) -> nn.Module:
+def build_model(name: str, width: int = 32, in_channels: int = 3, **options) -> nn.Module:
     """``"segnet"``, ``"unet"`` or ``"unet2"`` with the given base width, or ``"smp-unet"``:
     segmentation_models_pytorch's ``Unet(encoder_name="resnet18", encoder_weights=None)``
     (randomly initialised; ``width`` is ignored)."""
@@ -179,7 +207,7 @@ def build_model(name: str, width: int = 32, in_channels: int = 3) -> nn.Module:
     models = {"segnet": SegNet, "unet": UNet, "unet2": UNet2}
     if name not in models:
         raise ValueError(f"unknown model {name!r}; choose one of {', '.join(MODEL_NAMES)}")
-    return models[name](in_channels=in_channels, width=width)
+    return models[name](in_channels=in_channels, width=width, **options)
 
 
 def count_parameters(model: nn.Module) -> int:

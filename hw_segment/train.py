@@ -62,11 +62,19 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument("--width", type=int, default=None, help="channels of the first block (default: recipe)")
     group.add_argument("--n-images", type=int, default=400, help="number of built-in images")
     group.add_argument("--no-augment", action="store_true", help="no flips/rotations/colour jitter")
+    group.add_argument("--plain-bottleneck", action="store_true",
+                       help="UNet/UNet2: the course's two plain convs in the bottleneck instead of dilated ones")
     group.add_argument("--split-seed", type=int, default=0, help="seed of the train/val/test split")
     group.add_argument("--select", choices=("last", "best"), default="last",
                        help="which weights the run reports and keeps as its model: the last epoch's (the "
                             "one-cycle schedule ends at a tiny LR) or the best val IoU's (best.pt)")
     return parser
+
+
+def model_options(args) -> dict:
+    """Keyword options of :func:`build_model` given by the command line (or a saved args.json)."""
+    args = vars(args) if isinstance(args, argparse.Namespace) else args
+    return {"dilated": False} if args.get("plain_bottleneck") and args["model"] in ("unet", "unet2") else {}
 
 
 def apply_recipe(args: argparse.Namespace, builtin: bool, n_train: int) -> dict:
@@ -127,7 +135,7 @@ def main(argv: list[str] | None = None) -> dict:
     train_loader, val_loader, val, test = make_loaders(data, args)
 
     torch.manual_seed(args.seed)
-    model = build_model(args.model, args.width)
+    model = build_model(args.model, args.width, **model_options(args))
     print(f"model: {args.model}, width {args.width}, {count_parameters(model):,} parameters")
     steps = optimizer_steps(len(train_loader), args.epochs, args.limit_batches, args.accumulate)
     task = SegmentationTask(model, loss_fn, lr=args.lr, total_steps=steps)

@@ -65,10 +65,14 @@ def test_models_keep_resolution_and_have_plausible_sizes(name):
     with torch.no_grad():
         assert model(torch.rand(1, 3, 256, 256)).shape == (1, 1, 256, 256)
         assert model(torch.rand(2, 3, 48, 80)).shape == (2, 1, 48, 80)
-    # the course's width 64: UNet ~ 34.5M (Ronneberger's is 31M), SegNet a third of it
+    # the course's width 64: UNet 34.5M without the dilated bottleneck (Ronneberger's is 31M),
+    # 44.0M with it (one more 1024->1024 3x3 conv: 9.44M); SegNet about a third
     full = count_parameters(build_model(name, width=64))
-    expected = {"segnet": 15.46e6, "unet": 34.52e6, "unet2": 34.17e6}[name]
+    expected = {"segnet": 15.46e6, "unet": 43.96e6, "unet2": 43.61e6}[name]
     assert full == pytest.approx(expected, rel=0.01)
+    if name != "segnet":
+        plain = count_parameters(build_model(name, width=64, dilated=False))
+        assert full - plain == 1024 * 1024 * 9 + 2 * 1024
 
 
 @pytest.mark.parametrize("name", MODEL_NAMES)
