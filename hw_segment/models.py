@@ -14,6 +14,11 @@ differ in how information crosses from the encoder to the decoder:
 * :class:`UNet2`: the course's variant of UNet where the downsampling is a learned convolution
   with stride 2 and the upsampling a transposed convolution with stride 2.
 
+Two additions to the course's skeleton, both switchable, both measured on the 40-case PH2
+subset (see hw_segment.compare --against-smp): each image is standardised per channel before the
+first layer (:func:`standardize_images`: the model sees contrast, not skin tone), and the UNets'
+bottleneck uses dilated convolutions (:func:`dilated_block`: a wider view of the lesion).
+
 Every model returns one channel of logits (no activation) at the input's resolution. The
 input's height and width must be multiples of 16 (four halvings); other sizes raise a
 ``ValueError`` that names the nearest valid sizes, instead of failing inside a concatenation.

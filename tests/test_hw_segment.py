@@ -12,7 +12,7 @@ from PIL import Image
 from core.data import DataError
 from core.metrics import dice_score, iou_pytorch, iou_score
 from hw_segment.data import find_ph2_cases, load_ph2, make_lesions, split_indices
-from hw_segment.models import MODEL_NAMES, build_model, count_parameters, nearest_valid_sizes
+from hw_segment.models import MODEL_NAMES, build_model, count_parameters, nearest_valid_sizes, standardize_images
 
 
 @pytest.fixture(autouse=True)
@@ -73,6 +73,22 @@ def test_models_keep_resolution_and_have_plausible_sizes(name):
     if name != "segnet":
         plain = count_parameters(build_model(name, width=64, dilated=False))
         assert full - plain == 1024 * 1024 * 9 + 2 * 1024
+
+
+def test_standardised_models_ignore_skin_tone_and_brightness():
+    torch.manual_seed(0)
+    x = torch.rand(2, 3, 32, 32)
+    z = standardize_images(x)
+    assert z.mean((2, 3)).abs().max() < 1e-5
+    assert z.std((2, 3)).sub(1).abs().max() < 0.01      # std / (std + 1e-3)
+    # a per-channel gain and offset (another skin tone, dimmer light) leaves the output unchanged
+    gain, offset = torch.tensor([0.7, 0.9, 0.5])[:, None, None], torch.tensor([0.2, 0.05, 0.1])[:, None, None]
+    for standardize, changed in ((True, False), (False, True)):
+        model = build_model("unet", width=4, standardize=standardize).eval()
+        with torch.no_grad():
+            before, after = model(x), model(x * gain + offset)
+        relative_change = ((before - after).abs().max() / before.std()).item()
+        assert (relative_change > 0.5) == changed, (standardize, relative_change)   # measured: 0.02 vs 1.3
 
 
 @pytest.mark.parametrize("name", MODEL_NAMES)
