@@ -50,20 +50,25 @@ def build_parser() -> argparse.ArgumentParser:
     from core.losses import LOSS_NAMES
 
     parser = cli.make_parser("hw_segment.train", __doc__.split("\n")[0])
+    parser.epilog = "options left at None take the recipe's value: " + "; ".join(
+        f"{data}: " + ", ".join(f"{k}={v}" for k, v in recipe.items()) for data, recipe in RECIPES.items()) + \
+        " (PH2 batch: 25, smaller when an epoch would have fewer than 4 steps)"
     cli.add_data_args(parser)
-    cli.add_training_args(parser, epochs=None, batch_size=None, lr=None)
+    cli.add_training_args(parser, epochs=None, batch_size=None, lr=None)  # None: the recipe's
     group = parser.add_argument_group("segmentation")
     group.add_argument("--model", choices=MODEL_NAMES + (SMP_UNET,), default="unet",
                        help=f"network; {SMP_UNET} is segmentation_models_pytorch's Unet(resnet18), for comparison")
     group.add_argument("--loss", default=DEFAULT_LOSS,
                        help=f"one of {', '.join(LOSS_NAMES)}, or a weighted sum such as 0.5*dice+bce")
-    group.add_argument("--size", type=int, default=None, help="image side in pixels, a multiple of 16 "
-                       "(default: 64 built-in, 256 PH2)")
-    group.add_argument("--width", type=int, default=None, help="channels of the first block (default: recipe)")
+    group.add_argument("--size", type=int, default=None,
+                       help="image side in pixels, a multiple of 16; None: the recipe's (64 built-in, 256 PH2)")
+    group.add_argument("--width", type=int, default=None, help="channels of the first block; None: the recipe's")
     group.add_argument("--n-images", type=int, default=400, help="number of built-in images")
     group.add_argument("--no-augment", action="store_true", help="no flips/rotations/colour jitter")
     group.add_argument("--plain-bottleneck", action="store_true",
                        help="UNet/UNet2: the course's two plain convs in the bottleneck instead of dilated ones")
+    group.add_argument("--no-standardize", action="store_true",
+                       help="feed the images as they are, not standardised per image and channel")
     group.add_argument("--split-seed", type=int, default=0, help="seed of the train/val/test split")
     group.add_argument("--select", choices=("last", "best"), default="last",
                        help="which weights the run reports and keeps as its model: the last epoch's (the "
@@ -74,7 +79,12 @@ def build_parser() -> argparse.ArgumentParser:
 def model_options(args) -> dict:
     """Keyword options of :func:`build_model` given by the command line (or a saved args.json)."""
     args = vars(args) if isinstance(args, argparse.Namespace) else args
-    return {"dilated": False} if args.get("plain_bottleneck") and args["model"] in ("unet", "unet2") else {}
+    options = {}
+    if args.get("plain_bottleneck") and args["model"] in ("unet", "unet2"):
+        options["dilated"] = False
+    if args.get("no_standardize") and args["model"] in MODEL_NAMES:
+        options["standardize"] = False
+    return options
 
 
 def apply_recipe(args: argparse.Namespace, builtin: bool, n_train: int) -> dict:
