@@ -151,6 +151,8 @@ def main(argv: list[str] | None = None) -> dict:
     task = SegmentationTask(model, loss_fn, lr=args.lr, total_steps=steps)
     run = cli.RunDir.create("hw_segment", args)
     trainer = Trainer.from_args(args, run_dir=run.path, monitor="val_iou", mode="max")
+    if trainer.device.type == "cpu":  # bench/segment.py: channels-last convolutions are ~1.2x faster on CPU
+        model.to(memory_format=torch.channels_last)
     start = time.perf_counter()
     history = trainer.fit(task, train_loader, val_loader, resume=args.resume)
     train_time = time.perf_counter() - start
