@@ -1,4 +1,4 @@
-"""PH2 skin-lesion images and masks, a built-in procedural stand-in, splits and augmentation.
+"""PH2 skin-lesion images and masks, built-in procedural look-alikes, splits and augmentation.
 
 PH2 (Mendonça et al., EMBC 2013) is read from the layout the course uses::
 

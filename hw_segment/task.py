@@ -1,4 +1,4 @@
-"""The segmentation task for :class:`core.trainer.Trainer`, prediction and scoring helpers."""
+"""The segmentation task for :class:`core.trainer.Trainer`, prediction and scoring functions."""
 from __future__ import annotations
 
 import math
