@@ -15,10 +15,7 @@ import json
 import os
 import statistics
 import time
-import sys
 from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the project root, when run as a script
 
 from hw_churn.data import load_churn
 from hw_churn.models import CATBOOST_COURSE, CatBoostModel, LogRegModel

@@ -21,17 +21,14 @@ import argparse
 import json
 import os
 import statistics
-import sys
 import time
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from hw_segment.data import SegmentationDataset, load_ph2, make_lesions  # noqa: E402
-from hw_segment.models import build_model  # noqa: E402
+from hw_segment.data import SegmentationDataset, load_ph2, make_lesions
+from hw_segment.models import build_model
 
 
 def soft_dice_bce(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

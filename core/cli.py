@@ -22,7 +22,7 @@ import sys
 import time
 from pathlib import Path
 
-from .device import is_main_process
+from .device import broadcast_object, is_main_process
 
 RUNS_ROOT_ENV = "DLS_RUNS"
 
@@ -144,7 +144,8 @@ class RunDir:
             path = Path(run_dir)
         else:
             name = name or (getattr(args, "run_name", None) if args is not None else None)
-            name = name or time.strftime("%Y%m%d-%H%M%S")
+            # under torchrun every process must agree on the timestamp: rank 0's is used
+            name = name or broadcast_object(time.strftime("%Y%m%d-%H%M%S"))
             path = Path(os.environ.get(RUNS_ROOT_ENV, "runs")) / homework / name
         run = cls(path)
         if is_main_process():

@@ -78,10 +78,9 @@ def resolve_data_root(
             why = f" ($DLS_DATA has no '{name}' folder)" if env else " (no --data-dir, DLS_DATA unset)"
             source = DataSource(None, "built-in", f"data: {builtin}{why}")
     if announce:
-        from .device import is_main_process
+        from .device import echo
 
-        if is_main_process():
-            print(source.description, flush=True)
+        echo(source.description)
     return source
 
 

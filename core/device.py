@@ -136,10 +136,41 @@ def init_distributed(device: torch.device) -> DistInfo:
 
 
 def dist_info() -> DistInfo:
-    """The current process's rank and world size (``DistInfo()`` when not distributed)."""
+    """The current process's rank and world size (``DistInfo()`` when not distributed).
+
+    Before the process group is joined, a process started by ``torchrun`` still knows its
+    rank from the environment, so code that runs before the Trainer (making the run folder,
+    saving ``args.json``) already writes on rank 0 only.
+    """
     if dist.is_available() and dist.is_initialized():
         return DistInfo(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", 0)))
+    world_size = int(os.environ.get("WORLD_SIZE", 1))
+    if world_size > 1:
+        return DistInfo(int(os.environ.get("RANK", 0)), world_size, int(os.environ.get("LOCAL_RANK", 0)))
     return DistInfo()
+
+
+def echo(*parts, **kwargs) -> None:
+    """``print`` on rank 0 only, so a ``torchrun`` run prints each line once."""
+    if is_main_process():
+        print(*parts, flush=True, **kwargs)
+
+
+def broadcast_object(value, device: torch.device | None = None):
+    """Rank 0's ``value`` on every process (joining the process group if needed); ``value``
+    itself in a single-process run."""
+    if int(os.environ.get("WORLD_SIZE", 1)) <= 1:
+        return value
+    init_distributed(device if device is not None else pick_device())
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def barrier() -> None:
+    """Wait for every process (a no-op when not distributed)."""
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
 
 
 def is_main_process() -> bool:

@@ -55,7 +55,7 @@ from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
 from tqdm.auto import tqdm
 
 from .callbacks import Callback, EarlyStopping, HistoryCSV, ModelCheckpoint
-from .device import (DistInfo, autocast, autocast_dtype, init_distributed, pick_device, rng_state,
+from .device import (DistInfo, autocast, autocast_dtype, barrier, init_distributed, pick_device, rng_state,
                      seed_everything, set_rng_state)
 
 
@@ -266,6 +266,7 @@ class Trainer:
             self._unwrap_ddp(task)
         for cb in self.callbacks:
             cb.on_fit_end(self, task)
+        barrier()  # rank 0's checkpoints are on disk before any process reads them
         return self.history
 
     @property

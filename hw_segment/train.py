@@ -24,6 +24,7 @@ from torch.utils.data import DataLoader
 
 from core import cli
 from core.data import DataError, resolve_data_root
+from core.device import echo
 from core.plots import mask_overlays, plot_history
 from core.trainer import Trainer, load_checkpoint
 
@@ -111,7 +112,7 @@ def split_data(data: SegmentationData, split_seed: int) -> tuple[SegmentationDat
 
 def make_loaders(data: SegmentationData, args) -> tuple[DataLoader, DataLoader, SegmentationData, SegmentationData]:
     train, val, test = split_data(data, args.split_seed)
-    print(f"split: {len(train)} train / {len(val)} val / {len(test)} test (split seed {args.split_seed})")
+    echo(f"split: {len(train)} train / {len(val)} val / {len(test)} test (split seed {args.split_seed})")
     train_loader = DataLoader(SegmentationDataset(train, train=not args.no_augment), batch_size=args.batch_size,
                               shuffle=True, num_workers=args.num_workers, drop_last=len(train) > args.batch_size)
     val_loader = DataLoader(SegmentationDataset(val), batch_size=args.batch_size, num_workers=args.num_workers)
@@ -138,15 +139,15 @@ def main(argv: list[str] | None = None) -> dict:
         check_input_size(args.size, args.size)
         data = load_data(args, source.builtin, source.root)
         recipe = apply_recipe(args, source.builtin, len(split_indices(len(data), args.split_seed)[0]))
-        print("recipe: " + "  ".join(f"{k}={v}" for k, v in recipe.items()) + f"  model={args.model}  loss={args.loss}")
+        echo("recipe: " + "  ".join(f"{k}={v}" for k, v in recipe.items()) + f"  model={args.model}  loss={args.loss}")
     except (DataError, ValueError) as exc:
         raise SystemExit(f"error: {exc}") from None
-    print(f"dataset: {data.description}")
+    echo(f"dataset: {data.description}")
     train_loader, val_loader, val, test = make_loaders(data, args)
 
     torch.manual_seed(args.seed)
     model = build_model(args.model, args.width, **model_options(args))
-    print(f"model: {args.model}, width {args.width}, {count_parameters(model):,} parameters")
+    echo(f"model: {args.model}, width {args.width}, {count_parameters(model):,} parameters")
     steps = optimizer_steps(len(train_loader), args.epochs, args.limit_batches, args.accumulate)
     task = SegmentationTask(model, loss_fn, lr=args.lr, total_steps=steps)
     run = cli.RunDir.create("hw_segment", args)

@@ -328,6 +328,22 @@ def test_ddp_two_processes_match_single_process(tmp_path):
     load_checkpoint(tmp_path / "ddp" / "best.pt", task)
 
 
+def test_ddp_processes_share_one_run_folder(tmp_path):
+    """Under torchrun, code before the Trainer already knows its rank (only rank 0 writes) and
+    a timestamped run folder is rank 0's on every process, even across a second boundary."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "DLS_RUNS": str(tmp_path)}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           str(HERE / "ddp_train_script.py"), "--run-folder"]
+    result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    lines = sorted(line for line in result.stdout.splitlines() if line.startswith("rank "))
+    assert [line.split(":")[0] for line in lines] == ["rank 0", "rank 1"]
+    assert "main=True" in lines[0] and "main=False" in lines[1]
+    folders = {line.split("folder=")[1] for line in lines}
+    assert len(folders) == 1
+    assert [p.name for p in (tmp_path / "ddp_demo").iterdir()] == [Path(folders.pop()).name]
+
+
 class MeanOf(Task):
     """Validation reports the target as a per-batch mean and as per-sample values."""
 
