@@ -27,24 +27,33 @@ from .device import broadcast_object, is_main_process
 RUNS_ROOT_ENV = "DLS_RUNS"
 
 
+class _DefaultsFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Appends ``(default: X)`` to an option's help unless X is None or the help already
+    says what the default is."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if action.default is None or action.default is argparse.SUPPRESS or "default" in text:
+            return text
+        return super()._get_help_string(action)
+
+
 def make_parser(prog: str, description: str) -> argparse.ArgumentParser:
     """An ``ArgumentParser`` that shows defaults in ``--help`` and accepts ``--config``."""
-    parser = argparse.ArgumentParser(
-        prog=f"python -m {prog}", description=description,
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
+    parser = argparse.ArgumentParser(prog=f"python -m {prog}", description=description,
+                                     formatter_class=_DefaultsFormatter)
     parser.add_argument("--config", type=str, default=None,
                         help="JSON or YAML file whose keys set argument defaults")
     return parser
 
 
-def add_data_args(parser: argparse.ArgumentParser) -> argparse._ArgumentGroup:
-    """``--data-dir`` and ``--num-workers``."""
+def add_data_args(parser: argparse.ArgumentParser, loader: bool = True) -> argparse._ArgumentGroup:
+    """``--data-dir``, and ``--num-workers`` for homeworks that read through a DataLoader."""
     group = parser.add_argument_group("data")
     group.add_argument("--data-dir", type=str, default=None,
                        help="dataset root; default $DLS_DATA/<dataset>, else the built-in data")
-    group.add_argument("--num-workers", type=int, default=0,
-                       help="DataLoader worker processes")
+    if loader:
+        group.add_argument("--num-workers", type=int, default=0, help="DataLoader worker processes")
     return group
 
 

@@ -31,7 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
                      "upload the result with 'kaggle competitions submit -c advanced-dls-spring-2021 "
                      "-f submission.csv -m MESSAGE'")
     parser.add_argument("--run", required=True, help="run folder written by hw_churn.train (holds model.joblib)")
-    cli.add_data_args(parser)
+    cli.add_data_args(parser, loader=False)
     parser.add_argument("--out", default=None, help="where to write the CSV (default RUN/submission.csv)")
     return parser
 
