@@ -145,7 +145,7 @@ def mask_overlays(images: Sequence, truths: Sequence, preds: Sequence, path: str
         axes[i, 3].imshow(img)
         axes[i, 3].contour(truth, levels=[0.5], colors="lime", linewidths=1)
         axes[i, 3].contour(pred, levels=[0.5], colors="red", linewidths=1)
-        axes[i, 3].set_title("outlines", fontsize=8)
+        axes[i, 3].set_title("outlines: green truth, red prediction", fontsize=8)
         for ax in axes[i]:
             ax.axis("off")
     fig.tight_layout()
