@@ -5,6 +5,7 @@ same behaviour on a laptop CPU, an Apple GPU, one CUDA card or several under ``t
 """
 from __future__ import annotations
 
+import atexit
 import contextlib
 import os
 import random
@@ -132,7 +133,15 @@ def init_distributed(device: torch.device) -> DistInfo:
         if device.type == "cuda":
             torch.cuda.set_device(device)
         dist.init_process_group(backend=backend)
+        atexit.register(_leave_process_group)
     return info
+
+
+def _leave_process_group() -> None:
+    # a process that exits with the group still open can abort in gloo's threads
+    # ("terminate called without an active exception")
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def dist_info() -> DistInfo:

@@ -1,7 +1,7 @@
 """Train a small regression model; run under torchrun for DDP, or plainly for one process.
 
 Usage: python ddp_train_script.py RUN_DIR BATCH_SIZE_PER_PROCESS
-       python ddp_train_script.py --run-folder     (makes a timestamped run folder, prints it per rank)
+       python ddp_train_script.py --run-folder REPORT_DIR   (a timestamped run folder; each rank reports it)
 The homework-side code has no DDP in it: the Trainer adds the sampler and the wrapper.
 """
 import sys
@@ -42,21 +42,26 @@ def dataset(n: int, seed: int) -> TensorDataset:
     return TensorDataset(x, torch.sin(x @ torch.linspace(-1, 1, 5)) + 0.05 * torch.randn(n, generator=g))
 
 
-def make_run_folder() -> None:
-    """Before any process group exists: each rank says whether it is the writer and which
-    folder it got (all ranks must get rank 0's timestamp)."""
+def make_run_folder(report_dir: str) -> None:
+    """Before any process group exists: each rank reports, in its own file under
+    ``report_dir``, whether it is the writer and which run folder it got (all ranks must get
+    rank 0's timestamp). Ends with a barrier, as ``Trainer.fit`` does, so that no process
+    leaves while another still waits on the broadcast."""
     import os
+    from pathlib import Path
 
     from core.cli import RunDir
-    from core.device import is_main_process
+    from core.device import barrier, is_main_process
 
     main = is_main_process()
     run = RunDir.create("ddp_demo")
-    print(f"rank {os.environ.get('RANK')}: main={main} folder={run.path}", flush=True)
+    rank = os.environ.get("RANK")
+    Path(report_dir, f"rank{rank}.txt").write_text(f"main={main}\nfolder={run.path}\n")
+    barrier()
 
 
 if __name__ == "__main__" and sys.argv[1] == "--run-folder":
-    make_run_folder()
+    make_run_folder(sys.argv[2])
 elif __name__ == "__main__":
     run_dir, batch_size = sys.argv[1], int(sys.argv[2])
     train = DataLoader(dataset(64, 0), batch_size=batch_size, shuffle=False)

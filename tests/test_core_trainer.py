@@ -331,17 +331,19 @@ def test_ddp_two_processes_match_single_process(tmp_path):
 def test_ddp_processes_share_one_run_folder(tmp_path):
     """Under torchrun, code before the Trainer already knows its rank (only rank 0 writes) and
     a timestamped run folder is rank 0's on every process, even across a second boundary."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "DLS_RUNS": str(tmp_path)}
+    runs, reports = tmp_path / "runs", tmp_path / "reports"
+    reports.mkdir()
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "DLS_RUNS": str(runs)}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           str(HERE / "ddp_train_script.py"), "--run-folder"]
+           str(HERE / "ddp_train_script.py"), "--run-folder", str(reports)]
     result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    lines = sorted(line for line in result.stdout.splitlines() if line.startswith("rank "))
-    assert [line.split(":")[0] for line in lines] == ["rank 0", "rank 1"]
-    assert "main=True" in lines[0] and "main=False" in lines[1]
-    folders = {line.split("folder=")[1] for line in lines}
-    assert len(folders) == 1
-    assert [p.name for p in (tmp_path / "ddp_demo").iterdir()] == [Path(folders.pop()).name]
+    report = {p.stem: dict(line.split("=", 1) for line in p.read_text().splitlines())
+              for p in reports.iterdir()}
+    assert sorted(report) == ["rank0", "rank1"]
+    assert report["rank0"]["main"] == "True" and report["rank1"]["main"] == "False"
+    assert report["rank0"]["folder"] == report["rank1"]["folder"]
+    assert [p.name for p in (runs / "ddp_demo").iterdir()] == [Path(report["rank0"]["folder"]).name]
 
 
 class MeanOf(Task):
