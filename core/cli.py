@@ -22,7 +22,7 @@ import sys
 import time
 from pathlib import Path
 
-from .device import broadcast_object, is_main_process
+from .device import broadcast_object, is_main_process, pick_device
 
 RUNS_ROOT_ENV = "DLS_RUNS"
 
@@ -153,8 +153,9 @@ class RunDir:
             path = Path(run_dir)
         else:
             name = name or (getattr(args, "run_name", None) if args is not None else None)
-            # under torchrun every process must agree on the timestamp: rank 0's is used
-            name = name or broadcast_object(time.strftime("%Y%m%d-%H%M%S"))
+            if not name:  # under torchrun every process must agree on the timestamp: rank 0's is used
+                device = pick_device(getattr(args, "device", "auto"))
+                name = broadcast_object(time.strftime("%Y%m%d-%H%M%S"), device)
             path = Path(os.environ.get(RUNS_ROOT_ENV, "runs")) / homework / name
         run = cls(path)
         if is_main_process():

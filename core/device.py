@@ -124,10 +124,9 @@ def init_distributed(device: torch.device) -> DistInfo:
     ``torchrun`` sets ``RANK``, ``WORLD_SIZE`` and ``LOCAL_RANK``. The backend is ``nccl``
     on CUDA and ``gloo`` everywhere else, so ``torchrun --nproc_per_node 2`` works on a CPU.
     """
-    world_size = int(os.environ.get("WORLD_SIZE", 1))
-    if world_size <= 1:
-        return DistInfo()
-    info = DistInfo(int(os.environ["RANK"]), world_size, int(os.environ.get("LOCAL_RANK", 0)))
+    info = _launched_as()
+    if not info.enabled:
+        return info
     if not dist.is_initialized():
         backend = "nccl" if device.type == "cuda" else "gloo"
         if device.type == "cuda":
@@ -135,6 +134,16 @@ def init_distributed(device: torch.device) -> DistInfo:
         dist.init_process_group(backend=backend)
         atexit.register(_leave_process_group)
     return info
+
+
+def _launched_as() -> DistInfo:
+    """Rank, world size and local rank as ``torchrun`` set them in the environment."""
+    world_size = int(os.environ.get("WORLD_SIZE", 1))
+    if world_size <= 1:
+        return DistInfo()
+    if "RANK" not in os.environ:
+        raise RuntimeError(f"WORLD_SIZE={world_size} but RANK is not set: start several processes with torchrun")
+    return DistInfo(int(os.environ["RANK"]), world_size, int(os.environ.get("LOCAL_RANK", 0)))
 
 
 def _leave_process_group() -> None:
@@ -153,10 +162,7 @@ def dist_info() -> DistInfo:
     """
     if dist.is_available() and dist.is_initialized():
         return DistInfo(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", 0)))
-    world_size = int(os.environ.get("WORLD_SIZE", 1))
-    if world_size > 1:
-        return DistInfo(int(os.environ.get("RANK", 0)), world_size, int(os.environ.get("LOCAL_RANK", 0)))
-    return DistInfo()
+    return _launched_as()
 
 
 def echo(*parts, **kwargs) -> None:
@@ -165,12 +171,11 @@ def echo(*parts, **kwargs) -> None:
         print(*parts, flush=True, **kwargs)
 
 
-def broadcast_object(value, device: torch.device | None = None):
-    """Rank 0's ``value`` on every process (joining the process group if needed); ``value``
-    itself in a single-process run."""
-    if int(os.environ.get("WORLD_SIZE", 1)) <= 1:
+def broadcast_object(value, device: torch.device):
+    """Rank 0's ``value`` on every process; ``value`` itself in a single-process run. Joins
+    the process group if needed, with the backend for ``device`` (the one training will use)."""
+    if not init_distributed(device).enabled:
         return value
-    init_distributed(device if device is not None else pick_device())
     box = [value]
     dist.broadcast_object_list(box, src=0)
     return box[0]
