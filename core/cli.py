@@ -21,10 +21,32 @@ import os
 import sys
 import time
 from pathlib import Path
+from typing import Callable
 
 from .device import broadcast_object, is_main_process, pick_device
+from .errors import UserError
 
 RUNS_ROOT_ENV = "DLS_RUNS"
+
+
+def run_command(main: Callable[[], int | None]) -> None:
+    """Run a command's ``main()`` the way every command runs.
+
+    A :class:`~core.errors.UserError` (bad input or option) is printed as one line,
+    ``error: <message>``, with exit status 2; Ctrl-C exits with status 130. Use it as::
+
+        if __name__ == "__main__":
+            cli.run_command(main)
+    """
+    try:
+        code = main()
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        raise SystemExit(130) from None
+    raise SystemExit(code or 0)
 
 
 class _DefaultsFormatter(argparse.ArgumentDefaultsHelpFormatter):

@@ -19,10 +19,12 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from .errors import UserError
+
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 
 
-class DataError(Exception):
+class DataError(UserError):
     """Bad or missing input data. The message names the file or folder and the problem."""
 
 
