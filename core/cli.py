@@ -169,7 +169,8 @@ class RunDir:
 
     @classmethod
     def create(cls, homework: str, args: argparse.Namespace | None = None, name: str | None = None) -> "RunDir":
-        """Make the run folder (on rank 0) and save the arguments in it as ``args.json``."""
+        """Make the run folder (on rank 0) and save the arguments in it as ``args.json``, with
+        ``"homework"`` (which package wrote the run: see :mod:`core.predictor`)."""
         run_dir = getattr(args, "run_dir", None) if args is not None else None
         if run_dir:
             path = Path(run_dir)
@@ -183,7 +184,7 @@ class RunDir:
         if is_main_process():
             run.plots.mkdir(parents=True, exist_ok=True)
             if args is not None:
-                run.save_json("args.json", {**vars(args), "command": " ".join(sys.argv)})
+                run.save_json("args.json", {**vars(args), "homework": homework, "command": " ".join(sys.argv)})
         return run
 
     @property

@@ -19,8 +19,9 @@ import torch
 from core import cli
 from core.data import DataError, resolve_data_root
 from core.device import pick_device
+from core.errors import UserError
 from core.plots import mask_overlays
-from core.trainer import load_checkpoint
+from core.predictor import load_weights, task_weights
 
 from .data import load_ph2, make_lesions
 from .models import build_model
@@ -29,17 +30,15 @@ from .train import model_options
 
 
 def load_trained_model(run: str | Path) -> tuple[torch.nn.Module, dict]:
-    """The model of a training run (``args.json`` + the checkpoint its ``--select`` names) in
-    eval mode, and its arguments."""
+    """The model of a training run (``args.json`` + the checkpoint its ``--select`` names, read
+    weights-only) in eval mode, and its arguments."""
     run = Path(run)
     args_path = run / "args.json"
     if not args_path.is_file():
         raise DataError(f"{run}: no args.json (is this a hw_segment.train run folder?)")
     args = json.loads(args_path.read_text())
     model = build_model(args["model"], args["width"], **model_options(args))
-    checkpoint = load_checkpoint(run / f"{args.get('select', 'best')}.pt")
-    state = {k.removeprefix("model."): v for k, v in checkpoint["task"].items() if k.startswith("model.")}
-    model.load_state_dict(state)
+    model.load_state_dict(task_weights(load_weights(run / f"{args.get('select', 'best')}.pt")))
     return model.eval(), args
 
 
@@ -56,7 +55,7 @@ def main(argv: list[str] | None = None) -> dict:
         size = train_args["size"]
         source = resolve_data_root("ph2", args.data_dir, builtin="built-in procedural lesion images")
         data = make_lesions(args.n_images, size, seed=12345) if source.builtin else load_ph2(source.root, size)
-    except (DataError, FileNotFoundError, RuntimeError) as exc:
+    except (UserError, FileNotFoundError, RuntimeError) as exc:
         raise SystemExit(f"error: {exc}") from None
     print(f"model: {train_args['model']} (width {train_args['width']}) from {args.run}; data: {data.description}")
     if args.run_dir is None:

@@ -59,3 +59,17 @@ def pytest_sessionfinish(session, exitstatus):
     if os.environ.get("DLS_REQUIRE_REALDATA") == "1" and exitstatus == 0 and _realdata_passed == 0:
         print("\nDLS_REQUIRE_REALDATA=1 but no test marked 'realdata' passed: failing the run")
         session.exitstatus = 1
+
+
+@pytest.fixture(scope="session")
+def segment_run(tmp_path_factory) -> Path:
+    """A small ``hw_segment.train`` run folder (one epoch on 24 built-in 32 px images), shared
+    by the predictor and web-service tests."""
+    import torch
+
+    from hw_segment import train
+
+    run_dir = tmp_path_factory.mktemp("segment") / "lesions"
+    torch.set_num_threads(1)
+    train.main(["--size", "32", "--width", "4", "--n-images", "24", "--epochs", "1", "--run-dir", str(run_dir)])
+    return run_dir
