@@ -1,23 +1,54 @@
-"""Shared command-line conventions: argument groups, config files and the run folder.
+"""Shared command-line conventions: argument groups, option checks, config files, the run folder
+and the one error path every command goes through.
 
-Every homework command is built the same way::
+A command is built the same way in every homework::
 
-    parser = cli.make_parser("hw_segment.train", "Train a segmentation model on PH2.")
-    cli.add_data_args(parser)
-    cli.add_training_args(parser, epochs=20, batch_size=25, lr=1e-3)
-    parser.add_argument("--loss", ...)          # the homework's own options
-    args = cli.parse_args(parser)               # --config FILE sets defaults first
-    run = cli.RunDir.create("hw_segment", args) # runs/hw_segment/<name>/ + args.json
+    def main(argv: list[str] | None = None) -> dict:
+        parser = cli.make_parser("hw_x.train", "Train ... on ...")
+        cli.add_data_args(parser)                       # --data-dir, --num-workers
+        cli.add_training_args(parser, epochs=20, batch_size=25, lr=1e-3)   # also --run-dir/--run-name/--overwrite
+        parser.add_argument("--width", type=cli.positive_int, default=16)  # checked while parsing
+        args = cli.parse_args(parser, argv)             # --config FILE sets defaults; all values checked
+        ...                                             # load the data: raise UserError / DataError on bad input
+        run = cli.RunDir.reserve("hw_x", args)          # the folder, created empty; nothing written yet
+        trainer = Trainer.from_args(args, run_dir=run.path, callbacks=[run.start_callback(args)])
+        trainer.fit(task, train_loader, val_loader, resume=args.resume)   # args.json once the run starts
+        run.save_metrics(metrics)
+        run.summary(metrics)
 
-``--config FILE`` (JSON or YAML) sets defaults; flags given on the command line still win,
-and the final arguments are saved as ``args.json`` in the run folder (as in timm's train.py).
+    if __name__ == "__main__":
+        cli.run_command(main)
+
+A command without a Trainer checks its options and reads its data, then calls
+``run = cli.RunDir.create("hw_x", args)`` (= ``reserve`` + ``run.start(args)``, which writes
+``args.json``) before its real work, so that an unwritable folder stops it before that work.
+
+Bad option values stop the command with one argparse-style line (``prog: error: argument
+--epochs: expected an integer >= 1, got '0'``, exit status 2) before any work: give options a
+checking ``type`` (:func:`positive_int`, :func:`nonneg_int`, :func:`int_at_least`,
+:func:`positive_float`, :func:`nonneg_float`, :func:`probability`, :func:`n_jobs`,
+:func:`device_name`, :func:`existing_file`, :func:`run_name`) or ``choices``; values from
+``--config`` go through the same checks. A problem found later (a file, a value that depends on
+the data) is raised as :class:`core.errors.UserError` (or :class:`core.data.DataError`), which
+:func:`run_command` prints as ``error: <message>`` with exit status 2.
+
+The run folder is ``runs/<homework>/<timestamp>`` by default (``$DLS_RUNS`` instead of ``runs``),
+unique even for runs started in the same second (``-2``, ``-3`` ... suffixes, claimed with an
+atomic ``mkdir``; under ``torchrun`` rank 0 decides and every rank gets its answer).
+``--run-name NAME`` / ``--run-dir DIR`` name it; a named folder that holds files is refused,
+unless ``--resume`` reads a checkpoint inside it (the run continues there) or ``--overwrite``
+is given (the folder must hold a run, i.e. an ``args.json``; it is emptied first).
+``--config FILE`` (JSON or YAML) sets defaults; flags given on the command line still win, and
+the final arguments are saved as ``args.json`` (as in timm's train.py).
 """
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import math
 import os
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -27,27 +58,157 @@ from .device import broadcast_object, is_main_process, pick_device
 from .errors import UserError
 
 RUNS_ROOT_ENV = "DLS_RUNS"
+ARGS_FILE = "args.json"
 
 
-def run_command(main: Callable[[], int | None]) -> None:
-    """Run a command's ``main()`` the way every command runs.
+def run_command(main: Callable[..., object], argv: list[str] | None = None) -> None:
+    """Run a command's ``main`` the way every command runs, and exit.
 
-    A :class:`~core.errors.UserError` (bad input or option) is printed as one line,
-    ``error: <message>``, with exit status 2; Ctrl-C exits with status 130. Use it as::
+    A :class:`~core.errors.UserError` (bad input or option; :class:`core.data.DataError` is
+    one) is printed as one line, ``error: <message>``, with exit status 2; Ctrl-C exits with
+    status 130. ``main`` is called with ``argv`` when it is given (tests), else with no
+    argument. Use it as::
 
         if __name__ == "__main__":
             cli.run_command(main)
     """
     try:
-        code = main()
+        main() if argv is None else main(argv)
     except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {exc}", file=sys.stderr, flush=True)
         raise SystemExit(2) from None
     except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+        print("interrupted", file=sys.stderr, flush=True)
         raise SystemExit(130) from None
-    raise SystemExit(code or 0)
+    raise SystemExit(0)
 
+
+# -- option checks: argparse `type=` functions ------------------------------------------------
+
+def int_at_least(minimum: int) -> Callable[[str], int]:
+    """A ``type=`` for integers ``>= minimum`` (e.g. ``int_at_least(2)`` for CV folds)."""
+
+    def check(text: str) -> int:
+        try:
+            value = int(text)
+        except (TypeError, ValueError):
+            raise argparse.ArgumentTypeError(f"expected an integer >= {minimum}, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {minimum}, got {text!r}")
+        return value
+
+    check.__name__ = f"int_at_least_{minimum}"
+    return check
+
+
+positive_int = int_at_least(1)
+positive_int.__name__ = "positive_int"
+nonneg_int = int_at_least(0)
+nonneg_int.__name__ = "nonneg_int"
+
+
+def _finite_float(text: str, expected: str) -> float:
+    try:
+        value = float(text)
+    except (TypeError, ValueError):
+        raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    """A finite number ``> 0`` (learning rates, clipping norms)."""
+    value = _finite_float(text, "a number > 0")
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text!r}")
+    return value
+
+
+def nonneg_float(text: str) -> float:
+    """A finite number ``>= 0`` (penalty coefficients)."""
+    value = _finite_float(text, "a number >= 0")
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}")
+    return value
+
+
+def probability(text: str) -> float:
+    """A number in ``[0, 1]`` (dropout, thresholds, fractions)."""
+    value = _finite_float(text, "a number in [0, 1]")
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {text!r}")
+    return value
+
+
+def n_jobs(text: str) -> int:
+    """scikit-learn's ``n_jobs``: ``-1`` for every core, else a positive number of processes."""
+    try:
+        value = int(text)
+    except (TypeError, ValueError):
+        value = 0
+    if value != -1 and value < 1:
+        raise argparse.ArgumentTypeError(f"expected -1 (every core) or a number of processes >= 1, got {text!r}")
+    return value
+
+
+def device_name(text: str) -> str:
+    """``auto`` or a device this machine has: ``cpu``, ``cuda``, ``cuda:N``, ``mps``."""
+    if text == "auto":
+        return text
+    import torch
+
+    try:
+        device = torch.device(text)
+    except (RuntimeError, ValueError):
+        device = None
+    if device is None or device.type not in ("cpu", "cuda", "mps"):
+        raise argparse.ArgumentTypeError(f"expected auto, cpu, cuda, cuda:N or mps, got {text!r}")
+    try:
+        pick_device(text)
+    except RuntimeError as exc:
+        raise argparse.ArgumentTypeError(str(exc).split(": ", 1)[-1]) from None
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise argparse.ArgumentTypeError(f"{text}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    return text
+
+
+def existing_file(text: str) -> str:
+    """A path to an existing file (``--resume``, ``--data``)."""
+    path = Path(text).expanduser()
+    if not path.exists():
+        raise argparse.ArgumentTypeError(f"{text}: file not found")
+    if not path.is_file():
+        raise argparse.ArgumentTypeError(f"{text}: is a folder, expected a file")
+    return str(path)
+
+
+def run_name(text: str) -> str:
+    """A folder name (no path separators): ``--run-name``."""
+    if not text or text in (".", "..") or "/" in text or os.sep in text:
+        raise argparse.ArgumentTypeError(f"expected a folder name without '/', got {text!r} (use --run-dir for a path)")
+    return text
+
+
+def check_folds(folds: int, labels, option: str = "--folds") -> None:
+    """Stratified K-fold needs every class to have at least ``folds`` rows.
+
+    Raises:
+        UserError: naming ``option``, the smallest class and its size.
+    """
+    import numpy as np
+
+    classes, counts = np.unique(np.asarray(labels), return_counts=True)
+    if len(classes) < 2:
+        raise UserError(f"{option} {folds}: the data has a single class ({classes.tolist()}), nothing to cross-validate")
+    smallest = int(counts.argmin())
+    label, count = classes.tolist()[smallest], int(counts[smallest])
+    if count < folds:
+        hint = f"use {option} {count} or less" if count >= 2 else "cross-validation needs 2 rows of every class"
+        raise UserError(f"{option} {folds}: class {label!r} has only {count} row(s), fewer than the folds; {hint}")
+
+
+# -- parser and shared groups -----------------------------------------------------------------
 
 class _DefaultsFormatter(argparse.ArgumentDefaultsHelpFormatter):
     """Appends ``(default: X)`` to an option's help unless X is None or the help already
@@ -60,10 +221,18 @@ class _DefaultsFormatter(argparse.ArgumentDefaultsHelpFormatter):
         return super()._get_help_string(action)
 
 
+class CommandParser(argparse.ArgumentParser):
+    """An ``ArgumentParser`` whose errors are one line, ``prog: error: message`` (exit 2),
+    without the usage block."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
 def make_parser(prog: str, description: str) -> argparse.ArgumentParser:
-    """An ``ArgumentParser`` that shows defaults in ``--help`` and accepts ``--config``."""
-    parser = argparse.ArgumentParser(prog=f"python -m {prog}", description=description,
-                                     formatter_class=_DefaultsFormatter)
+    """A parser that shows defaults in ``--help``, accepts ``--config`` and reports a bad value
+    in one line."""
+    parser = CommandParser(prog=f"python -m {prog}", description=description, formatter_class=_DefaultsFormatter)
     parser.add_argument("--config", type=str, default=None,
                         help="JSON or YAML file whose keys set argument defaults")
     return parser
@@ -75,55 +244,66 @@ def add_data_args(parser: argparse.ArgumentParser, loader: bool = True) -> argpa
     group.add_argument("--data-dir", type=str, default=None,
                        help="dataset root; default $DLS_DATA/<dataset>, else the built-in data")
     if loader:
-        group.add_argument("--num-workers", type=int, default=0, help="DataLoader worker processes")
+        group.add_argument("--num-workers", type=nonneg_int, default=0, help="DataLoader worker processes")
     return group
 
 
-def add_training_args(parser: argparse.ArgumentParser, *, epochs: int = 10, batch_size: int = 32,
-                      lr: float = 1e-3) -> argparse._ArgumentGroup:
-    """The options every :class:`core.trainer.Trainer` run understands."""
+def add_training_args(parser: argparse.ArgumentParser, *, epochs: int | None = 10, batch_size: int | None = 32,
+                      lr: float | None = 1e-3) -> argparse._ArgumentGroup:
+    """The options every :class:`core.trainer.Trainer` run understands, each checked while
+    parsing; also adds :func:`add_run_args`."""
     group = parser.add_argument_group("training")
-    group.add_argument("--epochs", type=int, default=epochs, help="number of epochs")
-    group.add_argument("--batch-size", type=int, default=batch_size,
+    group.add_argument("--epochs", type=positive_int, default=epochs, help="number of epochs")
+    group.add_argument("--batch-size", type=positive_int, default=batch_size,
                        help="batch size per process (per GPU under torchrun)")
-    group.add_argument("--lr", type=float, default=lr, help="learning rate")
+    group.add_argument("--lr", type=positive_float, default=lr, help="learning rate")
     group.add_argument("--seed", type=int, default=42, help="random seed")
     group.add_argument("--deterministic", action="store_true",
                        help="deterministic kernels: same seed, same weights (slower)")
-    group.add_argument("--device", type=str, default="auto",
+    group.add_argument("--device", type=device_name, default="auto",
                        help="auto (cuda > mps > cpu), cpu, cuda, cuda:1, mps")
     group.add_argument("--precision", type=str, default="auto", choices=["auto", "32", "bf16", "16"],
                        help="autocast dtype; auto = bf16/fp16 on CUDA, fp32 elsewhere")
-    group.add_argument("--grad-clip", type=float, default=None, help="clip the gradient norm to this value")
-    group.add_argument("--accumulate", type=int, default=1, help="accumulate gradients over this many batches")
-    group.add_argument("--patience", type=int, default=None,
+    group.add_argument("--grad-clip", type=positive_float, default=None, help="clip the gradient norm to this value")
+    group.add_argument("--accumulate", type=positive_int, default=1,
+                       help="accumulate gradients over this many batches")
+    group.add_argument("--patience", type=positive_int, default=None,
                        help="early stopping: epochs without improvement before stopping")
-    group.add_argument("--limit-batches", type=int, default=None,
+    group.add_argument("--limit-batches", type=positive_int, default=None,
                        help="use at most this many batches per epoch (train and val)")
     group.add_argument("--dry-run", action="store_true", help="one epoch of two batches, to check the pipeline")
-    group.add_argument("--resume", type=str, default=None,
-                       help="checkpoint to resume from (e.g. runs/<hw>/<name>/last.pt)")
+    group.add_argument("--resume", type=existing_file, default=None,
+                       help="checkpoint to resume from (e.g. runs/<hw>/<name>/last.pt); with --run-dir set "
+                            "to that checkpoint's folder the run continues there")
     add_run_args(parser)
     return group
 
 
 def add_run_args(parser: argparse.ArgumentParser) -> argparse._ArgumentGroup:
-    """``--run-dir`` / ``--run-name``: where the run's files go."""
+    """``--run-dir`` / ``--run-name`` (where the run's files go) and ``--overwrite``."""
     group = parser.add_argument_group("outputs")
     group.add_argument("--run-dir", type=str, default=None,
                        help="write the run exactly here (default runs/<homework>/<run-name>)")
-    group.add_argument("--run-name", type=str, default=None,
-                       help="name of the run folder (default: a timestamp)")
+    group.add_argument("--run-name", type=run_name, default=None,
+                       help="name of the run folder (default: a timestamp, made unique)")
+    group.add_argument("--overwrite", action="store_true",
+                       help="replace the run already in --run-dir/--run-name (its files are deleted first)")
     return group
 
 
+# -- config files and parsing -----------------------------------------------------------------
+
 def load_config(path: str | os.PathLike) -> dict:
-    """Read a JSON or YAML config file into a flat dict of argument defaults."""
+    """Read a JSON or YAML config file into a flat dict of argument defaults.
+
+    Raises:
+        UserError: the file is missing, cannot be parsed, or is not a mapping.
+    """
     path = Path(path)
     if not path.is_file():
-        raise SystemExit(f"error: --config {path}: file not found")
-    text = path.read_text()
+        raise UserError(f"--config {path}: file not found")
     try:
+        text = path.read_text()
         if path.suffix.lower() in (".yaml", ".yml"):
             import yaml
 
@@ -131,25 +311,71 @@ def load_config(path: str | os.PathLike) -> dict:
         else:
             data = json.loads(text)
     except Exception as exc:
-        raise SystemExit(f"error: --config {path}: cannot parse ({exc})") from None
+        raise UserError(f"--config {path}: cannot parse ({exc})") from None
     if not isinstance(data, dict):
-        raise SystemExit(f"error: --config {path}: expected a mapping of argument names to values")
-    return {key.replace("-", "_"): value for key, value in data.items()}
+        raise UserError(f"--config {path}: expected a mapping of argument names to values")
+    return {str(key).replace("-", "_"): value for key, value in data.items()}
+
+
+def _config_value(action: argparse.Action, value):
+    """``value`` from a config file, converted and checked as if it had been typed after the
+    option's flag (argparse itself neither converts non-string defaults nor checks choices)."""
+    if value is None:
+        return None
+    if action.nargs == 0:  # store_true / store_false
+        if not isinstance(value, bool):
+            raise argparse.ArgumentTypeError(f"expected true or false, got {value!r}")
+        return value
+    many = action.nargs in ("+", "*") or (isinstance(action.nargs, int) and action.nargs > 1)
+    if isinstance(value, (list, tuple)) and not many:
+        raise argparse.ArgumentTypeError(f"expected one value, got a list {value!r}")
+    if isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"expected a value, got a mapping {value!r}")
+    if many:
+        return [_config_value_one(action, item) for item in (value if isinstance(value, (list, tuple)) else [value])]
+    return _config_value_one(action, value)
+
+
+def _config_value_one(action: argparse.Action, value):
+    text = value if isinstance(value, str) else json.dumps(value)
+    converter = action.type or str
+    try:
+        value = converter(text)
+    except (TypeError, ValueError):
+        name = getattr(converter, "__name__", "")
+        raise argparse.ArgumentTypeError(f"invalid {name} value: {text!r}") from None
+    if action.choices is not None and value not in action.choices:
+        raise argparse.ArgumentTypeError(
+            f"invalid choice: {value!r} (choose from {', '.join(map(repr, action.choices))})")
+    return value
 
 
 def parse_args(parser: argparse.ArgumentParser, argv: list[str] | None = None) -> argparse.Namespace:
     """Parse ``argv``; values from ``--config`` become defaults that the command line overrides.
 
-    Unknown keys in the config file are an error, so a typo does not pass silently.
+    Every value, from the command line or the config file, goes through the option's ``type``
+    and ``choices``; a bad one or an unknown config key stops here with one line (exit 2).
     """
-    pre, _ = parser.parse_known_args(argv)
-    if getattr(pre, "config", None):
-        config = load_config(pre.config)
-        known = {action.dest for action in parser._actions}
-        unknown = sorted(set(config) - known)
+    finder = argparse.ArgumentParser(add_help=False)  # only --config, so nothing else is parsed twice
+    finder.add_argument("--config", default=None)
+    pre, _ = finder.parse_known_args(argv)
+    if pre.config:
+        try:
+            config = load_config(pre.config)
+        except UserError as exc:
+            parser.error(str(exc))
+        actions = {action.dest: action for action in parser._actions if action.dest != "help"}
+        unknown = sorted(set(config) - set(actions))
         if unknown:
             parser.error(f"--config {pre.config}: unknown option(s) {', '.join(unknown)}")
-        parser.set_defaults(**config)
+        defaults = {}
+        for key, value in config.items():
+            try:
+                defaults[key] = _config_value(actions[key], value)
+            except argparse.ArgumentTypeError as exc:
+                flag = actions[key].option_strings[-1] if actions[key].option_strings else key
+                parser.error(f"--config {pre.config}: {key} (argument {flag}): {exc}")
+        parser.set_defaults(**defaults)
     args = parser.parse_args(argv)
     if getattr(args, "dry_run", False):
         args.epochs = 1
@@ -157,35 +383,82 @@ def parse_args(parser: argparse.ArgumentParser, argv: list[str] | None = None) -
     return args
 
 
+# -- the run folder ---------------------------------------------------------------------------
+
+def runs_root() -> Path:
+    """Where default run folders go: ``$DLS_RUNS``, else ``runs`` in the current folder."""
+    return Path(os.environ.get(RUNS_ROOT_ENV, "runs"))
+
+
 class RunDir:
     """The folder a run writes to: ``runs/<homework>/<name>/`` or exactly ``--run-dir``.
 
-    Holds ``args.json``, ``history.csv``, ``best.pt``/``last.pt``, ``plots/*.png``,
-    ``metrics.json`` and, where the homework has one, ``submission.csv``.
+    Holds ``args.json`` (written when the run starts), ``history.csv``, ``best.pt``/``last.pt``,
+    ``plots/*.png``, ``metrics.json`` and, where the homework has one, ``submission.csv``.
+    A folder is never reused silently: see :meth:`reserve`.
     """
 
-    def __init__(self, path: str | os.PathLike):
+    def __init__(self, path: str | os.PathLike, homework: str | None = None):
         self.path = Path(path)
+        self.homework = homework
 
     @classmethod
-    def create(cls, homework: str, args: argparse.Namespace | None = None, name: str | None = None) -> "RunDir":
-        """Make the run folder (on rank 0) and save the arguments in it as ``args.json``, with
-        ``"homework"`` (which package wrote the run: see :mod:`core.predictor`)."""
-        run_dir = getattr(args, "run_dir", None) if args is not None else None
-        if run_dir:
-            path = Path(run_dir)
-        else:
-            name = name or (getattr(args, "run_name", None) if args is not None else None)
-            if not name:  # under torchrun every process must agree on the timestamp: rank 0's is used
-                device = pick_device(getattr(args, "device", "auto"))
-                name = broadcast_object(time.strftime("%Y%m%d-%H%M%S"), device)
-            path = Path(os.environ.get(RUNS_ROOT_ENV, "runs")) / homework / name
-        run = cls(path)
+    def reserve(cls, homework: str, args: argparse.Namespace | None = None, *, name: str | None = None,
+                parent: str | os.PathLike | None = None, prefix: str = "") -> "RunDir":
+        """Claim the run folder and create it (with ``plots/``), writing nothing else.
+
+        The folder is ``args.run_dir`` if given, else ``<parent>/<args.run_name or name>``, else
+        ``<parent>/<prefix><timestamp>`` made unique with ``-2``, ``-3`` ... (``parent``
+        defaults to ``runs/<homework>``). A named folder that is not empty is refused unless
+        ``args.resume`` is a checkpoint inside it (or ``True``: the command continues its
+        own run there) or ``args.overwrite`` is set and it holds a run (``args.json``), in
+        which case it is emptied first. Under ``torchrun`` rank 0 decides; every rank gets
+        the same folder or the same error.
+
+        Raises:
+            UserError: the folder holds a run, is not a folder, or cannot be written.
+        """
+        device = pick_device(getattr(args, "device", None) or "auto")
+        decision = (None, None)
         if is_main_process():
-            run.plots.mkdir(parents=True, exist_ok=True)
-            if args is not None:
-                run.save_json("args.json", {**vars(args), "homework": homework, "command": " ".join(sys.argv)})
+            try:
+                decision = (str(_claim(homework, args, name, parent, prefix)), None)
+            except UserError as exc:
+                decision = (None, str(exc))
+        path, error = broadcast_object(decision, device)
+        if error is not None:
+            raise UserError(error)
+        return cls(path, homework)
+
+    @classmethod
+    def create(cls, homework: str, args: argparse.Namespace | None = None, *, name: str | None = None,
+               parent: str | os.PathLike | None = None, prefix: str = "") -> "RunDir":
+        """:meth:`reserve` the folder and :meth:`start` the run in it (``args.json``) at once:
+        for commands that have checked everything by the time they call it."""
+        run = cls.reserve(homework, args, name=name, parent=parent, prefix=prefix)
+        if args is not None:
+            run.start(args)
         return run
+
+    def start(self, args: argparse.Namespace) -> Path:
+        """The run really starts: save the final arguments as ``args.json`` (rank 0 only), with
+        ``"homework"`` (which package wrote the run: see :mod:`core.predictor`) and the command."""
+        return self.save_json(ARGS_FILE, {**vars(args), "homework": self.homework, "command": " ".join(sys.argv)})
+
+    def start_callback(self, args: argparse.Namespace):
+        """A Trainer callback that calls :meth:`start` when ``fit`` starts, i.e. after a
+        ``--resume`` checkpoint has been read: a failed resume leaves ``args.json`` alone."""
+        from .callbacks import Callback
+
+        run = self
+
+        class StartRun(Callback):
+            order = 1000  # after the built-in callbacks, so their saved-state keys do not move
+
+            def on_fit_start(self, trainer, task) -> None:
+                run.start(args)
+
+        return StartRun()
 
     @property
     def plots(self) -> Path:
@@ -201,13 +474,15 @@ class RunDir:
         return f"RunDir({str(self.path)!r})"
 
     def save_json(self, name: str, data: dict) -> Path:
-        """Write ``data`` as indented JSON (paths and NumPy scalars become plain values).
-        Under DDP only rank 0 writes."""
+        """Write ``data`` as indented JSON, atomically (paths and NumPy scalars become plain
+        values). Under DDP only rank 0 writes."""
         target = self.path / name
         if not is_main_process():
             return target
         target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_text(json.dumps(data, indent=2, default=_json_default) + "\n")
+        tmp = target.with_name(target.name + ".tmp")
+        tmp.write_text(json.dumps(data, indent=2, default=_json_default) + "\n")
+        os.replace(tmp, target)
         return target
 
     def save_metrics(self, metrics: dict) -> Path:
@@ -231,6 +506,92 @@ class RunDir:
             print("  files: " + ", ".join(files))
         if metrics:
             print("  metrics: " + "  ".join(f"{k}={_fmt(v)}" for k, v in metrics.items()))
+
+
+def _claim(homework: str, args, name: str | None, parent, prefix: str) -> Path:
+    """Rank 0's half of :meth:`RunDir.reserve`: pick, check and create the folder."""
+    root = Path(parent) if parent is not None else runs_root() / homework
+    run_dir = getattr(args, "run_dir", None)
+    chosen = getattr(args, "run_name", None) or name
+    if run_dir:
+        path, flag = Path(run_dir).expanduser(), f"--run-dir {run_dir}"
+    elif chosen:
+        path, flag = root / chosen, f"--run-name {chosen} ({root / chosen})"
+    else:
+        return _claim_unique(root, prefix)
+    _check_named(path, flag, getattr(args, "resume", None), bool(getattr(args, "overwrite", False)))
+    _make_folder(path, flag, exist_ok=True)
+    return path
+
+
+def _claim_unique(root: Path, prefix: str) -> Path:
+    """``root/<prefix><timestamp>``, or with ``-2``, ``-3`` ... when a run started in the same
+    second already took it; ``mkdir`` without ``exist_ok`` makes the claim atomic."""
+    _make_folder(root, str(root), exist_ok=True, plots=False)
+    stamp = prefix + time.strftime("%Y%m%d-%H%M%S")
+    for i in itertools.count(1):
+        path = root / (stamp if i == 1 else f"{stamp}-{i}")
+        try:
+            _make_folder(path, str(path), exist_ok=False)
+            return path
+        except FileExistsError:
+            continue
+    raise AssertionError("unreachable")
+
+
+def _make_folder(path: Path, flag: str, exist_ok: bool, plots: bool = True) -> None:
+    try:
+        path.mkdir(parents=True, exist_ok=exist_ok)
+        if plots:
+            (path / "plots").mkdir(exist_ok=True)
+    except FileExistsError:
+        if not exist_ok:
+            raise
+        raise UserError(f"{flag}: exists and is not a folder") from None
+    except OSError as exc:
+        raise UserError(f"{flag}: cannot create the run folder ({exc.strerror or exc})") from None
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise UserError(f"{flag}: the folder is not writable")
+
+
+def _check_named(path: Path, flag: str, resume, overwrite: bool) -> None:
+    """Refuse a named folder that is not empty, unless the run resumes there or overwrites it."""
+    if path.exists() and not path.is_dir():
+        raise UserError(f"{flag}: exists and is not a folder")
+    if not path.is_dir() or not _holds_files(path):
+        return
+    resumes_here = resume is True or (
+        isinstance(resume, (str, os.PathLike)) and Path(resume).expanduser().resolve().parent == path.resolve())
+    holds_run = (path / ARGS_FILE).is_file()
+    if resumes_here and overwrite:
+        raise UserError(f"{flag}: --overwrite would delete the run that --resume continues; give one of them")
+    if resumes_here:
+        return
+    if overwrite and holds_run:
+        _empty_folder(path, flag)
+        return
+    if overwrite:
+        raise UserError(f"{flag}: the folder is not empty and holds no {ARGS_FILE}, so it is not a run folder; "
+                        "--overwrite only replaces a run: choose a new or empty folder")
+    what = "holds a run" if holds_run else "is not empty"
+    raise UserError(f"{flag}: the folder already {what}; choose another --run-name/--run-dir, "
+                    "--resume its last.pt to continue it, or add --overwrite to replace it")
+
+
+def _holds_files(path: Path) -> bool:
+    """Whether ``path`` holds any file (an empty ``plots/`` left by an unstarted run does not count)."""
+    return any(not p.is_dir() for p in path.rglob("*"))
+
+
+def _empty_folder(path: Path, flag: str) -> None:
+    try:
+        for child in path.iterdir():
+            if child.is_dir() and not child.is_symlink():
+                shutil.rmtree(child)
+            else:
+                child.unlink()
+    except OSError as exc:
+        raise UserError(f"{flag}: cannot empty the folder for --overwrite ({exc})") from None
 
 
 def _fmt(value) -> str:

@@ -18,7 +18,8 @@ import numpy as np
 import pandas as pd
 
 from core import cli
-from core.data import DataError, require_file, resolve_data_root
+from core.data import require_file, resolve_data_root
+from core.errors import UserError
 from core.submission import SubmissionError, write_submission
 
 from .data import clean_table, make_sample, read_table
@@ -53,12 +54,9 @@ def make_submission(model, test: pd.DataFrame) -> pd.DataFrame:
 def main(argv: list[str] | None = None) -> Path:
     args = cli.parse_args(build_parser(), argv)
     run = Path(args.run)
-    try:
-        saved = joblib.load(require_file(run / "model.joblib", "saved model (run hw_churn.train first)"))
-        source = resolve_data_root("churn", args.data_dir, builtin=BUILTIN)
-        test = load_test(source.root)
-    except DataError as exc:
-        raise SystemExit(f"error: {exc}") from None
+    saved = joblib.load(require_file(run / "model.joblib", "saved model (run hw_churn.train first)"))
+    source = resolve_data_root("churn", args.data_dir, builtin=BUILTIN)
+    test = load_test(source.root)
     print(f"model: {saved['name']} ({saved['description']}), CV ROC-AUC {saved['cv_auc']:.4f}, "
           f"trained on {saved['data'].removeprefix('data: ')}")
     submission = make_submission(saved["model"], test)
@@ -67,10 +65,10 @@ def main(argv: list[str] | None = None) -> Path:
         write_submission(submission, out, columns=["Id", "Churn"], id_column="Id",
                          expected_ids=range(len(test)), value_range=(0.0, 1.0))
     except SubmissionError as exc:
-        raise SystemExit(f"error: {exc}") from None
+        raise UserError(str(exc)) from None
     print(f"submission: {out} ({len(submission)} rows, mean churn probability {submission['Churn'].mean():.3f})")
     return out
 
 
 if __name__ == "__main__":
-    main()
+    cli.run_command(main)

@@ -25,7 +25,7 @@ import joblib
 import pandas as pd
 
 from core import cli
-from core.data import DataError, resolve_data_root
+from core.data import resolve_data_root
 
 from . import eda
 from .data import FEATURE_COLS, load_churn
@@ -50,8 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="logreg / catboost / blend: that model's steps only, saved as the final model; "
                             "all: every step, and the best by CV is saved")
     group.add_argument("--seed", type=int, default=1, help="seed of the folds, the searches and CatBoost")
-    group.add_argument("--folds", type=int, default=5, help="number of stratified CV folds")
-    group.add_argument("--threads", type=int, default=2, help="CatBoost threads")
+    group.add_argument("--folds", type=cli.int_at_least(2), default=5, help="number of stratified CV folds")
+    group.add_argument("--threads", type=cli.positive_int, default=2, help="CatBoost threads")
     group.add_argument("--catboost-defaults", action="store_true",
                        help="also score CatBoost with its default parameters (1000 trees; about a minute more)")
     group.add_argument("--quick", action="store_true",
@@ -117,13 +117,11 @@ def run_catboost_steps(X, y, folds, args, study: Study) -> dict:
 def main(argv: list[str] | None = None) -> dict:
     args = cli.parse_args(build_parser(), argv)
     start = time.time()
-    try:
-        source = resolve_data_root("churn", args.data_dir, builtin=BUILTIN)
-        data = load_churn(source.root)
-    except DataError as exc:
-        raise SystemExit(f"error: {exc}") from None
-    run = cli.RunDir.create("hw_churn", args)
+    source = resolve_data_root("churn", args.data_dir, builtin=BUILTIN)
+    data = load_churn(source.root)
     X, y = data.X, data.y
+    cli.check_folds(args.folds, y, "--folds")
+    run = cli.RunDir.create("hw_churn", args)
 
     # -- data report and EDA figures
     eda.print_report(data.train, data.report)
@@ -185,4 +183,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    cli.run_command(main)

@@ -19,7 +19,8 @@ import time
 import numpy as np
 
 from core import cli
-from core.data import DataError, require_file, resolve_data_root
+from core.data import require_file, resolve_data_root
+from core.errors import UserError
 from core.plots import bar_compare
 
 from .data import BUILTIN, FOREST_FILE, Table, class_frequencies, load_builtin, load_covtype, read_forest_csv
@@ -36,10 +37,10 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument("--data", type=str, default=None, help=f"path to the course's {FOREST_FILE}")
     group.add_argument("--dataset", choices=["auto", "covtype", *BUILTIN], default="auto",
                        help=f"auto: --data, else {FOREST_FILE} in --data-dir / $DLS_DATA/forest, else digits")
-    group.add_argument("--covtype-rows", type=int, default=10000, help="rows sampled from covtype")
+    group.add_argument("--covtype-rows", type=cli.positive_int, default=10000, help="rows sampled from covtype")
     group.add_argument("--seed", type=int, default=42, help="seed of the covtype sample")
-    group.add_argument("--cv", type=int, default=5, help="cross-validation folds of both grid searches")
-    group.add_argument("--n-jobs", type=int, default=-1, help="grid-search processes (-1: all cores)")
+    group.add_argument("--cv", type=cli.int_at_least(2), default=5, help="cross-validation folds of both grid searches")
+    group.add_argument("--n-jobs", type=cli.n_jobs, default=-1, help="grid-search processes (-1: all cores)")
     cli.add_run_args(parser)
     return parser
 
@@ -73,9 +74,11 @@ def main(argv: list[str] | None = None) -> dict:
     args = cli.parse_args(build_parser(), argv)
     try:
         table = load_table(args)
-    except (DataError, ValueError) as exc:
-        raise SystemExit(f"error: {exc}") from None
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
     X, y = table.X, table.y
+    cli.check_folds(args.cv, y, "--cv")
+    run = cli.RunDir.create("hw_knn", args)  # before the grid searches: an unwritable folder stops us now
     X_train, X_test, y_train, y_test = split(X, y)
     print(f"split: {len(X_train)} train / {len(X_test)} test, classes {np.unique(y).tolist()}")
     metrics: dict = {"n_rows": len(X), "n_features": X.shape[1]}
@@ -117,7 +120,6 @@ def main(argv: list[str] | None = None) -> dict:
         f"pred_freq_{QUIZ_CLASS_INDEX}": float(pred_freq[QUIZ_CLASS_INDEX]),
         "q5_pred_freq_rounded": answers.q5_pred_freq,
     })
-    run = cli.RunDir.create("hw_knn", args)
     run.save_metrics(metrics)
     run.save_json("answers.json", {**vars(answers), "logreg_saga_best_params": saga_params,
                                    "knn_best_params": dict(grid.best_params_),
@@ -134,4 +136,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    cli.run_command(main)

@@ -16,7 +16,7 @@ import argparse
 import numpy as np
 
 from core import cli
-from core.data import DataError, resolve_data_root
+from core.data import resolve_data_root
 
 from .compare import compare_with_sklearn
 from .data import load_breast_cancer_data, load_mnist_01, make_course_blobs
@@ -29,13 +29,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser = cli.make_parser("hw_logreg.train", __doc__.split("\n")[0])
     cli.add_data_args(parser, loader=False)
     group = parser.add_argument_group("logistic regression")
-    group.add_argument("--l1", type=float, default=0.1, help="L1 coefficient")
-    group.add_argument("--l2", type=float, default=0.1, help="L2 coefficient")
-    group.add_argument("--blob-epochs", type=int, default=1000, help="epochs on the blobs")
-    group.add_argument("--epochs", type=int, default=10, help="epochs in the breast-cancer/MNIST comparison")
-    group.add_argument("--lr", type=float, default=0.1, help="learning rate")
-    group.add_argument("--batch-size", type=int, default=100, help="batch size")
-    group.add_argument("--cv", type=int, default=3, help="cross-validation folds of the comparison")
+    group.add_argument("--l1", type=cli.nonneg_float, default=0.1, help="L1 coefficient")
+    group.add_argument("--l2", type=cli.nonneg_float, default=0.1, help="L2 coefficient")
+    group.add_argument("--blob-epochs", type=cli.positive_int, default=1000, help="epochs on the blobs")
+    group.add_argument("--epochs", type=cli.positive_int, default=10, help="epochs in the breast-cancer/MNIST comparison")
+    group.add_argument("--lr", type=cli.positive_float, default=0.1, help="learning rate")
+    group.add_argument("--batch-size", type=cli.positive_int, default=100, help="batch size")
+    group.add_argument("--cv", type=cli.int_at_least(2), default=3, help="cross-validation folds of the comparison")
     group.add_argument("--seed", type=int, default=42, help="seed of the descent's random start")
     cli.add_run_args(parser)
     return parser
@@ -43,11 +43,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> dict:
     args = cli.parse_args(build_parser(), argv)
-    try:
-        mnist = resolve_data_root("mnist", args.data_dir, builtin="blobs and breast cancer only (no MNIST)")
-        mnist_data = None if mnist.builtin else load_mnist_01(mnist.root)
-    except DataError as exc:
-        raise SystemExit(f"error: {exc}") from None
+    mnist = resolve_data_root("mnist", args.data_dir, builtin="blobs and breast cancer only (no MNIST)")
+    mnist_data = None if mnist.builtin else load_mnist_01(mnist.root)
+    if mnist_data is not None:
+        cli.check_folds(args.cv, mnist_data[1], "--cv")
     run = cli.RunDir.create("hw_logreg", args)
     metrics: dict = {}
 
@@ -89,4 +88,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    cli.run_command(main)

@@ -5,7 +5,9 @@
     python -m hw_segment.compare --against-smp --data-dir PATH/TO/PH2 --size 128 --seeds 0 1 2
 
 Each pair is trained with ``hw_segment.train`` (same recipe, same split) for every split seed
-in ``--seeds``. ``report.md`` gets one row per pair: test IoU mean and spread (over test images,
+in ``--seeds``, into ``<compare folder>/runs/<model>-<loss>-split<seed>``. ``--resume`` continues
+an interrupted comparison in its folder (``--run-name``/``--run-dir``): a finished run is reused
+only when it was asked for with the same options on the same data, else it is trained again. ``report.md`` gets one row per pair: test IoU mean and spread (over test images,
 or over seeds when there are several), val IoU, the course's thresholded score, seconds per
 epoch and parameters; the best loss of each model is marked, and ``plots/predictions.png``
 shows the test images with each model's best prediction.
@@ -18,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +27,7 @@ import pandas as pd
 
 from core import cli
 from core.data import resolve_data_root
+from core.errors import UserError
 from core.plots import image_grid
 
 from . import train
@@ -41,25 +43,47 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--models", nargs="+", default=list(MODEL_NAMES), choices=MODEL_NAMES)
     parser.add_argument("--losses", nargs="+", default=list(LOSS_NAMES),
                         help="loss specs as in hw_segment.train --loss")
-    parser.add_argument("--seeds", nargs="+", type=int, default=[0], help="split seeds (one run per seed)")
-    parser.add_argument("--epochs", type=int, default=None, help="epochs per run (default: the recipe)")
-    parser.add_argument("--size", type=int, default=None, help="image size (default: the recipe)")
+    parser.add_argument("--seeds", nargs="+", type=cli.nonneg_int, default=[0], help="split seeds (one run per seed)")
+    parser.add_argument("--epochs", type=cli.positive_int, default=None, help="epochs per run (default: the recipe)")
+    parser.add_argument("--size", type=cli.positive_int, default=None, help="image size (default: the recipe)")
     parser.add_argument("--data-dir", default=None, help="PH2 root; default $DLS_DATA/ph2, else built-in images")
     parser.add_argument("--against-smp", action="store_true",
                         help="compare our UNet with smp's Unet(resnet18) at equal wall time instead of the grid")
     parser.add_argument("--extra", default="", help="more hw_segment.train options for every run, as one string")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue the comparison in --run-name/--run-dir: reuse its finished runs whose "
+                             "options and data match, train the others")
     cli.add_run_args(parser)
     return parser
 
 
-def train_one(out: Path, name: str, options: list[str]) -> dict:
-    """Run ``hw_segment.train`` into ``out/name`` (or reuse a finished run there) and return its metrics."""
+REQUEST_FILE = "compare_request.json"  # in each trained run: the options and data it was asked for
+NOT_SETTINGS = {"run_dir", "run_name", "overwrite", "resume", "config", "num_workers"}
+
+
+def requested_settings(options: list[str], data: str) -> dict:
+    """What a run of ``hw_segment.train options`` computes: its parsed options (output places
+    left out) and the data it reads. A bad option stops here, before any training."""
+    parsed = cli.parse_args(train.build_parser(), options)
+    settings = {key: value for key, value in vars(parsed).items() if key not in NOT_SETTINGS}
+    return json.loads(json.dumps({"options": settings, "data": data}))
+
+
+def train_one(out: Path, name: str, options: list[str], data: str) -> dict:
+    """Run ``hw_segment.train`` into ``out/runs/name`` and return its metrics. A finished run
+    there is reused only when it was asked for with the same settings; otherwise it is replaced."""
     run_dir = out / "runs" / name
-    if (run_dir / "metrics.json").is_file():
-        print(f"== {name}: reusing {run_dir}")
+    request = requested_settings(options, data)
+    record = run_dir / REQUEST_FILE
+    if (run_dir / "metrics.json").is_file() and record.is_file() and json.loads(record.read_text()) == request:
+        print(f"== {name}: reusing {run_dir} (same options and data)")
         return json.loads((run_dir / "metrics.json").read_text())
-    print(f"== {name}")
-    return train.main(options + ["--run-dir", str(run_dir)])
+    replace = (run_dir / cli.ARGS_FILE).is_file()
+    print(f"== {name}" + (": settings differ from the run there, or it did not finish: training it again"
+                          if replace else ""))
+    metrics = train.main(options + ["--run-dir", str(run_dir)] + (["--overwrite"] if replace else []))
+    record.write_text(json.dumps(request, indent=2) + "\n")
+    return metrics
 
 
 def common_options(args: argparse.Namespace) -> list[str]:
@@ -70,16 +94,32 @@ def common_options(args: argparse.Namespace) -> list[str]:
     return options + args.extra.split()
 
 
-def run_grid(args: argparse.Namespace, out: Path) -> pd.DataFrame:
+def grid_plan(args: argparse.Namespace) -> list[dict]:
+    """One entry per model x loss x seed: its run name and ``hw_segment.train`` options."""
+    return [{"model": model, "loss": loss, "seed": seed, "run": f"{model}-{loss}-split{seed}".replace("*", "x"),
+             "options": common_options(args) + ["--model", model, "--loss", loss, "--split-seed", str(seed)]}
+            for model in args.models for loss in args.losses for seed in args.seeds]
+
+
+def run_grid(plan: list[dict], out: Path, data: str) -> pd.DataFrame:
     rows = []
-    for model in args.models:
-        for loss in args.losses:
-            for seed in args.seeds:
-                name = f"{model}-{loss}-split{seed}".replace("*", "x")
-                metrics = train_one(out, name, common_options(args) + ["--model", model, "--loss", loss,
-                                                                       "--split-seed", str(seed)])
-                rows.append({"model": model, "loss": loss, "seed": seed, "run": name, **metrics})
+    for item in plan:
+        metrics = train_one(out, item["run"], item["options"], data)
+        rows.append({key: item[key] for key in ("model", "loss", "seed", "run")} | metrics)
     return pd.DataFrame(rows)
+
+
+def check_plan(args: argparse.Namespace, plan: list[dict]) -> None:
+    """Every loss spec and every run's options are valid, before anything is trained."""
+    from core.losses import get_loss
+
+    for loss in args.losses:
+        try:
+            get_loss(loss)
+        except (ValueError, KeyError) as exc:
+            raise UserError(f"--losses {loss}: {exc}") from None
+    for item in plan:
+        requested_settings(item["options"], "")
 
 
 def summarise(runs: pd.DataFrame) -> pd.DataFrame:
@@ -130,14 +170,15 @@ def prediction_figure(args: argparse.Namespace, out: Path, runs: pd.DataFrame, t
     return image_grid(images, out / "plots" / "predictions.png", titles=titles, ncols=2 + len(columns))
 
 
-def against_smp(args: argparse.Namespace, out: Path) -> dict:
+def against_smp(args: argparse.Namespace, out: Path, data: str) -> dict:
     """Our UNet (default recipe) vs smp's Unet(resnet18, no weights) at equal training time."""
     results = {}
     for seed in args.seeds:
         base = common_options(args) + ["--split-seed", str(seed)]
-        ours = train_one(out, f"unet-split{seed}", base + ["--model", "unet"])
-        smp_epochs = epochs_for_budget("smp-unet", ours["train_seconds"], base, out, seed)
-        theirs = train_one(out, f"smp-unet-split{seed}", base + ["--model", "smp-unet", "--epochs", str(smp_epochs)])
+        ours = train_one(out, f"unet-split{seed}", base + ["--model", "unet"], data)
+        smp_epochs = epochs_for_budget("smp-unet", ours["train_seconds"], base, out, seed, data)
+        theirs = train_one(out, f"smp-unet-split{seed}", base + ["--model", "smp-unet", "--epochs", str(smp_epochs)],
+                           data)
         for key, metrics in (("unet", ours), ("smp_unet", theirs)):
             for name in ("test_iou", "val_iou", "train_seconds", "epochs", "parameters"):
                 results.setdefault(f"{key}_{name}", []).append(metrics[name])
@@ -159,24 +200,27 @@ def against_smp(args: argparse.Namespace, out: Path) -> dict:
     return summary
 
 
-def epochs_for_budget(model: str, seconds: float, base: list[str], out: Path, seed: int) -> int:
+def epochs_for_budget(model: str, seconds: float, base: list[str], out: Path, seed: int, data: str) -> int:
     """How many epochs of ``model`` fit in ``seconds``: time a two-epoch run (its second
     epoch, train + validation, after the warm-up) and divide."""
     name = f"probe-{model}-split{seed}"
-    train_one(out, name, base + ["--model", model, "--epochs", "2"])
+    train_one(out, name, base + ["--model", model, "--epochs", "2"], data)
     per_epoch = float(pd.read_csv(out / "runs" / name / "history.csv")["time"].iloc[-1])
     return max(1, int(seconds // per_epoch))
 
 
 def main(argv: list[str] | None = None) -> dict:
     args = cli.parse_args(build_parser(), argv)
-    run = cli.RunDir.create("hw_segment", args, name=f"compare-{time.strftime('%Y%m%d-%H%M%S')}")
+    plan = grid_plan(args)
+    check_plan(args, [{"options": common_options(args) + ["--model", "unet"]}] if args.against_smp else plan)
+    data = resolve_data_root("ph2", args.data_dir, builtin="built-in procedural lesion images").description
+    run = cli.RunDir.create("hw_segment", args, prefix="compare-")
     if args.against_smp:
-        summary = against_smp(args, run.path)
+        summary = against_smp(args, run.path, data)
         run.save_metrics(summary)
         run.summary(summary)
         return summary
-    runs = run_grid(args, run.path)
+    runs = run_grid(plan, run.path, data)
     runs.to_csv(run / "runs.csv", index=False)
     table = summarise(runs)
     over = "seeds" if len(args.seeds) > 1 else "test images"
@@ -191,4 +235,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    cli.run_command(main)

@@ -23,8 +23,9 @@ import torch
 from torch.utils.data import DataLoader
 
 from core import cli
-from core.data import DataError, resolve_data_root
+from core.data import resolve_data_root
 from core.device import echo
+from core.errors import UserError
 from core.plots import mask_overlays, plot_history
 from core.trainer import Trainer, load_checkpoint
 
@@ -61,10 +62,11 @@ def build_parser() -> argparse.ArgumentParser:
                        help=f"network; {SMP_UNET} is segmentation_models_pytorch's Unet(resnet18), for comparison")
     group.add_argument("--loss", default=DEFAULT_LOSS,
                        help=f"one of {', '.join(LOSS_NAMES)}, or a weighted sum such as 0.5*dice+bce")
-    group.add_argument("--size", type=int, default=None,
+    group.add_argument("--size", type=cli.positive_int, default=None,
                        help="image side in pixels, a multiple of 16; None: the recipe's (64 built-in, 256 PH2)")
-    group.add_argument("--width", type=int, default=None, help="channels of the first block; None: the recipe's")
-    group.add_argument("--n-images", type=int, default=400, help="number of built-in images")
+    group.add_argument("--width", type=cli.positive_int, default=None,
+                       help="channels of the first block; None: the recipe's")
+    group.add_argument("--n-images", type=cli.int_at_least(4), default=400, help="number of built-in images")
     group.add_argument("--no-augment", action="store_true", help="no flips/rotations/colour jitter")
     group.add_argument("--plain-bottleneck", action="store_true",
                        help="UNet/UNet2: the course's two plain convs in the bottleneck instead of dilated ones")
@@ -131,7 +133,7 @@ def main(argv: list[str] | None = None) -> dict:
     try:
         loss_fn = get_loss(args.loss)
     except (ValueError, KeyError) as exc:
-        raise SystemExit(f"error: --loss {args.loss}: {exc}") from None
+        raise UserError(f"--loss {args.loss}: {exc}") from None
     try:
         source = resolve_data_root("ph2", args.data_dir, builtin="built-in procedural lesion images")
         if args.size is None:
@@ -140,8 +142,8 @@ def main(argv: list[str] | None = None) -> dict:
         data = load_data(args, source.builtin, source.root)
         recipe = apply_recipe(args, source.builtin, len(split_indices(len(data), args.split_seed)[0]))
         echo("recipe: " + "  ".join(f"{k}={v}" for k, v in recipe.items()) + f"  model={args.model}  loss={args.loss}")
-    except (DataError, ValueError) as exc:
-        raise SystemExit(f"error: {exc}") from None
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
     echo(f"dataset: {data.description}")
     train_loader, val_loader, val, test = make_loaders(data, args)
 
@@ -150,8 +152,9 @@ def main(argv: list[str] | None = None) -> dict:
     echo(f"model: {args.model}, width {args.width}, {count_parameters(model):,} parameters")
     steps = optimizer_steps(len(train_loader), args.epochs, args.limit_batches, args.accumulate)
     task = SegmentationTask(model, loss_fn, lr=args.lr, total_steps=steps)
-    run = cli.RunDir.create("hw_segment", args)
-    trainer = Trainer.from_args(args, run_dir=run.path, monitor="val_iou", mode="max")
+    run = cli.RunDir.reserve("hw_segment", args)
+    trainer = Trainer.from_args(args, run_dir=run.path, monitor="val_iou", mode="max",
+                                callbacks=[run.start_callback(args)])
     if trainer.device.type == "cpu":  # bench/segment.py: channels-last convolutions are ~1.2x faster on CPU
         model.to(memory_format=torch.channels_last)
     start = time.perf_counter()
@@ -185,4 +188,4 @@ def write_plots(run: cli.RunDir, model, split: SegmentationData, device, title: 
 
 
 if __name__ == "__main__":
-    main()
+    cli.run_command(main)

@@ -73,3 +73,22 @@ def segment_run(tmp_path_factory) -> Path:
     torch.set_num_threads(1)
     train.main(["--size", "32", "--width", "4", "--n-images", "24", "--epochs", "1", "--run-dir", str(run_dir)])
     return run_dir
+
+
+@pytest.fixture
+def cli_error(capsys):
+    """``cli_error(main, argv)`` runs a command as ``python -m`` does (under
+    ``core.cli.run_command``) and returns its error line; it fails unless the command exits
+    with status 2 after printing exactly one line on stderr."""
+    from core.cli import run_command
+
+    def run(main, argv: list[str]) -> str:
+        capsys.readouterr()
+        with pytest.raises(SystemExit) as info:
+            run_command(main, argv)
+        err = capsys.readouterr().err.strip().splitlines()
+        assert info.value.code == 2, (info.value.code, err)
+        assert len(err) == 1, err
+        return err[0]
+
+    return run

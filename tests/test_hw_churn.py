@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pandas as pd
@@ -115,12 +116,13 @@ def test_bad_target_value_is_named(tmp_path):
         clean_table(raw, "train.csv")
 
 
-def test_train_cli_turns_bad_data_into_one_error_line(tmp_path, runs_root):
+def test_train_cli_turns_bad_data_into_one_error_line(tmp_path, runs_root, cli_error):
     train_raw, test_raw = make_sample(50, 10)
     write_csv(train_raw.drop(columns="Sex"), tmp_path / "train.csv")
     write_csv(test_raw, tmp_path / "test.csv")
-    with pytest.raises(SystemExit, match=r"^error: .*train\.csv: missing column\(s\) \['Sex'\]"):
-        train.main(["--data-dir", str(tmp_path), "--quick"])
+    line = cli_error(train.main, ["--data-dir", str(tmp_path), "--quick"])
+    assert re.match(r"^error: .*train\.csv: missing column\(s\) \['Sex'\]", line)
+    assert not runs_root.exists()  # stopped before the run folder
 
 
 # -- features ----------------------------------------------------------------------------------
@@ -239,9 +241,9 @@ def test_train_and_submit_on_the_builtin_sample(tmp_path, runs_root, monkeypatch
     assert submission["Churn"].between(0, 1).all() and submission["Churn"].std() > 0.05
 
 
-def test_submit_without_a_model_is_a_clear_error(tmp_path):
-    with pytest.raises(SystemExit, match=r"model\.joblib: saved model \(run hw_churn\.train first\) not found"):
-        submit.main(["--run", str(tmp_path)])
+def test_submit_without_a_model_is_a_clear_error(tmp_path, cli_error):
+    line = cli_error(submit.main, ["--run", str(tmp_path)])
+    assert re.search(r"model\.joblib: saved model \(run hw_churn\.train first\) not found", line)
 
 
 # -- real data -----------------------------------------------------------------------------------

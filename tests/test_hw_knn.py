@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 import urllib.error
 
 import numpy as np
@@ -201,19 +202,19 @@ def test_builtin_default_is_announced(monkeypatch, capsys):
     ("0,1,2\n1,,3\n2,5,1\n", "column '1' has 1 empty value(s), first at data row 1"),
     ("", "cannot read as CSV"),
 ])
-def test_bad_csv_names_file_and_column(tmp_path, text, message):
+def test_bad_csv_names_file_and_column(tmp_path, text, message, cli_error):
     path = tmp_path / "forest_dataset.csv"
     path.write_text(text)
     with pytest.raises(DataError) as info:
         read_forest_csv(path)
     assert str(path) in str(info.value) and message in str(info.value)
-    with pytest.raises(SystemExit, match="^error: .*forest_dataset.csv"):
-        main(["--data", str(path), "--run-dir", str(tmp_path / "run")])
+    assert re.match("^error: .*forest_dataset.csv", cli_error(main, ["--data", str(path), "--run-dir", str(tmp_path / "run")]))
+    assert not (tmp_path / "run").exists()
 
 
-def test_missing_csv_is_an_error(tmp_path):
-    with pytest.raises(SystemExit, match="nothere.csv: forest CSV not found"):
-        main(["--data", str(tmp_path / "nothere.csv"), "--run-dir", str(tmp_path / "run")])
+def test_missing_csv_is_an_error(tmp_path, cli_error):
+    assert "nothere.csv: forest CSV not found" in cli_error(main, ["--data", str(tmp_path / "nothere.csv"),
+                                                                    "--run-dir", str(tmp_path / "run")])
 
 
 def test_covtype_offline_is_one_clear_sentence(monkeypatch):

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import re
 
 import numpy as np
 import pytest
@@ -219,7 +220,7 @@ def test_command_without_mnist(tmp_path, monkeypatch, capsys):
         assert (tmp_path / "plots" / name).stat().st_size > 0
 
 
-def test_command_with_a_broken_mnist_folder(tmp_path):
+def test_command_with_a_broken_mnist_folder(tmp_path, cli_error):
     (tmp_path / "MNIST" / "raw").mkdir(parents=True)
-    with pytest.raises(SystemExit, match="error: .*t10k-images-idx3-ubyte.gz: MNIST IDX file not found"):
-        main(["--data-dir", str(tmp_path), "--run-dir", str(tmp_path / "run")])
+    line = cli_error(main, ["--data-dir", str(tmp_path), "--run-dir", str(tmp_path / "run")])
+    assert re.match("error: .*t10k-images-idx3-ubyte.gz: MNIST IDX file not found", line)
