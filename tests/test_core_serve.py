@@ -1,0 +1,276 @@
+"""core.serve: the API over a real hw_segment run and over small hand-made predictors of the
+other kinds (FastAPI's TestClient), every bad input's status and message, a request during a
+blocked inference, a bounded loopback load, and the page in a real headless Chromium."""
+from __future__ import annotations
+
+import io
+import json
+import os
+import shutil
+import statistics
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+import torch
+from fastapi.testclient import TestClient
+from PIL import Image
+
+from core.predictor import Predictor, classification_result, decode_png, generation_result, load_predictor
+from core.serve import create_app, running_server
+from test_core_predictor import lesion_image, png_bytes, png_header
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def fake_run(tmp_path: Path, name: str, metrics: dict | None = None) -> Path:
+    run = tmp_path / name
+    run.mkdir()
+    (run / "args.json").write_text(json.dumps({"homework": "hw_fake"}))
+    if metrics:
+        (run / "metrics.json").write_text(json.dumps(metrics))
+    return run
+
+
+class MeanColourClassifier(Predictor):
+    """Probabilities of red, green, blue: softmax of the image's mean channel values / 10."""
+
+    def __init__(self, run_dir):
+        super().__init__(run_dir, "classification", classes=["red", "green", "blue"], input_size=(8, 8))
+
+    def predict(self, image):
+        logits = np.asarray(image, np.float64).mean((0, 1)) / 10
+        return classification_result(np.exp(logits) / np.exp(logits).sum(), self.info["classes"])
+
+
+class NoiseGenerator(Predictor):
+    def __init__(self, run_dir):
+        super().__init__(run_dir, "generation", input_size=(4, 4))
+
+    def generate(self, seed=0, count=16):
+        return generation_result(torch.rand(count, 3, 4, 4, generator=torch.Generator().manual_seed(seed)), seed)
+
+
+class WaitingPredictor(Predictor):
+    """Segmentation of nothing, once ``release`` is set; says when it has started."""
+
+    def __init__(self, run_dir):
+        super().__init__(run_dir, "segmentation")
+        self.started, self.release = threading.Event(), threading.Event()
+
+    def predict(self, image):
+        self.started.set()
+        assert self.release.wait(60), "never released"
+        from core.predictor import segmentation_result
+
+        return segmentation_result(np.zeros((image.height, image.width), bool))
+
+
+@pytest.fixture(scope="module")
+def segment_client(segment_run):
+    with TestClient(create_app([load_predictor(segment_run)])) as client:
+        yield client
+
+
+def upload(client, model: str, data: bytes, name: str = "image.png", **kwargs):
+    return client.post(f"/predict/{model}", files={"file": (name, data)}, **kwargs)
+
+
+# -- the API over a real run --------------------------------------------------------------------
+def test_models_and_health_describe_the_run(segment_client, segment_run):
+    assert segment_client.get("/health").json() == {"status": "ok", "models": 1}
+    (model,) = segment_client.get("/models").json()["models"]
+    assert (model["name"], model["homework"], model["kind"]) == ("lesions", "hw_segment", "segmentation")
+    assert model["metrics"] == json.loads((segment_run / "metrics.json").read_text())
+    assert model["input_size"] == [32, 32] and model["classes"] == ["lesion"]
+    assert "/predict/{model}" in segment_client.get("/openapi.json").json()["paths"]
+    assert segment_client.get("/docs").status_code == 200
+    assert 'id="model"' in segment_client.get("/").text
+
+
+def test_segment_prediction_equals_the_predict_command(segment_client, segment_run, tmp_path):
+    from hw_segment import predict
+
+    path = tmp_path / "case.png"
+    Image.fromarray(lesion_image(90, 60, seed=4)).save(path)
+    predict.main(["--run", str(segment_run), str(path), "--run-dir", str(tmp_path / "out")])
+    command = json.loads((tmp_path / "out" / "predictions.json").read_text())[str(path)]
+    response = upload(segment_client, "lesions", path.read_bytes(), "case.png")
+    assert response.status_code == 200
+    assert response.json() == command
+    mask = decode_png(response.json()["mask_png"])
+    assert mask.shape == (60, 90) and response.json()["area"] == (mask > 0).sum()
+
+
+@pytest.mark.parametrize("name, data, status, message", [
+    ("notes.txt", b"id,value\n1,2\n", 415, "upload 'notes.txt': not an image"),
+    ("empty.png", b"", 415, "upload 'empty.png': not an image (no image format recognised in 0 bytes)"),
+    ("cut.png", png_bytes(lesion_image(64, 64))[:2000], 400, "upload 'cut.png': truncated or corrupt PNG"),
+    ("bomb.png", png_header(8000, 6000), 413, "8000x6000 is 48,000,000 pixels; the limit is 40,000,000"),
+    ("huge.png", png_header(100_000, 100_000), 413, "more than 178,956,970 pixels"),
+], ids=["text", "empty", "truncated", "bomb", "pillow-bomb"])
+def test_bad_images_get_their_status_and_reason(segment_client, name, data, status, message):
+    response = upload(segment_client, "lesions", data, name)
+    assert response.status_code == status
+    assert message in response.json()["error"]
+
+
+def test_unknown_models_and_missing_fields_are_4xx_json(segment_client):
+    image = png_bytes(lesion_image(32, 32))
+    response = upload(segment_client, "resnet", image)
+    assert response.status_code == 404
+    assert response.json() == {"error": "unknown model 'resnet'; this server has: lesions"}
+    response = segment_client.post("/predict/..%2F..%2Fetc%2Fpasswd", files={"file": ("x.png", image)})
+    assert (response.status_code, response.json()) == (404, {"error": "Not Found"})   # matches no route
+    response = segment_client.post("/predict/lesions", data={"seed": "3"})
+    assert response.status_code == 422
+    assert response.json() == {"error": "no image: send it as the multipart field 'file' (segmentation model)"}
+    assert segment_client.get("/predict/lesions").status_code == 405
+    assert segment_client.get("/nothing/here").json() == {"error": "Not Found"}
+
+
+def test_upload_size_limit(segment_run, tmp_path):
+    limit = 20_000
+    with TestClient(create_app([load_predictor(segment_run)], max_upload_mb=limit / 1024 / 1024)) as client:
+        small = png_bytes(lesion_image(40, 40))
+        assert len(small) < limit and upload(client, "lesions", small).status_code == 200
+        response = upload(client, "lesions", b"\0" * (limit + 1))            # the file itself is over
+        assert response.status_code == 413
+        assert response.json()["error"] == "upload too large: more than 0.0190735 MB (--max-upload-mb)"
+        response = upload(client, "lesions", b"\0" * (limit + 200_000))      # refused from Content-Length
+        assert response.status_code == 413
+        assert response.json()["error"].startswith("upload too large: 2")
+        assert "the limit is 0.0190735 MB" in response.json()["error"]
+
+
+# -- the other kinds, through small predictors ---------------------------------------------------
+def test_classification_and_generation_answers(tmp_path):
+    predictors = [MeanColourClassifier(fake_run(tmp_path, "colours", {"val_acc": 0.5})),
+                  NoiseGenerator(fake_run(tmp_path, "noise"))]
+    with TestClient(create_app(predictors)) as client:
+        models = client.get("/models").json()["models"]
+        assert [(m["name"], m["kind"], m["metrics"]) for m in models] == [
+            ("colours", "classification", {"val_acc": 0.5}), ("noise", "generation", {})]
+        red = np.zeros((5, 5, 3), np.uint8)
+        red[..., 0] = 20                                     # mean (20, 0, 0) / 10 -> logits (2, 0, 0)
+        result = upload(client, "colours", png_bytes(red)).json()
+        expected = [np.e ** 2 / (np.e ** 2 + 2), 1 / (np.e ** 2 + 2), 1 / (np.e ** 2 + 2)]
+        assert [c["label"] for c in result["classes"]] == ["red", "green", "blue"]
+        assert [c["probability"] for c in result["classes"]] == pytest.approx(expected)
+        first = client.post("/predict/noise", data={"seed": "5", "count": "4"}).json()
+        assert first == client.post("/predict/noise", data={"seed": "5", "count": "4"}).json()
+        assert first["grid_png"] != client.post("/predict/noise", data={"seed": "6", "count": "4"}).json()["grid_png"]
+        grid = decode_png(first["grid_png"])
+        assert grid.shape == (2 + 2 * 6, 2 + 2 * 6, 3) and first["count"] == 4
+        response = client.post("/predict/noise", data={"count": "1000"})
+        assert response.status_code == 422 and response.json()["error"].startswith("bad request: count:")
+
+
+def test_duplicate_run_names_get_suffixes(tmp_path):
+    (tmp_path / "a").mkdir()
+    predictors = [MeanColourClassifier(fake_run(tmp_path / "a", "best run")),
+                  MeanColourClassifier(fake_run(tmp_path, "best run"))]
+    with TestClient(create_app(predictors)) as client:
+        assert [m["name"] for m in client.get("/models").json()["models"]] == ["best-run", "best-run-2"]
+
+
+def test_command_line_refuses_bad_options_before_loading(capsys):
+    from core import serve
+
+    for argv, message in ((["--run", "x", "--port", "70000"], "--port 70000: expected 0 to 65535"),
+                          (["--run", "x", "--max-upload-mb", "0"], "--max-upload-mb 0.0: expected a positive size"),
+                          (["--run", "x", "--workers", "0"], "--workers 0: expected a positive number")):
+        with pytest.raises(SystemExit) as info:
+            serve.main(argv)
+        assert info.value.code == 2 and message in capsys.readouterr().err
+
+
+# -- a real server on loopback -------------------------------------------------------------------
+def test_a_request_during_another_inference_is_answered(tmp_path):
+    waiting = WaitingPredictor(fake_run(tmp_path, "slow"))
+    fast = MeanColourClassifier(fake_run(tmp_path, "fast"))
+    image = png_bytes(np.zeros((6, 6, 3), np.uint8))
+    with running_server(create_app([waiting, fast], workers=2)) as url, httpx.Client(base_url=url, timeout=60) as client:
+        with ThreadPoolExecutor(1) as pool:
+            slow = pool.submit(upload, client, "slow", image)
+            assert waiting.started.wait(60)
+            # the slow inference is still running: the other endpoints and the other model answer
+            assert client.get("/health").json()["status"] == "ok"
+            assert upload(client, "fast", image).json()["label"] == "red"
+            assert not slow.done()
+            waiting.release.set()
+            assert slow.result().json()["area"] == 0
+
+
+def test_bounded_load_on_loopback(segment_run):
+    """200 requests, 8 at a time: every one answers 200 with the same mask; p50/p95 printed."""
+    image = png_bytes(lesion_image(64, 64, seed=9))
+    with running_server(create_app([load_predictor(segment_run)], workers=2)) as url, \
+            httpx.Client(base_url=url, timeout=60, limits=httpx.Limits(max_connections=8)) as client:
+        def one(_):
+            start = time.perf_counter()
+            response = upload(client, "lesions", image)
+            return response, time.perf_counter() - start
+
+        with ThreadPoolExecutor(8) as pool:
+            answers = list(pool.map(one, range(200)))
+    assert [r.status_code for r, _ in answers] == [200] * 200
+    assert len({r.json()["mask_png"] for r, _ in answers}) == 1
+    latencies = sorted(t for _, t in answers)
+    print(f"\nload: 200 requests, 8 concurrent: p50 {statistics.median(latencies) * 1000:.1f} ms, "
+          f"p95 {latencies[189] * 1000:.1f} ms (shared CPU)")
+
+
+def test_the_page_in_a_real_browser(segment_run, tmp_path):
+    if CHROMIUM is None:
+        if os.environ.get("CI"):
+            pytest.fail("chromium is not installed: .ci/run should have installed it")
+        pytest.skip("Debian's chromium is not installed (apt-get install chromium; .ci/run does it)")
+    from playwright.sync_api import sync_playwright
+
+    path = tmp_path / "lesion.png"
+    Image.fromarray(lesion_image(120, 90, seed=4)).save(path)
+    (tmp_path / "notes.txt").write_text("not an image")
+    predictor = load_predictor(segment_run)
+    expected = predictor.predict(Image.open(path).convert("RGB"))
+    with running_server(create_app([predictor])) as url, sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
+        try:
+            page = browser.new_page(viewport={"width": 1100, "height": 620})
+            page.goto(url + "/")
+            page.wait_for_selector("#model option[value=lesions]", state="attached")
+            page.set_input_files("#file", str(path))
+            page.wait_for_selector("#summary[data-kind=segmentation]")
+            summary = page.text_content("#summary")
+            assert summary.startswith(f"area {expected['area']} px (")
+            # the canvas shows the image at full size with the mask painted red where the mask is set
+            mask = decode_png(expected["mask_png"]) > 0
+            assert 0.05 < mask.mean() < 0.95                  # a lesion on skin: both colours to check
+            shown = np.array(page.evaluate(
+                "() => Array.from($('view').getContext('2d').getImageData(0, 0, 120, 90).data)"), np.uint8)
+            shown = shown.reshape(90, 120, 4)[..., :3].astype(int)
+            original = np.asarray(Image.open(path).convert("RGB")).astype(int)
+            red = np.round(0.55 * original + 0.45 * np.array([255, 0, 0]))
+            assert np.abs(shown[mask] - red[mask]).max() <= 1
+            assert np.abs(shown[~mask] - original[~mask]).max() <= 1
+            page.screenshot(path=str(tmp_path / "page.png"))
+            page.set_input_files("#file", str(tmp_path / "notes.txt"))
+            page.wait_for_function("() => $('error').textContent.length > 0")
+            assert "not an image" in page.text_content("#error")
+        finally:
+            browser.close()
+    assert (tmp_path / "page.png").stat().st_size > 10_000
