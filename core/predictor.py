@@ -54,7 +54,6 @@ import importlib
 import io
 import json
 import re
-import time
 from pathlib import Path
 from typing import Sequence
 
@@ -338,14 +337,13 @@ def predict_main(homework: str, argv: list[str] | None = None) -> dict:
     parser.add_argument("--run", required=True, help=f"run folder written by {homework}.train")
     parser.add_argument("images", nargs="*", help="image files (any format Pillow reads)")
     parser.add_argument("--seed", type=int, default=0, help="generators: seed of the samples")
-    parser.add_argument("--count", type=int, default=16, help="generators: number of samples")
-    parser.add_argument("--max-pixels", type=int, default=MAX_PIXELS, help="refuse images with more pixels")
+    parser.add_argument("--count", type=cli.positive_int, default=16, help="generators: number of samples")
+    parser.add_argument("--max-pixels", type=cli.positive_int, default=MAX_PIXELS,
+                        help="refuse images with more pixels")
     cli.add_run_args(parser)
     args = cli.parse_args(parser, argv)
-    if args.count < 1 or args.count > 256:
-        parser.error(f"--count {args.count}: expected 1 to 256")
-    if args.max_pixels < 1:
-        parser.error(f"--max-pixels {args.max_pixels}: expected a positive number")
+    if args.count > 256:
+        parser.error(f"--count {args.count}: expected at most 256")
     predictor = load_predictor(args.run)
     if predictor.kind != "generation" and not args.images:
         parser.error("give at least one image")
@@ -356,11 +354,7 @@ def predict_main(homework: str, argv: list[str] | None = None) -> dict:
         if not path.is_file():
             raise UserError(f"{path}: image file not found")
         images[str(path)] = open_image(path.read_bytes(), args.max_pixels, what=str(path))
-    if args.run_dir is None:
-        stamp = Path(args.run) / f"predict-{time.strftime('%Y%m%d-%H%M%S')}"
-        args.run_dir = str(next(p for i in range(1, 1000) if not (p := stamp.with_name(
-            stamp.name + (f"-{i}" if i > 1 else ""))).exists()))  # never over an earlier prediction
-    run = cli.RunDir.create(homework, args)
+    run = cli.RunDir.create(homework, args, parent=args.run, prefix="predict-")  # a new folder each time
     results = {}
     if predictor.kind == "generation":
         results[f"seed {args.seed}"] = result = predictor.generate(args.seed, args.count)

@@ -224,32 +224,21 @@ def build_parser() -> argparse.ArgumentParser:
                         help="run folder of an image homework (repeat for several models)")
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (another than loopback "
                                                             "exposes the models to the network)")
-    parser.add_argument("--port", type=int, default=8000, help="TCP port (0: any free port)")
-    parser.add_argument("--max-upload-mb", type=float, default=10, help="largest upload accepted, in MB")
-    parser.add_argument("--max-pixels", type=int, default=MAX_PIXELS,
+    parser.add_argument("--port", type=cli.nonneg_int, default=8000, help="TCP port (0: any free port)")
+    parser.add_argument("--max-upload-mb", type=cli.positive_float, default=10, help="largest upload accepted, in MB")
+    parser.add_argument("--max-pixels", type=cli.positive_int, default=MAX_PIXELS,
                         help="largest image accepted, in pixels (decompression bombs are refused)")
-    parser.add_argument("--workers", type=int, default=2, help="inference threads")
-    parser.add_argument("--threads", type=int, default=None,
+    parser.add_argument("--workers", type=cli.positive_int, default=2, help="inference threads")
+    parser.add_argument("--threads", type=cli.positive_int, default=None,
                         help="torch threads per inference (default: torch's, one per core)")
     return parser
-
-
-def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
-    """Refuse bad option values with one argparse line, before any model is loaded."""
-    if not 0 <= args.port <= 65535:
-        parser.error(f"--port {args.port}: expected 0 to 65535")
-    if not args.max_upload_mb > 0:
-        parser.error(f"--max-upload-mb {args.max_upload_mb}: expected a positive size")
-    for name in ("max_pixels", "workers", "threads"):
-        value = getattr(args, name)
-        if value is not None and value < 1:
-            parser.error(f"--{name.replace('_', '-')} {value}: expected a positive number")
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = build_parser()
     args = cli.parse_args(parser, argv)
-    check_args(parser, args)
+    if args.port > 65535:
+        parser.error(f"--port {args.port}: expected 0 to 65535")
     if args.threads:
         import torch
 

@@ -192,8 +192,8 @@ def test_command_line_refuses_bad_options_before_loading(capsys):
     from core import serve
 
     for argv, message in ((["--run", "x", "--port", "70000"], "--port 70000: expected 0 to 65535"),
-                          (["--run", "x", "--max-upload-mb", "0"], "--max-upload-mb 0.0: expected a positive size"),
-                          (["--run", "x", "--workers", "0"], "--workers 0: expected a positive number")):
+                          (["--run", "x", "--max-upload-mb", "0"], "--max-upload-mb: expected a number > 0, got '0'"),
+                          (["--run", "x", "--workers", "0"], "--workers: expected an integer >= 1, got '0'")):
         with pytest.raises(SystemExit) as info:
             serve.main(argv)
         assert info.value.code == 2 and message in capsys.readouterr().err
