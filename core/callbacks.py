@@ -1,9 +1,18 @@
 """Callbacks: small objects the :class:`core.trainer.Trainer` calls at fixed points.
 
+Hooks, in the order a run meets them: ``on_fit_start``, then per epoch
+``on_train_epoch_start``, ``on_train_batch_end`` (after each training batch and its
+optimiser step, if any), ``on_validation_start`` / ``on_validation_end`` (around the
+validation pass), ``on_epoch_end``; ``on_fit_end`` last. ``on_save_checkpoint`` may add
+entries to a checkpoint being written, ``on_load_checkpoint`` reads them back on resume.
+
 Each has ``state_dict``/``load_state_dict`` so a resumed run continues exactly where it
-stopped (the early-stopping counter, the best score so far). Callbacks run in ascending
-``order``; :class:`ModelCheckpoint` runs last, so the checkpoint it writes already holds the
-other callbacks' updated state.
+stopped (the early-stopping counter, the best score so far); the state is saved under the
+callback's ``state_key`` (its class name unless set), so adding or removing a callback on
+resume does not hand one callback's state to another. Callbacks run in ascending ``order``:
+:class:`ModelCheckpoint` after the others, so the checkpoint it writes holds their updated
+state, and :class:`HistoryCSV` after the checkpoint, so history.csv never lists an epoch whose
+checkpoint is not on disk.
 """
 from __future__ import annotations
 
@@ -13,6 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pandas as pd
+import torch
 
 if TYPE_CHECKING:  # pragma: no cover
     from .trainer import Task, Trainer
@@ -23,11 +33,31 @@ class Callback:
 
     order = 50
 
+    @property
+    def state_key(self) -> str:
+        """Key of this callback's state in a checkpoint: the class name (override to run two
+        callbacks of one class)."""
+        return type(self).__name__
+
     def on_fit_start(self, trainer: "Trainer", task: "Task") -> None: ...
+
+    def on_train_epoch_start(self, trainer: "Trainer", task: "Task") -> None: ...
+
+    def on_train_batch_end(self, trainer: "Trainer", task: "Task", outputs: dict, batch, batch_index: int) -> None:
+        """After a training batch (and the optimiser step it completed, if any); ``outputs``
+        are the detached values ``training_step`` returned."""
+
+    def on_validation_start(self, trainer: "Trainer", task: "Task") -> None: ...
+
+    def on_validation_end(self, trainer: "Trainer", task: "Task", metrics: dict) -> None: ...
 
     def on_epoch_end(self, trainer: "Trainer", task: "Task", metrics: dict) -> None: ...
 
     def on_fit_end(self, trainer: "Trainer", task: "Task") -> None: ...
+
+    def on_save_checkpoint(self, trainer: "Trainer", task: "Task", checkpoint: dict) -> None: ...
+
+    def on_load_checkpoint(self, trainer: "Trainer", task: "Task", checkpoint: dict) -> None: ...
 
     def state_dict(self) -> dict:
         return {}
@@ -61,7 +91,8 @@ class EarlyStopping(Callback):
     """Stop when ``monitor`` has not improved by more than ``min_delta`` for ``patience`` epochs.
 
     With ``patience=2`` and ``val_loss`` of 1.0, 0.8, 0.9, 0.85, training stops after epoch 4:
-    the best epoch was 2 and epochs 3 and 4 did not improve on it.
+    the best epoch was 2 and epochs 3 and 4 did not improve on it. Added on resume to a run
+    that had none, it starts from the run's history (best so far, epochs since).
     """
 
     order = 10
@@ -74,6 +105,16 @@ class EarlyStopping(Callback):
         self.best: float | None = None
         self.wait = 0
         self.stopped_epoch: int | None = None
+        self._restored = False
+
+    def on_fit_start(self, trainer, task):
+        if self._restored or not trainer.history:
+            return
+        for row in trainer.history:  # resumed without saved state: replay the history
+            if is_better(row.get(self.monitor), self.best, self.mode, self.min_delta):
+                self.best, self.wait = row[self.monitor], 0
+            else:
+                self.wait += 1
 
     def on_epoch_end(self, trainer, task, metrics):
         value = _monitored(metrics, self.monitor, "EarlyStopping")
@@ -92,12 +133,14 @@ class EarlyStopping(Callback):
 
     def load_state_dict(self, state):
         self.best, self.wait, self.stopped_epoch = state["best"], state["wait"], state["stopped_epoch"]
+        self._restored = True
 
 
 class HistoryCSV(Callback):
-    """Write ``trainer.history`` (one row per epoch) to ``history.csv`` after every epoch."""
+    """Write ``trainer.history`` (one row per epoch) to ``history.csv`` after every epoch,
+    after the checkpoint, atomically (a temporary file, then ``os.replace``)."""
 
-    order = 20
+    order = 110
 
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
@@ -105,7 +148,9 @@ class HistoryCSV(Callback):
     def on_epoch_end(self, trainer, task, metrics):
         if trainer.dist.is_main:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            pd.DataFrame(trainer.history).to_csv(self.path, index=False)
+            tmp = self.path.with_suffix(self.path.suffix + ".tmp")
+            pd.DataFrame(trainer.history).to_csv(tmp, index=False)
+            os.replace(tmp, self.path)
 
 
 class ModelCheckpoint(Callback):
@@ -113,7 +158,7 @@ class ModelCheckpoint(Callback):
 
     Both are full checkpoints (model, optimisers, schedulers, grad scaler, epoch, RNG
     state, history, callback state), so either can be resumed with ``--resume``. Only rank 0
-    writes.
+    writes. With ``monitor=None`` only ``last.pt`` is written.
     """
 
     order = 100
@@ -152,3 +197,83 @@ class ModelCheckpoint(Callback):
 
     def load_state_dict(self, state):
         self.best, self.best_epoch = state["best"], state["best_epoch"]
+
+
+class EMA(Callback):
+    """An exponential moving average of the task's weights, used for validation and saved.
+
+    After every optimiser step, each trainable floating-point parameter's average is updated
+    as ``avg = decay * avg + (1 - decay) * param`` (Polyak averaging; the form used for the
+    "EMA of weights" in e.g. Karras et al. 2018, progressive GANs, and timm's ``ModelEma``),
+    starting from the weights at the start of ``fit``. Validation runs with the averages in
+    place (buffers such as batch-norm statistics are the live ones), so ``val_*`` metrics,
+    ``best.pt`` and early stopping judge the averaged model. Checkpoints keep the trained
+    weights under ``"task"`` (resume continues them exactly) and the averaged ones under
+    ``"ema"``; :func:`core.trainer.load_checkpoint` loads the averaged ones by default.
+
+    Args:
+        decay: weight of the old average per step (0.999 for long runs; about
+            ``1 - 1/steps_of_interest``).
+    """
+
+    order = 30
+
+    def __init__(self, decay: float = 0.999):
+        if not 0.0 <= decay < 1.0:
+            raise ValueError(f"EMA decay must be in [0, 1), got {decay}")
+        self.decay = decay
+        self.updates = 0
+        self.averages: dict[str, torch.Tensor] = {}
+        self._params: dict[str, torch.nn.Parameter] = {}
+        self._stepped = -1
+        self._backup: dict[str, torch.Tensor] = {}
+
+    def on_fit_start(self, trainer, task):
+        from .trainer import task_named_parameters
+
+        self._params = {name: p for name, p in task_named_parameters(task)
+                        if p.requires_grad and p.is_floating_point()}
+        restored = self.averages  # from a resumed checkpoint, else empty
+        self.averages = {name: restored[name].to(p.device) if name in restored else p.detach().clone()
+                         for name, p in self._params.items()}
+        self._stepped = trainer.global_step
+
+    @torch.no_grad()
+    def on_train_batch_end(self, trainer, task, outputs, batch, batch_index):
+        if trainer.global_step == self._stepped:  # no optimiser step in this batch (accumulating)
+            return
+        self._stepped = trainer.global_step
+        averages = [self.averages[name] for name in self._params]
+        torch._foreach_lerp_(averages, [p.detach() for p in self._params.values()], 1.0 - self.decay)
+        self.updates += 1
+
+    @torch.no_grad()
+    def on_validation_start(self, trainer, task):
+        self._backup = {name: p.detach().clone() for name, p in self._params.items()}
+        for name, p in self._params.items():
+            p.copy_(self.averages[name])
+
+    @torch.no_grad()
+    def on_validation_end(self, trainer, task, metrics):
+        for name, p in self._params.items():
+            p.copy_(self._backup[name])
+        self._backup = {}
+
+    def averaged_state_dict(self, task) -> dict:
+        """The task's state dict with the averaged parameters in place of the trained ones."""
+        from .trainer import task_state_dict
+
+        return {key: self.averages.get(key, value) for key, value in task_state_dict(task).items()}
+
+    def on_save_checkpoint(self, trainer, task, checkpoint):
+        checkpoint["ema"] = self.averaged_state_dict(task)
+
+    def on_load_checkpoint(self, trainer, task, checkpoint):
+        if "ema" in checkpoint:
+            self.averages = {k: v.detach().clone() for k, v in checkpoint["ema"].items()}
+
+    def state_dict(self):
+        return {"decay": self.decay, "updates": self.updates}
+
+    def load_state_dict(self, state):
+        self.updates = state["updates"]

@@ -57,10 +57,14 @@ def seed_everything(seed: int, deterministic: bool = False) -> None:
 
 
 def rng_state() -> dict:
-    """Capture every random generator a training run draws from (for exact resume)."""
+    """Capture every random generator a training run draws from (for exact resume), as
+    tensors and plain Python values, so a checkpoint holding it loads with
+    ``torch.load(weights_only=True)``."""
+    name, keys, pos, has_gauss, cached_gaussian = np.random.get_state(legacy=True)
     state = {
         "python": random.getstate(),
-        "numpy": np.random.get_state(),
+        "numpy": {"name": name, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                  "has_gauss": int(has_gauss), "cached_gaussian": float(cached_gaussian)},
         "torch": torch.get_rng_state(),
     }
     if torch.cuda.is_available():
@@ -69,12 +73,18 @@ def rng_state() -> dict:
 
 
 def set_rng_state(state: dict) -> None:
-    """Restore what :func:`rng_state` captured."""
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
-    torch.set_rng_state(state["torch"])
+    """Restore what :func:`rng_state` captured (tensors may come back on any device)."""
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    numpy_state = state["numpy"]
+    if isinstance(numpy_state, dict):
+        np.random.set_state((numpy_state["name"], numpy_state["keys"].cpu().numpy().astype(np.uint32),
+                             numpy_state["pos"], numpy_state["has_gauss"], numpy_state["cached_gaussian"]))
+    else:  # checkpoints written before the state was stored as plain values
+        np.random.set_state(numpy_state)
+    torch.set_rng_state(state["torch"].cpu())
     if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
 
 
 def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:

@@ -26,37 +26,62 @@ checkpoints, resume, early stopping, progress bars and DDP. A minimal task::
 ``training_step`` returns the loss, or a dict with ``"loss"`` and other numbers to log.
 ``validation_step`` returns a dict of numbers: a scalar is taken as the batch mean, a 1-D
 tensor as per-sample values; the Trainer averages them over the whole validation set (and
-over all processes under DDP) and logs them as ``val_<name>``.
+over all processes under DDP) and logs them as ``val_<name>``. ``on_validation_epoch_end``
+may return whole-set metrics (ROC-AUC); under DDP each process's value is averaged,
+weighted by its number of validation samples, so gather first (``self.trainer.all_gather``)
+for a metric that is not a mean.
 
 ``configure_optimizers`` returns an optimiser, or a dict ``{"optimizer": opt, "scheduler":
 sched, "interval": "epoch" | "step", "monitor": "val_loss"}`` (``monitor`` for
-``ReduceLROnPlateau``), or a list of those (several optimisers).
+``ReduceLROnPlateau``), or a list of those (several optimisers). It is called inside
+``fit``, once the training loader is known, so a schedule can be sized with
+``self.trainer.estimated_stepping_batches`` (optimiser steps of the whole run: processes,
+``limit_batches``, ``accumulate`` and epochs accounted for).
+
+What a task can read while it trains (read-only): ``self.trainer``, ``self.current_epoch``
+(0-based index of the epoch being trained), ``self.global_step`` (optimiser steps taken).
 
 Tasks that optimise in their own way (a GAN's alternating discriminator and generator
 updates) set ``automatic_optimization = False``; their ``training_step`` gets the optimisers
-from ``self.optimizers()`` and calls ``self.manual_step(optimizer, loss)`` for each update,
-which still gets AMP loss scaling, gradient clipping and step-wise schedulers.
+from ``self.optimizers()`` and calls ``self.manual_step(optimizer, loss)`` for each update.
+``manual_step`` zeroes that optimiser's gradients before the backward pass (so gradients a
+generator loss left on the discriminator never reach the discriminator's update), checks
+that the loss is finite, and gets AMP loss scaling, gradient clipping and step-wise
+schedulers. ``accumulate > 1`` is refused for such tasks.
+
+Callbacks (:mod:`core.callbacks`) are called at ``on_fit_start``, ``on_train_epoch_start``,
+``on_train_batch_end``, ``on_validation_start``, ``on_validation_end``, ``on_epoch_end``,
+``on_save_checkpoint``, ``on_load_checkpoint`` and ``on_fit_end``; their state is saved in
+checkpoints under their ``state_key`` (the class name by default), never by position.
+
+``monitor="auto"`` (the default) is ``val_loss`` when ``fit`` gets a validation loader and
+``None`` otherwise (only ``last.pt`` is written, no early stopping).
+
+Checkpoints hold tensors and plain Python values only, and are read with
+``torch.load(weights_only=True)``: a file that would run code when loaded is refused.
 """
 from __future__ import annotations
 
 import contextlib
 import math
 import os
+import shlex
 import sys
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
+from torch.utils.data import BatchSampler, DataLoader, DistributedSampler, RandomSampler, Sampler, SequentialSampler
 from tqdm.auto import tqdm
 
 from .callbacks import Callback, EarlyStopping, HistoryCSV, ModelCheckpoint
 from .device import (DistInfo, autocast, autocast_dtype, barrier, init_distributed, pick_device, rng_state,
                      seed_everything, set_rng_state)
+from .errors import UserError
 
 
 class Task(nn.Module):
@@ -88,14 +113,31 @@ class Task(nn.Module):
             if isinstance(batch, Mapping) else batch
         return len(first)
 
+    # -- what the task may read while it trains ------------------------------------------------
+    @property
+    def trainer(self) -> "Trainer":
+        """The Trainer fitting this task (``RuntimeError`` outside ``fit``)."""
+        return self._require_trainer()
+
+    @property
+    def current_epoch(self) -> int:
+        """0-based index of the epoch being trained (epochs completed before it); 0 outside fit."""
+        return self._trainer.epoch if self._trainer is not None else 0
+
+    @property
+    def global_step(self) -> int:
+        """Optimiser steps taken so far (of the first optimiser); 0 outside fit."""
+        return self._trainer.global_step if self._trainer is not None else 0
+
     # -- manual optimisation ------------------------------------------------------------------
     def optimizers(self) -> list[torch.optim.Optimizer]:
         """The optimisers from :meth:`configure_optimizers`, in order (during ``fit`` only)."""
         return self._require_trainer().optimizers
 
     def manual_step(self, optimizer: torch.optim.Optimizer, loss: torch.Tensor) -> None:
-        """Backward ``loss`` and step ``optimizer`` with the Trainer's scaler and clipping."""
-        self._require_trainer().optimizer_step(optimizer, loss)
+        """Zero ``optimizer``'s gradients, backward ``loss``, then step ``optimizer`` with the
+        Trainer's scaler and clipping (see :meth:`Trainer.manual_step`)."""
+        self._require_trainer().manual_step(optimizer, loss)
 
     def _require_trainer(self) -> "Trainer":
         if self._trainer is None:
@@ -131,24 +173,60 @@ def task_state_dict(task: Task) -> dict:
     return state
 
 
-def load_checkpoint(path: str | os.PathLike, task: Task | None = None, map_location="cpu") -> dict:
+def task_named_parameters(task: Task) -> Iterator[tuple[str, nn.Parameter]]:
+    """``(name, parameter)`` pairs named as in :func:`task_state_dict` (no DDP prefixes)."""
+    yield from task.named_parameters(recurse=False)
+    for name, child in task.named_children():
+        for key, param in unwrap(child).named_parameters():
+            yield f"{name}.{key}", param
+
+
+def load_checkpoint(path: str | os.PathLike, task: Task | None = None, map_location="cpu",
+                    ema: bool = True) -> dict:
     """Read a checkpoint written by the Trainer and, if ``task`` is given, load its weights.
 
-    Checkpoints hold NumPy RNG state and history lists, so they are read with
-    ``weights_only=False``: only load checkpoints you (or this project) wrote.
+    The file is read with ``torch.load(weights_only=True)``: a file holding Python objects
+    that would run code when loaded is refused with :class:`~core.errors.UserError`, as are a
+    missing file and a checkpoint of another model (the message names the file and the
+    problem). With ``ema`` (default), a checkpoint of a run with :class:`core.callbacks.EMA`
+    loads the averaged weights (the ones validation used) into ``task``.
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: checkpoint not found")
+        raise UserError(f"{path}: checkpoint not found")
     try:
-        checkpoint = torch.load(path, map_location=map_location, weights_only=False)
-    except Exception as exc:
-        raise RuntimeError(f"{path}: cannot read checkpoint ({exc})") from None
+        checkpoint = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:  # UnpicklingError for code-carrying pickles, others for junk files
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        if "weights_only" in str(exc) or "Unsupported global" in str(exc) or "GLOBAL" in str(exc):
+            raise UserError(f"{path}: refused: the file holds Python objects that could run code when "
+                            f"loaded; only checkpoints of tensors and plain values are read ({reason[:200]})") from None
+        raise UserError(f"{path}: cannot read checkpoint ({reason[:200]})") from None
     if not isinstance(checkpoint, dict) or "task" not in checkpoint:
-        raise RuntimeError(f"{path}: not a checkpoint written by core.Trainer (no 'task' entry)")
+        raise UserError(f"{path}: not a checkpoint written by core.Trainer (no 'task' entry)")
     if task is not None:
-        task.load_state_dict(checkpoint["task"])
+        load_task_weights(task, inference_weights(checkpoint) if ema else checkpoint["task"], path)
     return checkpoint
+
+
+def inference_weights(checkpoint: dict) -> dict:
+    """The weights a run reports: the EMA average when the run kept one, else the trained ones."""
+    return checkpoint.get("ema") or checkpoint["task"]
+
+
+def load_task_weights(task: Task, state: dict, source: str | os.PathLike = "checkpoint") -> None:
+    """``task.load_state_dict(state)``, with a mismatch reported as one :class:`UserError` line."""
+    own = task_state_dict(task)
+    missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
+    shapes = [k for k in own if k in state and tuple(own[k].shape) != tuple(state[k].shape)]
+    if missing or unexpected or shapes:
+        problems = []
+        for label, keys in (("missing", missing), ("unexpected", unexpected), ("shape differs for", shapes)):
+            if keys:
+                problems.append(f"{label} {', '.join(keys[:3])}{' ...' if len(keys) > 3 else ''} ({len(keys)})")
+        raise UserError(f"{source}: checkpoint of another model ({type(task).__name__} does not fit it): "
+                        + "; ".join(problems))
+    task.load_state_dict(state)
 
 
 class _OptimizerSetup:
@@ -156,7 +234,7 @@ class _OptimizerSetup:
 
     def __init__(self, config):
         self.optimizers: list[torch.optim.Optimizer] = []
-        self.schedulers: list[dict] = []  # {"scheduler", "interval", "monitor", "optimizer_index"}
+        self.schedulers: list[dict] = []  # {"scheduler", "interval", "monitor"}
         items = config if isinstance(config, (list, tuple)) else [config]
         for item in items:
             if isinstance(item, torch.optim.Optimizer):
@@ -174,13 +252,36 @@ class _OptimizerSetup:
                                         "monitor": item.get("monitor")})
 
 
+class _ShardedSampler(Sampler):
+    """A user's sampler (e.g. ``WeightedRandomSampler``) under DDP: every process draws the
+    same index sequence (the global RNG forked and seeded by seed and epoch) and keeps every
+    ``world_size``-th index, padded so that all processes take the same number of batches."""
+
+    def __init__(self, sampler: Sampler, rank: int, world_size: int, seed: int):
+        self.sampler, self.rank, self.world_size, self.seed, self.epoch = sampler, rank, world_size, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.sampler) / self.world_size)
+
+    def __iter__(self):
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.seed + self.epoch)
+            indices = list(self.sampler)
+        indices += indices[:len(self) * self.world_size - len(indices)]
+        return iter(indices[self.rank::self.world_size])
+
+
 class Trainer:
     """Fits a :class:`Task`. See the module docstring for the task protocol.
 
     Args:
         max_epochs: number of epochs.
         run_dir: where ``history.csv``, ``best.pt`` and ``last.pt`` go (``None``: nothing written).
-        monitor / mode: the metric that decides ``best.pt`` and early stopping (e.g. ``val_iou``, ``max``).
+        monitor / mode: the metric that decides ``best.pt`` and early stopping (e.g. ``val_iou``,
+            ``max``). ``"auto"``: ``val_loss`` with a validation loader, else ``None``.
         patience: early-stopping patience in epochs (``None``: no early stopping).
         device: ``"auto"`` (cuda > mps > cpu) or a device string.
         precision: ``"auto"``, ``"32"``, ``"bf16"`` or ``"16"`` (see :func:`core.device.autocast_dtype`).
@@ -192,16 +293,23 @@ class Trainer:
         seed / deterministic: seeding and deterministic kernels, applied in ``fit``.
         callbacks: extra :class:`~core.callbacks.Callback` objects.
         progress: show tqdm bars; default only on an interactive terminal outside CI.
+        threads: CPU threads for PyTorch's kernels (``None``: leave PyTorch's setting).
     """
 
     def __init__(self, max_epochs: int = 10, run_dir: str | os.PathLike | None = None,
-                 monitor: str | None = "val_loss", mode: str = "min", patience: int | None = None,
+                 monitor: str | None = "auto", mode: str = "min", patience: int | None = None,
                  device: str = "auto", precision: str = "auto", grad_clip: float | None = None,
                  accumulate: int = 1, limit_batches: int | None = None, seed: int | None = 42,
                  deterministic: bool = False, callbacks: Iterable[Callback] = (),
-                 progress: bool | None = None, log_every_epoch: bool = True):
+                 progress: bool | None = None, log_every_epoch: bool = True, threads: int | None = None):
         if accumulate < 1:
             raise ValueError(f"accumulate must be >= 1, got {accumulate}")
+        if threads is not None:
+            if threads < 1:
+                raise ValueError(f"threads must be >= 1, got {threads}")
+            torch.set_num_threads(threads)
+        if patience is not None and monitor is None:
+            raise ValueError("patience needs a monitored metric: give monitor (e.g. 'val_loss')")
         self.max_epochs = max_epochs
         self.run_dir = Path(run_dir) if run_dir is not None else None
         self.monitor, self.mode = monitor, mode
@@ -216,12 +324,17 @@ class Trainer:
         self.log_every_epoch = log_every_epoch
 
         self.callbacks: list[Callback] = list(callbacks)
-        if patience is not None and monitor is not None:
-            self.callbacks.append(EarlyStopping(monitor, mode, patience))
+        self._monitoring: list[Callback] = []  # built-in callbacks that follow self.monitor
+        if patience is not None:
+            self._monitoring.append(EarlyStopping(monitor, mode, patience))
         if self.run_dir is not None:
             self.callbacks.append(HistoryCSV(self.run_dir / "history.csv"))
-            self.callbacks.append(ModelCheckpoint(self.run_dir, monitor, mode))
+            self._monitoring.append(ModelCheckpoint(self.run_dir, monitor, mode))
+        self.callbacks += self._monitoring
         self.callbacks.sort(key=lambda cb: cb.order)
+        keys = [cb.state_key for cb in self.callbacks]
+        if len(set(keys)) != len(keys):
+            raise ValueError(f"callbacks share a state_key ({keys}): give each a distinct state_key")
 
         self.epoch = 0          # epochs completed
         self.global_step = 0    # optimiser steps taken
@@ -230,44 +343,67 @@ class Trainer:
         self.optimizers: list[torch.optim.Optimizer] = []
         self.schedulers: list[dict] = []
         self.task: Task | None = None
+        self.train_loader: DataLoader | None = None
+        self._scaler_stepped = False
+        self._batch_index = 0
 
     @classmethod
     def from_args(cls, args, run_dir=None, **overrides) -> "Trainer":
         """Build a Trainer from the options of :func:`core.cli.add_training_args`."""
         kwargs = dict(max_epochs=args.epochs, run_dir=run_dir, device=args.device, precision=args.precision,
                       grad_clip=args.grad_clip, accumulate=args.accumulate, limit_batches=args.limit_batches,
-                      seed=args.seed, deterministic=args.deterministic, patience=args.patience)
+                      seed=args.seed, deterministic=args.deterministic, patience=args.patience,
+                      threads=getattr(args, "threads", None))
         kwargs.update(overrides)
         return cls(**kwargs)
 
     # -- public API ---------------------------------------------------------------------------
     def fit(self, task: Task, train_loader: DataLoader, val_loader: DataLoader | None = None,
             resume: str | os.PathLike | None = None) -> list[dict]:
-        """Train ``task``; returns the history (one dict of metrics per epoch)."""
+        """Train ``task``; returns the history (one dict of metrics per epoch).
+
+        Ctrl-C prints where the last checkpoint is and the command that resumes from it,
+        then raises ``KeyboardInterrupt`` again (``core.cli.run_command`` exits with 130).
+        """
         if self.seed is not None:
             seed_everything(self.seed, self.deterministic)
-        self.task = task
-        task._trainer = self
-        task.to(self.device)
+        self._attach(task, val_loader)
+        if self.dist.enabled:
+            train_loader = self._distributed_loader(train_loader)
+            val_loader = self._distributed_loader(val_loader) if val_loader is not None else None
+        self.train_loader = train_loader
         setup = _OptimizerSetup(task.configure_optimizers())
         self.optimizers, self.schedulers = setup.optimizers, setup.schedulers
         if resume is not None:
             self._restore(resume)
         if self.dist.enabled:
-            train_loader = self._distributed_loader(train_loader)
-            val_loader = self._distributed_loader(val_loader) if val_loader is not None else None
             self._wrap_ddp(task)
         for cb in self.callbacks:
             cb.on_fit_start(self, task)
         try:
             while self.epoch < self.max_epochs and not self.should_stop:
                 self._run_epoch(task, train_loader, val_loader)
+        except KeyboardInterrupt:
+            self._report_interrupt()
+            raise
         finally:
             self._unwrap_ddp(task)
         for cb in self.callbacks:
             cb.on_fit_end(self, task)
         barrier()  # rank 0's checkpoints are on disk before any process reads them
         return self.history
+
+    @property
+    def estimated_stepping_batches(self) -> int:
+        """Optimiser steps the whole run takes: ``max_epochs`` x ceil(batches per epoch on this
+        process, capped by ``limit_batches``, / ``accumulate``). Known once ``fit`` has the
+        training loader (so inside ``configure_optimizers``); under DDP it counts the batches
+        of this process's shard, which is what each process steps."""
+        if self.train_loader is None:
+            raise RuntimeError("estimated_stepping_batches is known once fit() has the training loader "
+                               "(read it in configure_optimizers)")
+        per_epoch = self._num_batches(self.train_loader)
+        return max(1, self.max_epochs * math.ceil(per_epoch / self.accumulate))
 
     @property
     def best_score(self) -> float | None:
@@ -284,15 +420,46 @@ class Trainer:
                 return cb.best_path
         return None
 
+    @property
+    def last_checkpoint(self) -> Path | None:
+        for cb in self.callbacks:
+            if isinstance(cb, ModelCheckpoint) and cb.last_path.is_file():
+                return cb.last_path
+        return None
+
     def log(self, message: str) -> None:
         """Print on rank 0 only (tqdm-safe)."""
         if self.dist.is_main:
             tqdm.write(message) if self.progress else print(message, flush=True)
 
+    def all_gather(self, tensor: torch.Tensor) -> torch.Tensor:
+        """``tensor`` of every process concatenated along dim 0 (``tensor`` itself when not
+        distributed); the processes may hold different numbers of rows."""
+        if not self.dist.enabled:
+            return tensor
+        tensor = tensor.detach().to(self.device).contiguous()
+        sizes = [torch.zeros(1, dtype=torch.long, device=self.device) for _ in range(self.dist.world_size)]
+        dist.all_gather(sizes, torch.tensor([len(tensor)], device=self.device))
+        padded = tensor.new_zeros((max(int(s) for s in sizes), *tensor.shape[1:]))
+        padded[:len(tensor)] = tensor
+        parts = [torch.empty_like(padded) for _ in sizes]
+        dist.all_gather(parts, padded)
+        return torch.cat([part[:int(n)] for part, n in zip(parts, sizes)])
+
+    def manual_step(self, optimizer: torch.optim.Optimizer, loss: torch.Tensor) -> None:
+        """One update of ``optimizer`` from ``loss`` alone: check that the loss is finite, zero
+        the optimiser's gradients (another loss's backward may have left some on its
+        parameters, e.g. a generator loss on the discriminator), backward, then
+        :meth:`optimizer_step`."""
+        self._check_finite(loss)
+        optimizer.zero_grad(set_to_none=True)
+        self.optimizer_step(optimizer, loss)
+
     def optimizer_step(self, optimizer: torch.optim.Optimizer, loss: torch.Tensor | None,
                        scale: float = 1.0, step: bool = True) -> None:
         """Backward ``loss * scale``; if ``step``, unscale, clip, step, zero the gradients and
-        advance step-wise schedulers of this optimiser."""
+        advance step-wise schedulers of this optimiser. The AMP scaler is updated once per
+        batch, after every optimiser of the batch has stepped."""
         if loss is not None:
             self.scaler.scale(loss * scale).backward()
         if not step:
@@ -302,25 +469,50 @@ class Trainer:
             params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
             torch.nn.utils.clip_grad_norm_(params, self.grad_clip)
         self.scaler.step(optimizer)
-        self.scaler.update()
+        self._scaler_stepped = True
         optimizer.zero_grad(set_to_none=True)
-        index = self.optimizers.index(optimizer)
-        if index == 0:
+        if optimizer is self.optimizers[0]:
             self.global_step += 1
         for sched in self.schedulers:
             if sched["interval"] == "step" and sched["scheduler"].optimizer is optimizer:
                 sched["scheduler"].step()
+
+    # -- set-up -------------------------------------------------------------------------------
+    def _attach(self, task: Task, val_loader: DataLoader | None) -> None:
+        """Check the task against the options, resolve ``monitor`` and move the task."""
+        if not task.automatic_optimization and self.accumulate > 1:
+            raise UserError(f"--accumulate {self.accumulate}: not supported for a task that makes its own "
+                            "optimiser steps (automatic_optimization = False); use a larger --batch-size")
+        if self.monitor == "auto":
+            self.monitor = "val_loss" if val_loader is not None else None
+        if val_loader is None and self.monitor is not None and self.monitor.startswith("val_"):
+            raise UserError(f"monitor '{self.monitor}' needs a validation loader: pass one to fit(), or "
+                            "monitor a train_* metric, or monitor=None (last.pt only)")
+        for cb in self._monitoring:
+            if isinstance(cb, EarlyStopping) and self.monitor is None:
+                raise UserError("--patience needs a validation loader (or a monitored train_* metric)")
+            cb.monitor = self.monitor
+        self.task = task
+        task._trainer = self
+        task.to(self.device)
 
     # -- one epoch ----------------------------------------------------------------------------
     def _run_epoch(self, task: Task, train_loader: DataLoader, val_loader: DataLoader | None) -> None:
         epoch = self.epoch + 1
         start = time.perf_counter()
         sampler = getattr(train_loader, "sampler", None)
-        if isinstance(sampler, DistributedSampler):
+        if hasattr(sampler, "set_epoch"):
             sampler.set_epoch(epoch)
+        for cb in self.callbacks:
+            cb.on_train_epoch_start(self, task)
         metrics = {f"train_{k}": v for k, v in self._train_epoch(task, train_loader, epoch).items()}
         if val_loader is not None:
-            metrics.update({f"val_{k}": v for k, v in self._validate(task, val_loader).items()})
+            for cb in self.callbacks:
+                cb.on_validation_start(self, task)
+            val_metrics = {f"val_{k}": v for k, v in self._validate(task, val_loader).items()}
+            for cb in self.callbacks:
+                cb.on_validation_end(self, task, val_metrics)
+            metrics.update(val_metrics)
         for i, opt in enumerate(self.optimizers):
             metrics["lr" if i == 0 else f"lr{i}"] = opt.param_groups[0]["lr"]
         for sched in self.schedulers:
@@ -347,6 +539,7 @@ class Trainer:
         n_batches = self._num_batches(loader)
         if n_batches == 0:
             raise ValueError("the training loader is empty (no batches): check the dataset size and batch size")
+        batch_hooks = [cb for cb in self.callbacks if type(cb).on_train_batch_end is not Callback.on_train_batch_end]
         sums: dict[str, float] = {}
         count = 0
         bar = tqdm(total=n_batches, desc=f"epoch {epoch}/{self.max_epochs}", leave=False,
@@ -354,12 +547,19 @@ class Trainer:
         for i, batch in enumerate(loader):
             if i >= n_batches:
                 break
+            self._batch_index = i
             batch = move_to_device(batch, self.device)
             if task.automatic_optimization:
                 logs = self._automatic_step(task, batch, i, n_batches)
             else:
                 with autocast(self.device, self.amp_dtype):
                     logs = _as_logs(task.training_step(batch), require_loss=False)
+                logs = {k: v.detach() if isinstance(v, torch.Tensor) else v for k, v in logs.items()}
+            if self._scaler_stepped:  # once per batch, whatever the number of optimisers
+                self.scaler.update()
+                self._scaler_stepped = False
+            for cb in batch_hooks:
+                cb.on_train_batch_end(self, task, logs, batch, i)
             n = task.batch_size(batch)
             for key, value in logs.items():
                 sums[key] = sums.get(key, 0.0) + float(value) * n
@@ -378,14 +578,17 @@ class Trainer:
             with autocast(self.device, self.amp_dtype):
                 logs = _as_logs(task.training_step(batch), require_loss=True)
             loss = logs["loss"]
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"loss is {loss.item()} at epoch {self.epoch + 1}, batch {index}: "
-                                         "lower the learning rate or check the data")
+            self._check_finite(loss)
             self.scaler.scale(loss / group_size).backward()
         if is_last_in_group:
             for opt in self.optimizers:
                 self.optimizer_step(opt, None)
         return {k: v.detach() if isinstance(v, torch.Tensor) else v for k, v in logs.items()}
+
+    def _check_finite(self, loss: torch.Tensor) -> None:
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"loss is {loss.item()} at epoch {self.epoch + 1}, batch {self._batch_index}: "
+                                     "lower the learning rate or check the data")
 
     @torch.no_grad()
     def _validate(self, task: Task, loader: DataLoader) -> dict:
@@ -393,6 +596,7 @@ class Trainer:
         n_batches = self._num_batches(loader)
         sums: dict[str, float] = {}
         counts: dict[str, int] = {}
+        samples = 0
         bar = tqdm(total=n_batches, desc="validate", leave=False, disable=not self.progress, dynamic_ncols=True)
         for i, batch in enumerate(loader):
             if i >= n_batches:
@@ -403,6 +607,7 @@ class Trainer:
             if not isinstance(out, Mapping):
                 raise TypeError(f"validation_step must return a dict of metrics, got {type(out).__name__}")
             n = task.batch_size(batch)
+            samples += n
             for key, value in out.items():
                 value = value.detach().float() if isinstance(value, torch.Tensor) else torch.tensor(float(value))
                 if value.dim() == 0:
@@ -414,7 +619,9 @@ class Trainer:
             bar.update(1)
         bar.close()
         metrics = {key: self._reduce({key: sums[key]}, counts[key])[key] for key in sums}
-        metrics.update({k: float(v) for k, v in task.on_validation_epoch_end().items()})
+        # whole-set metrics: each process's value, weighted by its number of validation samples
+        extra = {k: float(v) * samples for k, v in task.on_validation_epoch_end().items()}
+        metrics.update(self._reduce(extra, samples) if extra else {})
         return metrics
 
     def _reduce(self, sums: dict, count: int) -> dict:
@@ -430,20 +637,25 @@ class Trainer:
 
     # -- checkpoints --------------------------------------------------------------------------
     def checkpoint_state(self) -> dict:
-        """Everything needed to continue this run exactly: see :meth:`save_checkpoint`."""
-        return {
+        """Everything needed to continue this run exactly, as tensors and plain Python values
+        (readable with ``torch.load(weights_only=True)``)."""
+        state = {
             "task": task_state_dict(self.task),
             "optimizers": [opt.state_dict() for opt in self.optimizers],
             "schedulers": [s["scheduler"].state_dict() for s in self.schedulers],
             "scaler": self.scaler.state_dict(),
             "epoch": self.epoch,
             "global_step": self.global_step,
-            "history": list(self.history),
-            "callbacks": {f"{type(cb).__name__}:{i}": cb.state_dict() for i, cb in enumerate(self.callbacks)},
+            "max_epochs": self.max_epochs,
+            "history": [dict(row) for row in self.history],
+            "callbacks": {cb.state_key: cb.state_dict() for cb in self.callbacks},
             "rng": rng_state(),
             "monitor": self.monitor,
             "best_score": self.best_score,
         }
+        for cb in self.callbacks:
+            cb.on_save_checkpoint(self, self.task, state)
+        return state
 
     def save_checkpoint(self, path: str | os.PathLike) -> Path:
         """Write a full checkpoint atomically (a crash mid-write leaves the old file intact)."""
@@ -455,10 +667,12 @@ class Trainer:
         return path
 
     def _restore(self, path: str | os.PathLike) -> None:
-        checkpoint = load_checkpoint(path, self.task, map_location=self.device)
-        if len(checkpoint["optimizers"]) != len(self.optimizers):
-            raise RuntimeError(f"{path}: has {len(checkpoint['optimizers'])} optimiser state(s), "
-                               f"the task configures {len(self.optimizers)}")
+        checkpoint = load_checkpoint(path, map_location=self.device)
+        load_task_weights(self.task, checkpoint["task"], path)
+        for kind, saved, own in (("optimiser", checkpoint["optimizers"], self.optimizers),
+                                 ("scheduler", checkpoint["schedulers"], self.schedulers)):
+            if len(saved) != len(own):
+                raise UserError(f"{path}: has {len(saved)} {kind} state(s), the task configures {len(own)}")
         for opt, state in zip(self.optimizers, checkpoint["optimizers"]):
             opt.load_state_dict(state)
         for sched, state in zip(self.schedulers, checkpoint["schedulers"]):
@@ -468,19 +682,40 @@ class Trainer:
         self.global_step = checkpoint["global_step"]
         self.history = list(checkpoint["history"])
         saved = checkpoint["callbacks"]
-        for i, cb in enumerate(self.callbacks):
-            key = f"{type(cb).__name__}:{i}"
-            if key in saved:
-                cb.load_state_dict(saved[key])
+        for cb in self.callbacks:  # by name: adding or removing a callback on resume shifts nothing
+            if cb.state_key in saved:
+                cb.load_state_dict(saved[cb.state_key])
+        for cb in self.callbacks:
+            cb.on_load_checkpoint(self, self.task, checkpoint)
         set_rng_state(checkpoint["rng"])
         self.log(f"resumed from {path} at epoch {self.epoch}")
 
+    def _report_interrupt(self) -> None:
+        """After Ctrl-C: say where the last checkpoint is and how to continue from it."""
+        if not self.dist.is_main:
+            return
+        last = self.last_checkpoint
+        if last is None:
+            print(f"interrupted in epoch {self.epoch + 1}: no checkpoint written yet, nothing to resume",
+                  file=sys.stderr, flush=True)
+            return
+        print(f"interrupted in epoch {self.epoch + 1}; last checkpoint: {last} (end of epoch "
+              f"{self.history[-1]['epoch'] if self.history else '?'})\nresume with: {resume_command(last)}",
+              file=sys.stderr, flush=True)
+
     # -- distributed --------------------------------------------------------------------------
     def _distributed_loader(self, loader: DataLoader) -> DataLoader:
-        """The same loader with a :class:`DistributedSampler`: each process reads its share."""
-        shuffle = isinstance(loader.sampler, RandomSampler)
-        sampler = DistributedSampler(loader.dataset, num_replicas=self.dist.world_size, rank=self.dist.rank,
-                                     shuffle=shuffle, seed=self.seed or 0, drop_last=loader.drop_last)
+        """The same loader with each process reading its share: a :class:`DistributedSampler`
+        for plain (sequential or shuffled) loaders, a shard of the user's own sampler otherwise."""
+        if type(loader.batch_sampler) is not BatchSampler:
+            raise UserError(f"a DataLoader with its own batch_sampler ({type(loader.batch_sampler).__name__}) "
+                            "cannot be sharded across processes: give it a sampler instead")
+        if isinstance(loader.sampler, (RandomSampler, SequentialSampler)):
+            sampler = DistributedSampler(loader.dataset, num_replicas=self.dist.world_size, rank=self.dist.rank,
+                                         shuffle=isinstance(loader.sampler, RandomSampler), seed=self.seed or 0,
+                                         drop_last=loader.drop_last)
+        else:
+            sampler = _ShardedSampler(loader.sampler, self.dist.rank, self.dist.world_size, self.seed or 0)
         return DataLoader(loader.dataset, batch_size=loader.batch_size, sampler=sampler,
                           num_workers=loader.num_workers, collate_fn=loader.collate_fn,
                           pin_memory=loader.pin_memory, drop_last=loader.drop_last,
@@ -488,7 +723,15 @@ class Trainer:
                           persistent_workers=loader.persistent_workers if loader.num_workers > 0 else False)
 
     def _wrap_ddp(self, task: Task) -> None:
-        """Wrap each trainable sub-module of the task in DDP, so the task's own code is unchanged."""
+        """Wrap each trainable sub-module of the task in DDP, so the task's own code is unchanged.
+
+        Parameters registered on the task itself would not be synchronised between processes,
+        so they are refused."""
+        direct = [name for name, p in task.named_parameters(recurse=False) if p.requires_grad]
+        if direct:
+            raise UserError(f"{type(task).__name__} registers parameter(s) {', '.join(direct)} on the task "
+                            "itself, which DDP cannot synchronise: put them in a sub-module (e.g. an nn.Module "
+                            "attribute holding them)")
         device_ids = [self.device.index] if self.device.type == "cuda" else None
         for name, child in list(task.named_children()):
             if any(p.requires_grad for p in child.parameters()) and not isinstance(child, DistributedDataParallel):
@@ -507,6 +750,29 @@ class Trainer:
                 if isinstance(child, DistributedDataParallel):
                     stack.enter_context(child.no_sync())
         return stack
+
+
+def resume_command(checkpoint: str | os.PathLike, argv: list[str] | None = None) -> str:
+    """The command line that continues this run from ``checkpoint``: the current command with
+    ``--resume``/``--run-dir``/``--run-name``/``--overwrite`` replaced by ``--run-dir <its folder>
+    --resume <checkpoint>``."""
+    argv = list(sys.argv if argv is None else argv)
+    spec = getattr(sys.modules.get("__main__"), "__spec__", None)
+    head = ["python", "-m", spec.name] if spec is not None and spec.name else ["python", argv[0]]
+    kept, skip = [], False
+    for arg in argv[1:]:
+        if skip:
+            skip = False
+            continue
+        name = arg.split("=", 1)[0]
+        if name in ("--resume", "--run-dir", "--run-name"):
+            skip = "=" not in arg
+            continue
+        if name == "--overwrite":
+            continue
+        kept.append(arg)
+    checkpoint = Path(checkpoint)
+    return shlex.join(head + kept + ["--run-dir", str(checkpoint.parent), "--resume", str(checkpoint)])
 
 
 def _as_logs(output, require_loss: bool) -> dict:

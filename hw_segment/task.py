@@ -1,8 +1,6 @@
 """The segmentation task for :class:`core.trainer.Trainer`, prediction and scoring functions."""
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import nn
 
@@ -20,13 +18,14 @@ def score_logits(logits: torch.Tensor, masks: torch.Tensor) -> dict[str, torch.T
 
 class SegmentationTask(Task):
     """Binary segmentation: ``loss_fn(logits, masks)``; AdamW with a one-cycle LR schedule
-    (warm-up then cosine decay, stepped per batch) over ``total_steps`` optimiser steps."""
+    (warm-up then cosine decay, stepped per batch) over the run's optimiser steps, as the
+    Trainer counts them (``one_cycle=False``: a constant LR)."""
 
     def __init__(self, model: nn.Module, loss_fn: nn.Module, lr: float = 1e-3, weight_decay: float = 1e-4,
-                 total_steps: int | None = None):
+                 one_cycle: bool = True):
         super().__init__()
         self.model, self.loss_fn = model, loss_fn
-        self.lr, self.weight_decay, self.total_steps = lr, weight_decay, total_steps
+        self.lr, self.weight_decay, self.one_cycle = lr, weight_decay, one_cycle
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.model(images)
@@ -42,17 +41,11 @@ class SegmentationTask(Task):
 
     def configure_optimizers(self):
         optimizer = torch.optim.AdamW(self.model.parameters(), lr=self.lr, weight_decay=self.weight_decay)
-        if not self.total_steps:
+        if not self.one_cycle:
             return optimizer
-        scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=self.lr, total_steps=self.total_steps,
-                                                        pct_start=0.15)
+        scheduler = torch.optim.lr_scheduler.OneCycleLR(
+            optimizer, max_lr=self.lr, total_steps=self.trainer.estimated_stepping_batches, pct_start=0.15)
         return {"optimizer": optimizer, "scheduler": scheduler, "interval": "step"}
-
-
-def optimizer_steps(n_batches: int, epochs: int, limit_batches: int | None = None, accumulate: int = 1) -> int:
-    """How many optimiser steps a Trainer run takes (for the LR schedule's length)."""
-    per_epoch = min(n_batches, limit_batches) if limit_batches else n_batches
-    return max(1, epochs * math.ceil(per_epoch / accumulate))
 
 
 @torch.no_grad()

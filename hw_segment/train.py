@@ -31,7 +31,7 @@ from core.trainer import Trainer, load_checkpoint
 
 from .data import SegmentationData, SegmentationDataset, load_ph2, make_lesions, split_indices
 from .models import MODEL_NAMES, SMP_UNET, build_model, check_input_size, count_parameters
-from .task import SegmentationTask, optimizer_steps, predict, score_logits
+from .task import SegmentationTask, predict, score_logits
 
 DEFAULT_LOSS = "dice+bce"
 # recipe defaults: built-in data is sized to train on a CPU in a couple of minutes; PH2 follows
@@ -150,8 +150,7 @@ def main(argv: list[str] | None = None) -> dict:
     torch.manual_seed(args.seed)
     model = build_model(args.model, args.width, **model_options(args))
     echo(f"model: {args.model}, width {args.width}, {count_parameters(model):,} parameters")
-    steps = optimizer_steps(len(train_loader), args.epochs, args.limit_batches, args.accumulate)
-    task = SegmentationTask(model, loss_fn, lr=args.lr, total_steps=steps)
+    task = SegmentationTask(model, loss_fn, lr=args.lr)  # one-cycle over trainer.estimated_stepping_batches
     run = cli.RunDir.reserve("hw_segment", args)
     trainer = Trainer.from_args(args, run_dir=run.path, monitor="val_iou", mode="max",
                                 callbacks=[run.start_callback(args)])

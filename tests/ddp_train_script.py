@@ -28,8 +28,15 @@ class Regress(Task):
         x, y = batch
         return {"loss": F.mse_loss(self.model(x).squeeze(1), y, reduction="none")}
 
+    def on_validation_epoch_end(self):
+        # a whole-set value that differs per process: combined, weighted by validation samples
+        return {"rank": float(self.trainer.dist.rank)}
+
     def configure_optimizers(self):
-        return torch.optim.SGD(self.parameters(), lr=0.05, momentum=0.9)
+        optimizer = torch.optim.SGD(self.parameters(), lr=0.05, momentum=0.9)
+        steps = self.trainer.estimated_stepping_batches  # counted on this process's shard
+        scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=0.05, total_steps=steps)
+        return {"optimizer": optimizer, "scheduler": scheduler, "interval": "step"}
 
 
 def make_task() -> Regress:

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from core.callbacks import EarlyStopping
+from core.callbacks import Callback, EarlyStopping
 from core.trainer import Task, Trainer, load_checkpoint
 
 HERE = Path(__file__).parent
@@ -295,11 +295,17 @@ def test_missing_monitor_metric_is_named():
         trainer.fit(task, train, val)
 
 
+def script_env() -> dict:
+    """Environment for a script run as a file: this checkout's packages first, one thread."""
+    path = os.pathsep.join(filter(None, [str(HERE.parent), os.environ.get("PYTHONPATH")]))
+    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": path}
+
+
 @pytest.mark.slow
 def test_ddp_two_processes_match_single_process(tmp_path):
     """torchrun --nproc_per_node 2 (gloo on CPU), 8 samples per process == 16 in one process."""
     script = HERE / "ddp_train_script.py"
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env = script_env()
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
            str(script), str(tmp_path / "ddp"), "8"]
     result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
@@ -317,6 +323,14 @@ def test_ddp_two_processes_match_single_process(tmp_path):
     ddp_hist, single_hist = ddp_ckpt["history"], single_ckpt["history"]
     assert [r["train_loss"] for r in ddp_hist] == pytest.approx([r["train_loss"] for r in single_hist], rel=1e-4)
     assert ddp_hist[-1]["train_loss"] < ddp_hist[0]["train_loss"]
+    # the one-cycle schedule is sized from each process's shard: both runs take 3 x 4 steps and
+    # end at the same LR (sized from the unsharded loader, the 2-process run stopped half-way)
+    assert ddp_ckpt["global_step"] == single_ckpt["global_step"] == 12
+    assert ddp_ckpt["schedulers"][0]["last_epoch"] == single_ckpt["schedulers"][0]["last_epoch"] == 12
+    assert [r["lr"] for r in ddp_hist] == pytest.approx([r["lr"] for r in single_hist], rel=1e-6)
+    # on_validation_epoch_end values are combined over processes (ranks 0 and 1, equal shares)
+    assert [r["val_rank"] for r in ddp_hist] == [0.5, 0.5, 0.5]
+    assert [r["val_rank"] for r in single_hist] == [0.0, 0.0, 0.0]
     # only rank 0 wrote files, and the checkpoint loads into a fresh task
     assert sorted(p.name for p in (tmp_path / "ddp").iterdir()) == ["best.pt", "history.csv", "last.pt"]
     sys.path.insert(0, str(HERE))
@@ -333,7 +347,7 @@ def test_ddp_processes_share_one_run_folder(tmp_path):
     a timestamped run folder is rank 0's on every process, even across a second boundary."""
     runs, reports = tmp_path / "runs", tmp_path / "reports"
     reports.mkdir()
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "DLS_RUNS": str(runs)}
+    env = {**script_env(), "DLS_RUNS": str(runs)}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
            str(HERE / "ddp_train_script.py"), "--run-folder", str(reports)]
     result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
@@ -378,3 +392,264 @@ def test_validation_metrics_are_sample_weighted():
 def test_progress_bar_is_quiet_in_ci(monkeypatch):
     monkeypatch.setenv("CI", "true")
     assert Trainer(device="cpu").progress is False
+
+
+# -- manual optimisation ------------------------------------------------------------------------
+class FixedNoiseGAN(Task):
+    """Two players on fixed noise (part of the batch), plain SGD: every update is a hand formula.
+    The generator's loss backpropagates through the discriminator, leaving gradients on it."""
+
+    automatic_optimization = False
+
+    def __init__(self, lr: float = 0.1):
+        super().__init__()
+        torch.manual_seed(0)
+        self.generator, self.discriminator, self.lr = nn.Linear(2, 2), nn.Linear(2, 1), lr
+
+    def d_loss(self, real, noise):
+        fake = self.generator(noise).detach()
+        return (F.binary_cross_entropy_with_logits(self.discriminator(real), torch.ones(len(real), 1))
+                + F.binary_cross_entropy_with_logits(self.discriminator(fake), torch.zeros(len(real), 1)))
+
+    def g_loss(self, noise):
+        return F.binary_cross_entropy_with_logits(self.discriminator(self.generator(noise)), torch.ones(len(noise), 1))
+
+    def training_step(self, batch):
+        real, noise = batch
+        opt_d, opt_g = self.optimizers()
+        d_loss = self.d_loss(real, noise)
+        self.manual_step(opt_d, d_loss)
+        g_loss = self.g_loss(noise)
+        self.manual_step(opt_g, g_loss)
+        return {"loss_d": d_loss.detach(), "loss_g": g_loss.detach()}
+
+    def configure_optimizers(self):
+        return [torch.optim.SGD(self.discriminator.parameters(), lr=self.lr),
+                torch.optim.SGD(self.generator.parameters(), lr=self.lr)]
+
+
+def gan_batches(n_batches: int = 3, size: int = 8) -> TensorDataset:
+    g = torch.Generator().manual_seed(5)
+    n = n_batches * size
+    return TensorDataset(torch.randn(n, 2, generator=g) + 3.0, torch.randn(n, 2, generator=g))
+
+
+def test_discriminator_update_comes_from_its_own_loss_alone():
+    """Each update is w -= lr * d(own loss)/dw, computed by hand with autograd.grad; the
+    generator's backward in the previous batch (through the discriminator) must not leak in."""
+    data = gan_batches()
+    task = FixedNoiseGAN()
+    Trainer(max_epochs=1, device="cpu", progress=False, log_every_epoch=False).fit(
+        task, DataLoader(data, batch_size=8))
+
+    hand = FixedNoiseGAN()
+    d_params, g_params = list(hand.discriminator.parameters()), list(hand.generator.parameters())
+    for real, noise in DataLoader(data, batch_size=8):
+        grads = torch.autograd.grad(hand.d_loss(real, noise), d_params)
+        with torch.no_grad():
+            for p, g in zip(d_params, grads):
+                p -= hand.lr * g
+        grads = torch.autograd.grad(hand.g_loss(noise), g_params)
+        with torch.no_grad():
+            for p, g in zip(g_params, grads):
+                p -= hand.lr * g
+    for (name, a), b in zip(task.state_dict().items(), hand.state_dict().values()):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7, msg=name)
+
+
+def test_manual_optimisation_refuses_accumulate_and_checks_the_loss():
+    from core.errors import UserError
+
+    loader = DataLoader(gan_batches(), batch_size=8)
+    with pytest.raises(UserError, match="--accumulate 2: not supported for a task that makes its own"):
+        Trainer(max_epochs=1, accumulate=2, device="cpu", progress=False).fit(FixedNoiseGAN(), loader)
+
+    class Diverging(FixedNoiseGAN):
+        def g_loss(self, noise):
+            return super().g_loss(noise) * float("inf")
+
+    with pytest.raises(FloatingPointError, match="loss is inf at epoch 1, batch 0"):
+        Trainer(max_epochs=1, device="cpu", progress=False).fit(Diverging(), loader)
+
+
+def test_without_validation_the_default_monitor_is_none(tmp_path):
+    """A GAN has no validation loader: the run writes last.pt (no best.pt) and no KeyError;
+    an explicit val_* monitor or --patience without validation is one clear error."""
+    from core.errors import UserError
+
+    loader = DataLoader(gan_batches(), batch_size=8)
+    trainer = Trainer(max_epochs=2, run_dir=tmp_path / "gan", device="cpu", progress=False, log_every_epoch=False)
+    history = trainer.fit(FixedNoiseGAN(), loader)
+    assert trainer.monitor is None and len(history) == 2
+    assert sorted(p.name for p in (tmp_path / "gan").iterdir()) == ["history.csv", "last.pt"]
+    assert load_checkpoint(tmp_path / "gan" / "last.pt")["epoch"] == 2
+    with pytest.raises(UserError, match="monitor 'val_loss' needs a validation loader"):
+        Trainer(max_epochs=1, monitor="val_loss", device="cpu", progress=False).fit(FixedNoiseGAN(), loader)
+    with pytest.raises(UserError, match="--patience needs a validation loader"):
+        Trainer(max_epochs=1, patience=2, device="cpu", progress=False).fit(FixedNoiseGAN(), loader)
+    # with a validation loader, "auto" is val_loss
+    trainer = Trainer(max_epochs=1, device="cpu", progress=False, log_every_epoch=False)
+    trainer.fit(make_task(), *loaders())
+    assert trainer.monitor == "val_loss"
+
+
+# -- what a task can read, and the hooks ------------------------------------------------------------
+class Recording(Classify):
+    """Logs (current_epoch, global_step) at every training step."""
+
+    def __init__(self):
+        torch.manual_seed(123)
+        super().__init__(small_cnn())
+        self.seen = []
+
+    def training_step(self, batch):
+        assert self.trainer.task is self
+        self.seen.append((self.current_epoch, self.global_step))
+        return super().training_step(batch)
+
+
+def test_task_reads_epoch_and_step_and_cannot_set_them():
+    task = Recording()
+    assert (task.current_epoch, task.global_step) == (0, 0)  # outside fit
+    with pytest.raises(RuntimeError, match="not attached to a Trainer"):
+        task.trainer
+    train, _ = loaders(batch_size=32)  # 3 batches per epoch
+    Trainer(max_epochs=2, accumulate=2, monitor=None, device="cpu", progress=False, log_every_epoch=False).fit(task, train)
+    # accumulate 2 over 3 batches: steps after batches 2 and 3 of each epoch
+    assert task.seen == [(0, 0), (0, 0), (0, 1), (1, 2), (1, 2), (1, 3)]
+    for name in ("trainer", "current_epoch", "global_step"):
+        with pytest.raises(AttributeError):
+            setattr(task, name, 1)
+
+
+class HookLog(Callback):
+    def __init__(self):
+        self.calls = []
+
+    def on_fit_start(self, trainer, task):
+        self.calls.append("fit_start")
+
+    def on_train_epoch_start(self, trainer, task):
+        self.calls.append(f"epoch_start{trainer.epoch + 1}")
+
+    def on_train_batch_end(self, trainer, task, outputs, batch, batch_index):
+        self.calls.append(f"batch{batch_index}:step{trainer.global_step}:{sorted(outputs)}")
+
+    def on_validation_start(self, trainer, task):
+        self.calls.append(f"val_start:training={task.training}")
+
+    def on_validation_end(self, trainer, task, metrics):
+        self.calls.append(f"val_end:{sorted(metrics)}")
+
+    def on_epoch_end(self, trainer, task, metrics):
+        self.calls.append("epoch_end")
+
+    def on_fit_end(self, trainer, task):
+        self.calls.append("fit_end")
+
+
+def test_callback_hooks_run_in_order_with_batch_outputs():
+    log = HookLog()
+    train = DataLoader(image_data(64, 0), batch_size=32)
+    val = DataLoader(image_data(16, 1), batch_size=16)
+    Trainer(max_epochs=2, callbacks=[log], device="cpu", progress=False, log_every_epoch=False).fit(
+        make_task(), train, val)
+    epoch = lambda e, s: [f"epoch_start{e}", f"batch0:step{s + 1}:['loss']", f"batch1:step{s + 2}:['loss']",
+                          "val_start:training=True", "val_end:['val_acc', 'val_loss']", "epoch_end"]
+    assert log.calls == ["fit_start", *epoch(1, 0), *epoch(2, 2), "fit_end"]
+
+
+class Constant(Task):
+    """One weight w, loss (w - target)^2 summed over the batch's targets: with SGD(lr) each step is
+    w <- w - lr * 2 * sum(w - t). Validation reports w itself."""
+
+    def __init__(self):
+        super().__init__()
+        self.model = nn.Linear(1, 1, bias=False)
+        with torch.no_grad():
+            self.model.weight.fill_(0.0)
+
+    def training_step(self, batch):
+        return (self.model.weight.squeeze() - batch[0]).pow(2).sum()
+
+    def validation_step(self, batch):
+        return {"w": self.model.weight.squeeze().expand(len(batch[0]))}
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+
+def test_ema_of_weights_matches_a_hand_computation(tmp_path):
+    """decay 0.5, targets 1, 2, 3 (one per batch): w goes 0 -> 0.2 -> 0.56 -> 1.048 and the
+    average 0 -> 0.1 -> 0.33 -> 0.689; validation sees the average, training continues from w."""
+    from core.callbacks import EMA
+
+    targets = torch.tensor([1.0, 2.0, 3.0])
+    w, avg = 0.0, 0.0
+    for t in targets.tolist():
+        w = w - 0.1 * 2 * (w - t)
+        avg = 0.5 * avg + 0.5 * w
+    assert (round(w, 4), round(avg, 4)) == (1.048, 0.689)
+
+    task = Constant()
+    trainer = Trainer(max_epochs=1, run_dir=tmp_path, callbacks=[EMA(decay=0.5)], device="cpu", progress=False,
+                      log_every_epoch=False, monitor="val_w", mode="max")
+    history = trainer.fit(task, DataLoader(TensorDataset(targets), batch_size=1),
+                          DataLoader(TensorDataset(torch.zeros(2)), batch_size=2))
+    assert history[0]["val_w"] == pytest.approx(avg)
+    assert task.model.weight.item() == pytest.approx(w)  # the trained weight is back after validation
+    checkpoint = torch.load(tmp_path / "last.pt", weights_only=True)
+    assert checkpoint["task"]["model.weight"].item() == pytest.approx(w)
+    assert checkpoint["ema"]["model.weight"].item() == pytest.approx(avg)
+    fresh = Constant()
+    load_checkpoint(tmp_path / "best.pt", fresh)
+    assert fresh.model.weight.item() == pytest.approx(avg)
+    load_checkpoint(tmp_path / "best.pt", fresh, ema=False)
+    assert fresh.model.weight.item() == pytest.approx(w)
+
+
+def test_ema_resume_continues_the_average(tmp_path):
+    """2 epochs straight == 1 epoch, stop, resume: same trained weight and same average."""
+    from core.callbacks import EMA
+
+    targets = DataLoader(TensorDataset(torch.tensor([1.0, 2.0, 3.0])), batch_size=1)
+    val = DataLoader(TensorDataset(torch.zeros(2)), batch_size=2)
+    common = dict(device="cpu", progress=False, log_every_epoch=False, monitor="val_w", mode="max")
+    straight = Trainer(max_epochs=2, callbacks=[EMA(0.5)], **common)
+    h_straight = straight.fit(Constant(), targets, val)
+    Trainer(max_epochs=1, run_dir=tmp_path, callbacks=[EMA(0.5)], **common).fit(Constant(), targets, val)
+    resumed_task = Constant()
+    h_resumed = Trainer(max_epochs=2, run_dir=tmp_path, callbacks=[EMA(0.5)], **common).fit(
+        resumed_task, targets, val, resume=tmp_path / "last.pt")
+    assert [r["val_w"] for r in h_resumed] == pytest.approx([r["val_w"] for r in h_straight])
+    assert h_straight[1]["val_w"] != pytest.approx(h_straight[0]["val_w"])
+
+
+# -- schedule length ---------------------------------------------------------------------------------
+@pytest.mark.parametrize("batch_size,limit,accumulate,epochs", [
+    (16, None, 1, 2),    # 6 batches
+    (16, 4, 1, 3),       # limit 4
+    (16, None, 4, 2),    # 6 batches in groups of 4: 2 steps per epoch
+    (32, 2, 3, 2),       # 2 batches, one short group
+])
+def test_estimated_stepping_batches_is_the_steps_taken(batch_size, limit, accumulate, epochs):
+    seen = {}
+
+    class Sized(Classify):
+        def configure_optimizers(self):
+            seen["estimate"] = self.trainer.estimated_stepping_batches
+            opt = torch.optim.SGD(self.parameters(), lr=0.1)
+            sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=0.1, total_steps=seen["estimate"])
+            return {"optimizer": opt, "scheduler": sched, "interval": "step"}
+
+    torch.manual_seed(0)
+    train, _ = loaders(batch_size=batch_size)
+    trainer = Trainer(max_epochs=epochs, limit_batches=limit, accumulate=accumulate, monitor=None, device="cpu",
+                      progress=False, log_every_epoch=False)
+    trainer.fit(Sized(small_cnn()), train)
+    assert seen["estimate"] == trainer.global_step
+    expected = {(16, None, 1, 2): 12, (16, 4, 1, 3): 12, (16, None, 4, 2): 4, (32, 2, 3, 2): 2}
+    assert trainer.global_step == expected[(batch_size, limit, accumulate, epochs)]
+    # the one-cycle schedule ran exactly its full length (one more step would raise)
+    sched = trainer.schedulers[0]["scheduler"]
+    assert sched.last_epoch == sched.total_steps == seen["estimate"]
