@@ -21,8 +21,9 @@ What a homework provides
     the run's ``args.json`` and checkpoint (through :func:`load_weights`, which executes no
     code), rebuilds the model in eval mode on the CPU and returns a :class:`Predictor` subclass
     that implements :meth:`Predictor.predict` (image kinds) or :meth:`Predictor.generate`
-    (generation). The same module's command line is ``main = lambda argv=None:
-    predict_main("hw_<name>", argv)`` (see :func:`predict_main`).
+    (generation). The same module's command line is ``def main(argv=None):
+    predict_main("hw_<name>", argv)`` run under ``core.cli.run_command`` (see
+    :func:`predict_main`); ``hw_segment/predict.py`` is the example to copy.
 
 The Predictor's attributes
     ``name``      the model's name: the run folder's name (the service makes names unique)
@@ -44,8 +45,15 @@ Results (JSON-able dicts, built with the helpers below so every homework answers
     generation      ``{"kind", "seed", "count", "width", "height", "grid_png"}``: a grid of
                     ``count`` samples drawn from ``seed`` as a base64 PNG of width x height
 
+    Build them with :func:`classification_result` (probabilities, classes),
+    :func:`segmentation_result` (a boolean mask at the image's size), :func:`detection_result`
+    (boxes, scores, labels, width, height) and :func:`generation_result` (samples in [0, 1]);
+    :func:`summarize` says a result in one line and :func:`render` draws it.
+
 Images come in as bytes and are decoded by :func:`open_image`, with a limit on the pixel count
-(decompression bombs are refused before decoding) and errors that say what is wrong.
+(decompression bombs are refused before decoding) and errors that say what is wrong. The
+service calls ``predict`` from several threads at once: keep no per-call state on the
+predictor (a model in eval mode under ``torch.no_grad`` is fine).
 """
 from __future__ import annotations
 
