@@ -9,6 +9,7 @@ file, column and row instead of turning the whole column into ``object``.
 """
 from __future__ import annotations
 
+import csv
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -70,7 +71,20 @@ def read_table(path: str | os.PathLike, with_target: bool) -> pd.DataFrame:
         raise DataError(f"{path}: unexpected column(s) {extra}; expected exactly {expected}")
     if df.empty:
         raise DataError(f"{path}: no data rows")
+    _check_row_lengths(path, len(df.columns))
     return df[expected]
+
+
+def _check_row_lengths(path: Path, n_columns: int) -> None:
+    """Every row has as many fields as the header: pandas pads a short row with blanks, which
+    would pass as real values (a blank TotalSpent becomes 0)."""
+    with open(path, newline="", encoding="utf-8") as handle:
+        reader = csv.reader(handle)
+        next(reader, None)
+        for row in reader:
+            if row and len(row) != n_columns:
+                raise DataError(f"{path}: line {reader.line_num} has {len(row)} fields, expected {n_columns} "
+                                "(as many as the header)")
 
 
 def _to_number(df: pd.DataFrame, column: str, name: str, allow_blank: bool = False) -> pd.Series:
@@ -78,11 +92,11 @@ def _to_number(df: pd.DataFrame, column: str, name: str, allow_blank: bool = Fal
     text = df[column].str.strip()
     blank = text == ""
     values = pd.to_numeric(text.where(~blank), errors="coerce")
-    bad = values.isna() & ~(blank & allow_blank)
+    bad = (values.isna() & ~(blank & allow_blank)) | np.isinf(values)  # 'inf', '1e400' overflow to infinity
     if bad.any():
         row = int(np.flatnonzero(bad.to_numpy())[0])
         raise DataError(f"{name}: column '{column}' row {row} (line {row + 2}) has {df[column].iloc[row]!r}, "
-                        f"expected a number ({int(bad.sum())} bad cell(s) in this column)")
+                        f"expected a finite number ({int(bad.sum())} bad cell(s) in this column)")
     return values.astype(float)
 
 

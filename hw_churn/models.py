@@ -96,10 +96,47 @@ class LogRegModel:
 
     def predict(self, X: pd.DataFrame) -> np.ndarray:
         table, _, _ = linear_features(X, self.features)
+        if self.pipeline_ is None:  # loaded from its parameters
+            return linear_probabilities(self.params_, table)
         return self.pipeline_.predict_proba(table)[:, 1]
 
     def describe(self) -> str:
         return f"C={self.C_:g}"
+
+    def params(self) -> dict:
+        """The fitted model as plain numbers and strings (for ``model.json``): the scaler's
+        means and scales, the one-hot categories, the coefficients and the intercept."""
+        columns, logreg = self.pipeline_.named_steps["columns"], self.pipeline_.named_steps["logreg"]
+        scaler, onehot = columns.named_transformers_["scale"], columns.named_transformers_["onehot"]
+        num_cols, cat_cols = list(columns.transformers_[0][2]), list(columns.transformers_[1][2])
+        coef = logreg.coef_[0].tolist()
+        cat_coef, start = [], len(num_cols)
+        for categories in onehot.categories_:
+            cat_coef.append(coef[start:start + len(categories)])
+            start += len(categories)
+        return {"features": self.features, "C": self.C_, "num_cols": num_cols, "mean": scaler.mean_.tolist(),
+                "scale": scaler.scale_.tolist(), "num_coef": coef[:len(num_cols)], "cat_cols": cat_cols,
+                "categories": [[str(c) for c in cats] for cats in onehot.categories_], "cat_coef": cat_coef,
+                "intercept": float(logreg.intercept_[0])}
+
+    @classmethod
+    def from_params(cls, params: dict) -> "LogRegModel":
+        """A model that predicts from :meth:`params` alone (no scikit-learn objects)."""
+        model = cls(params["features"])
+        model.pipeline_, model.params_, model.C_ = None, params, float(params["C"])
+        return model
+
+
+def linear_probabilities(params: dict, table: pd.DataFrame) -> np.ndarray:
+    """``sigmoid(b + sum_j w_j (x_j - mean_j) / scale_j + sum_k w_k[category of x_k])`` with
+    :meth:`LogRegModel.params`: what the fitted pipeline computes (StandardScaler, then
+    one-hot with unseen categories as all-zero, then logistic regression)."""
+    numeric = (table[params["num_cols"]].to_numpy(dtype=float) - params["mean"]) / params["scale"]
+    z = params["intercept"] + numeric @ np.asarray(params["num_coef"])
+    for column, categories, weights in zip(params["cat_cols"], params["categories"], params["cat_coef"]):
+        lookup = dict(zip(categories, weights))
+        z = z + table[column].astype(str).map(lookup).fillna(0.0).to_numpy(dtype=float)
+    return 1.0 / (1.0 + np.exp(-z))
 
 
 class CatBoostModel:

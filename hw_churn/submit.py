@@ -11,18 +11,19 @@ is validated (columns, row count, ids, NaNs, probabilities in [0, 1]) before it 
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 
-import joblib
 import numpy as np
 import pandas as pd
 
 from core import cli
-from core.data import require_file, resolve_data_root
+from core.data import resolve_data_root
 from core.errors import UserError
 from core.submission import SubmissionError, write_submission
 
 from .data import clean_table, make_sample, read_table
+from .saved import MODEL_FILE, load_model, predict_checked
 from .train import BUILTIN
 
 
@@ -31,7 +32,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.epilog = ("test.csv comes from 'kaggle competitions download -c advanced-dls-spring-2021'; "
                      "upload the result with 'kaggle competitions submit -c advanced-dls-spring-2021 "
                      "-f submission.csv -m MESSAGE'")
-    parser.add_argument("--run", required=True, help="run folder written by hw_churn.train (holds model.joblib)")
+    parser.add_argument("--run", required=True,
+                        help="run folder written by hw_churn.train (holds model.json, catboost.cbm)")
     cli.add_data_args(parser, loader=False)
     parser.add_argument("--out", default=None, help="where to write the CSV (default RUN/submission.csv)")
     return parser
@@ -45,22 +47,26 @@ def load_test(root: Path | None) -> pd.DataFrame:
     return clean_table(read_table(path, with_target=False), str(path))[0]
 
 
-def make_submission(model, test: pd.DataFrame) -> pd.DataFrame:
+def make_submission(model, test: pd.DataFrame, model_path: Path) -> pd.DataFrame:
     """``Id`` = row index of test.csv, ``Churn`` = the model's churn probability."""
-    probabilities = np.asarray(model.predict(test), dtype=float)
+    probabilities = predict_checked(model, test, model_path)
     return pd.DataFrame({"Id": np.arange(len(test)), "Churn": probabilities})
 
 
 def main(argv: list[str] | None = None) -> Path:
     args = cli.parse_args(build_parser(), argv)
     run = Path(args.run)
-    saved = joblib.load(require_file(run / "model.joblib", "saved model (run hw_churn.train first)"))
+    out = Path(args.out) if args.out else run / "submission.csv"
+    if args.out and not out.parent.is_dir():
+        raise UserError(f"--out {out}: folder {out.parent} does not exist")
+    if out.parent.is_dir() and not os.access(out.parent, os.W_OK):
+        raise UserError(f"--out {out}: folder {out.parent} is not writable")
+    model, saved = load_model(run)
     source = resolve_data_root("churn", args.data_dir, builtin=BUILTIN)
     test = load_test(source.root)
     print(f"model: {saved['name']} ({saved['description']}), CV ROC-AUC {saved['cv_auc']:.4f}, "
           f"trained on {saved['data'].removeprefix('data: ')}")
-    submission = make_submission(saved["model"], test)
-    out = Path(args.out) if args.out else run / "submission.csv"
+    submission = make_submission(model, test, run / MODEL_FILE)
     try:
         write_submission(submission, out, columns=["Id", "Churn"], id_column="Id",
                          expected_ids=range(len(test)), value_range=(0.0, 1.0))

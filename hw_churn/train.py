@@ -12,7 +12,8 @@ The Kaggle files come with the kaggle CLI (after accepting the competition rules
 Every model is scored on the same 5 stratified folds; each step of the study becomes a row of
 ``cv_results.csv``/``cv_results.md`` with its gain over the CatBoost baseline (the course's
 parameters), and the best final model (logistic regression, the searched CatBoost, or their
-blend) is refitted on all training rows and saved as ``model.joblib`` for ``submit``. The run
+blend) is refitted on all training rows and saved for ``submit`` as ``model.json`` (plus
+``catboost.cbm``, CatBoost's own format; nothing pickled, see :mod:`hw_churn.saved`). The run
 folder also gets ``data_report.md``/``data_report.json``, the EDA figures under ``plots/`` and
 ``metrics.json``.
 """
@@ -21,17 +22,17 @@ from __future__ import annotations
 import argparse
 import time
 
-import joblib
 import pandas as pd
 
 from core import cli
 from core.data import resolve_data_root
 
 from . import eda
-from .data import FEATURE_COLS, load_churn
+from .data import load_churn
 from .models import (CATBOOST_COURSE, CATBOOST_GRID, CATBOOST_GRID_QUICK, BlendModel, CatBoostModel, CVResult,
                      LogRegModel, best_blend_weight, cross_validate, cross_validate_blend, search_catboost,
                      stratified_folds)
+from .saved import save_model
 
 BUILTIN = "built-in churn sample (generated with a fixed seed: 1200 train / 400 test rows, Kaggle schema)"
 MODEL_CHOICES = ("logreg", "catboost", "blend", "all")
@@ -164,8 +165,8 @@ def main(argv: list[str] | None = None) -> dict:
     model = finals[best]().fit(X, y)
     print(f"final model: {best} ({model.describe()}), CV ROC-AUC {study.results[best].mean:.4f}; refitted on "
           f"all {len(y)} rows")
-    joblib.dump({"model": model, "name": best, "description": model.describe(), "feature_cols": FEATURE_COLS,
-                 "cv_auc": study.results[best].mean, "data": source.description}, run / "model.joblib")
+    save_model(model, run.path, {"name": best, "description": model.describe(), "cv_auc": study.results[best].mean,
+                                 "data": source.description})
 
     metrics = {f"cv_auc_{key}": result.mean for key, result in study.results.items()}
     metrics.update({f"cv_std_{key}": result.std for key, result in study.results.items()})

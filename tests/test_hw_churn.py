@@ -15,6 +15,7 @@ from hw_churn.data import (CAT_COLS, FEATURE_COLS, NUM_COLS, add_features, clean
                            read_table)
 from hw_churn.models import (BlendModel, CatBoostModel, CVResult, LogRegModel, best_blend_weight,
                              cross_validate_blend, linear_features, stratified_folds)
+from hw_churn.saved import load_model, save_model
 from tests.conftest import real_dataset
 
 
@@ -96,7 +97,8 @@ def test_target_column_in_test_is_an_extra_column(tmp_path):
 
 
 @pytest.mark.parametrize("column, value", [("MonthlySpending", "abc"), ("TotalSpent", "12,5"),
-                                           ("ClientPeriod", "")])
+                                           ("ClientPeriod", ""), ("MonthlySpending", "inf"),
+                                           ("TotalSpent", "1e400"), ("ClientPeriod", "-Infinity")])
 def test_non_numeric_value_names_file_column_and_row(tmp_path, column, value):
     raw = make_sample(20, 5)[0]
     raw.loc[7, column] = value
@@ -107,6 +109,16 @@ def test_non_numeric_value_names_file_column_and_row(tmp_path, column, value):
     message = str(info.value)
     assert path in message and f"column '{column}'" in message and "row 7 (line 9)" in message
     assert repr(value) in message
+
+
+def test_short_row_is_refused_not_padded(tmp_path):
+    raw = make_sample(20, 5)[1]
+    path = tmp_path / "test.csv"
+    lines = raw.to_csv(index=False).splitlines()
+    lines[4] = lines[4].rsplit(",", 1)[0]  # row 3 loses its last field (PaymentMethod)
+    path.write_text("\n".join(lines) + "\n")
+    with pytest.raises(DataError, match=r"test\.csv: line 5 has 18 fields, expected 19 \(as many as the header\)"):
+        read_table(path, with_target=False)
 
 
 def test_bad_target_value_is_named(tmp_path):
@@ -123,6 +135,33 @@ def test_train_cli_turns_bad_data_into_one_error_line(tmp_path, runs_root, cli_e
     line = cli_error(train.main, ["--data-dir", str(tmp_path), "--quick"])
     assert re.match(r"^error: .*train\.csv: missing column\(s\) \['Sex'\]", line)
     assert not runs_root.exists()  # stopped before the run folder
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--threads", "0"], "argument --threads: expected an integer >= 1, got '0'"),
+    (["--folds", "1"], "argument --folds: expected an integer >= 2, got '1'"),
+    (["--model", "forest"], "argument --model: invalid choice: 'forest'"),
+])
+def test_bad_options_are_one_line_before_any_work(argv, message, runs_root, cli_error, capsys):
+    assert message in cli_error(train.main, argv)
+    assert not runs_root.exists()
+
+
+def test_more_folds_than_rows_of_a_class_is_one_line(tmp_path, runs_root, cli_error):
+    train_raw, test_raw = make_sample(60, 10)
+    train_raw["Churn"] = ["1"] * 3 + ["0"] * 57
+    write_csv(train_raw, tmp_path / "train.csv")
+    write_csv(test_raw, tmp_path / "test.csv")
+    line = cli_error(train.main, ["--data-dir", str(tmp_path), "--folds", "5"])
+    assert line == "error: --folds 5: class 1 has only 3 row(s), fewer than the folds; use --folds 3 or less"
+    assert not runs_root.exists()
+
+
+def test_config_value_outside_the_choices_is_one_line(tmp_path, runs_root, cli_error):
+    config = tmp_path / "churn.yaml"
+    config.write_text("model: forest\n")
+    line = cli_error(train.main, ["--config", str(config)])
+    assert "model (argument --model): invalid choice: 'forest'" in line and not runs_root.exists()
 
 
 # -- features ----------------------------------------------------------------------------------
@@ -243,7 +282,69 @@ def test_train_and_submit_on_the_builtin_sample(tmp_path, runs_root, monkeypatch
 
 def test_submit_without_a_model_is_a_clear_error(tmp_path, cli_error):
     line = cli_error(submit.main, ["--run", str(tmp_path)])
-    assert re.search(r"model\.joblib: saved model \(run hw_churn\.train first\) not found", line)
+    assert re.search(r"model\.json: saved model not found \(run hw_churn\.train first\)", line)
+
+
+def test_submit_to_a_missing_folder_is_one_line(tmp_path, cli_error):
+    line = cli_error(submit.main, ["--run", str(tmp_path), "--out", str(tmp_path / "no" / "sub.csv")])
+    assert line == f"error: --out {tmp_path / 'no' / 'sub.csv'}: folder {tmp_path / 'no'} does not exist"
+
+
+# -- the saved model: plain numbers and CatBoost's own format, nothing that runs code ------------
+
+def test_logreg_saved_as_numbers_predicts_exactly_like_the_pipeline(sample, tmp_path):
+    train_df, test_df = sample
+    model = LogRegModel("log+spending", Cs=[0.1, 1.0], inner_folds=3).fit(train_df[FEATURE_COLS],
+                                                                         train_df["Churn"].to_numpy())
+    save_model(model, tmp_path, {"name": "logreg_log", "description": model.describe(), "cv_auc": 0.8, "data": "x"})
+    loaded, saved = load_model(tmp_path)
+    assert loaded.pipeline_ is None and saved["model"]["kind"] == "logreg"  # rebuilt from numbers alone
+    unseen = with_unseen_categories(test_df)[FEATURE_COLS]
+    np.testing.assert_allclose(loaded.predict(unseen), model.predict(unseen), rtol=1e-12, atol=1e-12)
+
+
+class Payload:
+    """Unpickling this runs ``open(marker, "w")``: the proof that a loader executed code."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+@pytest.mark.parametrize("craft, message", [
+    ("joblib", r"model\.json: saved model not found \(model\.joblib files are never loaded"),
+    ("cbm", r"catboost\.cbm: not a CatBoost model file"),
+    ("json", r"model\.json: 'model\.first\.kind' is 'pickle', expected logreg, catboost or blend"),
+    ("path", r"model\.json: 'model\.file' must be a file name inside the run folder"),
+])
+def test_crafted_model_files_are_refused_and_run_no_code(tmp_path, craft, message, cli_error):
+    import pickle
+
+    marker = tmp_path / "code_ran"
+    run = tmp_path / "run"
+    run.mkdir()
+    payload = pickle.dumps(Payload(marker))
+    meta = {"format": 1, "name": "blend", "description": "d", "cv_auc": 0.8, "data": "x", "feature_cols": FEATURE_COLS}
+    if craft == "joblib":
+        (run / "model.joblib").write_bytes(payload)
+    elif craft == "cbm":
+        (run / "catboost.cbm").write_bytes(payload)
+        (run / "model.json").write_text(json.dumps({**meta, "model": {"kind": "catboost", "file": "catboost.cbm",
+                                                                      "params": {}}}))
+    elif craft == "json":
+        spec = {"kind": "blend", "weight": 0.5, "first": {"kind": "pickle", "data": payload.hex()},
+                "second": {"kind": "catboost", "file": "catboost.cbm", "params": {}}}
+        (run / "model.json").write_text(json.dumps({**meta, "model": spec}))
+        (run / "catboost.cbm").write_bytes(payload)
+    else:
+        (run / "model.json").write_text(json.dumps({**meta, "model": {"kind": "catboost", "file": "../x.cbm",
+                                                                      "params": {}}}))
+    line = cli_error(submit.main, ["--run", str(run)])
+    assert re.search(message, line), line
+    assert not marker.exists()  # the payload never ran
+    assert not (run / "submission.csv").exists()
 
 
 # -- real data -----------------------------------------------------------------------------------
