@@ -237,3 +237,35 @@ def test_covtype_sample_is_seeded(monkeypatch):
     a, b = load_covtype(100, seed=42), load_covtype(100, seed=42)
     np.testing.assert_array_equal(a.X, b.X)
     assert len(np.unique(a.X[:, 0])) == 100 and a.y.dtype == np.int64
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--cv", "1"], "argument --cv: expected an integer >= 2, got '1'"),
+    (["--n-jobs", "0"], "argument --n-jobs: expected -1 (every core) or a number of processes >= 1, got '0'"),
+    (["--covtype-rows", "0"], "argument --covtype-rows: expected an integer >= 1, got '0'"),
+])
+def test_bad_options_are_one_line_before_any_work(argv, message, runs_root, cli_error):
+    assert cli_error(main, argv) == f"python -m hw_knn.train: error: {message}"
+    assert not runs_root.exists()
+
+
+def test_unwritable_run_folder_stops_before_the_grid_searches(tmp_path, cli_error, capsys, monkeypatch):
+    import hw_knn.train as knn_train
+
+    def no_search(*args, **kwargs):
+        raise AssertionError("the grid search ran before the run folder was made")
+
+    monkeypatch.setattr(knn_train, "saga_grid", no_search)
+    monkeypatch.setattr(knn_train, "knn_grid", no_search)
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    line = cli_error(main, ["--dataset", "wine", "--run-dir", str(blocker / "run")])
+    assert line.startswith(f"error: --run-dir {blocker / 'run'}: cannot create the run folder")
+
+
+def test_more_folds_than_a_class_has_is_one_line(tmp_path, cli_error):
+    path = tmp_path / "forest_dataset.csv"
+    rows = ["a,b,class"] + [f"{i},{i % 3},{1 if i < 3 else 2}" for i in range(20)]
+    path.write_text("\n".join(rows) + "\n")
+    line = cli_error(main, ["--data", str(path), "--cv", "5", "--run-dir", str(tmp_path / "run")])
+    assert line == "error: --cv 5: class 1 has only 3 row(s), fewer than the folds; use --cv 3 or less"

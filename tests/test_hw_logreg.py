@@ -224,3 +224,17 @@ def test_command_with_a_broken_mnist_folder(tmp_path, cli_error):
     (tmp_path / "MNIST" / "raw").mkdir(parents=True)
     line = cli_error(main, ["--data-dir", str(tmp_path), "--run-dir", str(tmp_path / "run")])
     assert re.match("error: .*t10k-images-idx3-ubyte.gz: MNIST IDX file not found", line)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--lr", "-1"], "argument --lr: expected a number > 0, got '-1'"),
+    (["--epochs", "0"], "argument --epochs: expected an integer >= 1, got '0'"),
+    (["--blob-epochs", "0"], "argument --blob-epochs: expected an integer >= 1, got '0'"),
+    (["--batch-size", "0"], "argument --batch-size: expected an integer >= 1, got '0'"),
+    (["--cv", "1"], "argument --cv: expected an integer >= 2, got '1'"),
+    (["--l1", "-0.1"], "argument --l1: expected a number >= 0, got '-0.1'"),
+])
+def test_bad_options_are_one_line_before_any_work(argv, message, runs_root, cli_error):
+    line = cli_error(main, argv)
+    assert line == f"python -m hw_logreg.train: error: {message}"
+    assert not runs_root.exists()

@@ -283,3 +283,98 @@ def test_compare_writes_a_table_of_every_model_and_loss(tmp_path, monkeypatch):
     assert sum("**(best)**" in r for r in rows) == 1       # one overall best, even when runs tie
     assert sum("(best loss)" in r for r in rows) == 1      # the other model's best loss
     assert (out / "plots" / "predictions.png").is_file()
+
+
+# -- bad options, reused folders, foreign runs --------------------------------------------------
+@pytest.mark.parametrize("argv, message", [
+    (["--width", "0"], "argument --width: expected an integer >= 1, got '0'"),
+    (["--epochs", "0"], "argument --epochs: expected an integer >= 1, got '0'"),
+    (["--batch-size", "0"], "argument --batch-size: expected an integer >= 1, got '0'"),
+    (["--accumulate", "0"], "argument --accumulate: expected an integer >= 1, got '0'"),
+    (["--num-workers", "-1"], "argument --num-workers: expected an integer >= 0, got '-1'"),
+    (["--device", "gpu7"], "argument --device: expected auto, cpu, cuda, cuda:N or mps, got 'gpu7'"),
+    (["--grad-clip", "-1"], "argument --grad-clip: expected a number > 0, got '-1'"),
+    (["--grad-clip", "0"], "argument --grad-clip: expected a number > 0, got '0'"),
+    (["--model", "resnet"], "argument --model: invalid choice: 'resnet'"),
+])
+def test_bad_training_options_are_one_line_before_any_work(argv, message, runs_root, cli_error):
+    from hw_segment.train import main
+
+    assert cli_error(main, argv).startswith(f"python -m hw_segment.train: error: {message}")
+    assert not runs_root.exists()
+
+
+@pytest.fixture
+def finished_run(segment_run, tmp_path):
+    """A private copy of the shared small training run."""
+    import shutil
+
+    return shutil.copytree(segment_run, tmp_path / "finished")
+
+
+def test_a_rerun_into_a_finished_run_is_refused_and_args_json_kept(finished_run, cli_error):
+    from hw_segment.train import main
+
+    before = (finished_run / "args.json").read_text()
+    line = cli_error(main, ["--size", "64", "--run-dir", str(finished_run)])
+    assert line.startswith(f"error: --run-dir {finished_run}: the folder already holds a run")
+    line = cli_error(main, ["--size", "64", "--run-dir", str(finished_run), "--resume", str(finished_run / "no.pt")])
+    assert line.endswith(f"argument --resume: {finished_run / 'no.pt'}: file not found")
+    assert (finished_run / "args.json").read_text() == before
+
+
+def test_evaluate_on_a_churn_run_is_one_line(tmp_path, cli_error):
+    from hw_segment import evaluate
+
+    churn = tmp_path / "churn"
+    churn.mkdir()
+    (churn / "args.json").write_text(json.dumps({"model": "all", "folds": 5, "threads": 2, "homework": "hw_churn"}))
+    (churn / "model.json").write_text("{}")
+    line = cli_error(evaluate.main, ["--run", str(churn)])
+    assert line == f"error: {churn / 'args.json'}: no width, size: not a hw_segment.train run"
+    assert sorted(p.name for p in churn.iterdir()) == ["args.json", "model.json"]  # nothing written
+
+
+def test_evaluate_gives_same_named_data_folders_their_own_outputs(finished_run, tmp_path, monkeypatch):
+    from hw_segment import evaluate
+
+    monkeypatch.setattr("time.strftime", lambda fmt: "20260101-120000")
+    folders = []
+    for parent in ("a", "b"):
+        _fake_ph2(tmp_path / parent / "ph2")
+        scores = evaluate.main(["--run", str(finished_run), "--data-dir", str(tmp_path / parent / "ph2")])
+        folders.append(sorted(p.name for p in finished_run.iterdir() if p.name.startswith("eval-")))
+        assert scores["cases"] == 4
+    assert folders == [["eval-ph2-20260101-120000"], ["eval-ph2-20260101-120000", "eval-ph2-20260101-120000-2"]]
+    for name in folders[1]:
+        args = json.loads((finished_run / name / "args.json").read_text())
+        assert args["data_dir"].endswith(("a/ph2", "b/ph2"))
+
+
+def test_compare_reruns_changed_settings_and_honours_run_name(runs_root, monkeypatch, cli_error, capsys):
+    monkeypatch.delenv("DLS_DATA", raising=False)
+    from hw_segment import compare
+
+    base = ["--models", "unet", "--losses", "dice", "--run-name", "cmp",
+            "--extra", "--size 32 --n-images 12 --width 4 --limit-batches 1"]
+    out = runs_root / "hw_segment" / "cmp"
+    sub_run = out / "runs" / "unet-dice-split0"
+    compare.main(base + ["--epochs", "1"])
+    assert json.loads((sub_run / "metrics.json").read_text())["epochs"] == 1
+    assert "already holds a run" in cli_error(compare.main, base + ["--epochs", "2"])
+    capsys.readouterr()
+    compare.main(base + ["--epochs", "2", "--resume"])  # other settings: trained again, not reused
+    assert "training it again" in capsys.readouterr().out
+    assert json.loads((sub_run / "metrics.json").read_text())["epochs"] == 2
+    assert json.loads((sub_run / "args.json").read_text())["epochs"] == 2
+    compare.main(base + ["--epochs", "2", "--resume"])  # same settings: reused
+    assert "reusing" in capsys.readouterr().out
+    assert [p.name for p in (runs_root / "hw_segment").iterdir()] == ["cmp"]
+
+
+def test_compare_checks_every_run_before_training(runs_root, cli_error):
+    from hw_segment import compare
+
+    assert cli_error(compare.main, ["--losses", "dice", "nope"]).startswith("error: --losses nope:")
+    assert "argument --width: expected an integer >= 1" in cli_error(compare.main, ["--extra", "--width 0"])
+    assert not runs_root.exists()
