@@ -262,6 +262,8 @@ def add_training_args(parser: argparse.ArgumentParser, *, epochs: int | None = 1
                        help="deterministic kernels: same seed, same weights (slower)")
     group.add_argument("--device", type=device_name, default="auto",
                        help="auto (cuda > mps > cpu), cpu, cuda, cuda:1, mps")
+    group.add_argument("--threads", type=positive_int, default=None,
+                       help="CPU threads for PyTorch's kernels (default: PyTorch's choice, one per core)")
     group.add_argument("--precision", type=str, default="auto", choices=["auto", "32", "bf16", "16"],
                        help="autocast dtype; auto = bf16/fp16 on CUDA, fp32 elsewhere")
     group.add_argument("--grad-clip", type=positive_float, default=None, help="clip the gradient norm to this value")

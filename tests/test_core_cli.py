@@ -48,6 +48,7 @@ def demo_main(argv):
     (["--lr", "1e400"], "argument --lr: expected a number > 0, got '1e400'"),
     (["--num-workers", "-1"], "argument --num-workers: expected an integer >= 0, got '-1'"),
     (["--patience", "0"], "argument --patience: expected an integer >= 1, got '0'"),
+    (["--threads", "0"], "argument --threads: expected an integer >= 1, got '0'"),
     (["--limit-batches", "0"], "argument --limit-batches: expected an integer >= 1, got '0'"),
     (["--device", "gpu7"], "argument --device: expected auto, cpu, cuda, cuda:N or mps, got 'gpu7'"),
     (["--device", "meta"], "argument --device: expected auto, cpu, cuda, cuda:N or mps, got 'meta'"),
