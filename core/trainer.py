@@ -65,6 +65,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import re
 import shlex
 import sys
 import time
@@ -196,11 +197,14 @@ def load_checkpoint(path: str | os.PathLike, task: Task | None = None, map_locat
         raise UserError(f"{path}: checkpoint not found")
     try:
         checkpoint = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as exc:  # UnpicklingError for code-carrying pickles, others for junk files
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        if "weights_only" in str(exc) or "Unsupported global" in str(exc) or "GLOBAL" in str(exc):
-            raise UserError(f"{path}: refused: the file holds Python objects that could run code when "
-                            f"loaded; only checkpoints of tensors and plain values are read ({reason[:200]})") from None
+    except Exception as exc:  # UnpicklingError for code-carrying pickles and junk, others for junk
+        text = str(exc)
+        found = re.search(r"Unsupported global: GLOBAL (\S+)", text)
+        if found:
+            raise UserError(f"{path}: refused: the file holds Python objects that could run code when loaded "
+                            f"({found.group(1)}); only checkpoints of tensors and plain values are read") from None
+        detail = re.search(r"WeightsUnpickler error:\s*(.+)", text) or re.search(r"(.+)", text)
+        reason = detail.group(1).strip() if detail else type(exc).__name__
         raise UserError(f"{path}: cannot read checkpoint ({reason[:200]})") from None
     if not isinstance(checkpoint, dict) or "task" not in checkpoint:
         raise UserError(f"{path}: not a checkpoint written by core.Trainer (no 'task' entry)")

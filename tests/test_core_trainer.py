@@ -653,3 +653,174 @@ def test_estimated_stepping_batches_is_the_steps_taken(batch_size, limit, accumu
     # the one-cycle schedule ran exactly its full length (one more step would raise)
     sched = trainer.schedulers[0]["scheduler"]
     assert sched.last_epoch == sched.total_steps == seen["estimate"]
+
+
+# -- resume and checkpoints ------------------------------------------------------------------------
+def test_resume_with_patience_added_keeps_the_best_checkpoint(tmp_path):
+    """val_loss 0.1, 0.9, 0.95; resumed with --patience 2 added: best.pt stays epoch 1 (0.1),
+    and early stopping, started from the history (2 epochs without gain), stops after epoch 4."""
+    loader = DataLoader(TensorDataset(torch.ones(4, 1)), batch_size=4)
+    common = dict(run_dir=tmp_path, device="cpu", progress=False, log_every_epoch=False)
+    Trainer(max_epochs=3, **common).fit(Scripted([0.1, 0.9, 0.95]), loader, loader)
+    trainer = Trainer(max_epochs=6, patience=2, **common)
+    trainer.fit(Scripted([0.9, 0.8, 0.7]), loader, loader, resume=tmp_path / "last.pt")
+    best = load_checkpoint(tmp_path / "best.pt")
+    assert best["epoch"] == 1 and best["best_score"] == pytest.approx(0.1)
+    assert trainer.epoch == 4 and trainer.best_score == pytest.approx(0.1)
+
+
+class Marker:
+    """Pickles to a call that creates a file: loading it with plain pickle runs code."""
+
+    def __init__(self, path):
+        self.path = str(path)
+
+    def __reduce__(self):
+        return (Path.touch, (Path(self.path),))
+
+
+def test_crafted_checkpoint_is_refused_and_runs_no_code(tmp_path):
+    from core.errors import UserError
+
+    marker = tmp_path / "code_ran"
+    crafted = tmp_path / "last.pt"
+    torch.save({"task": {}, "payload": Marker(marker)}, crafted)
+    with pytest.raises(UserError, match=r"last.pt: refused: the file holds Python objects that could run code when loaded \(\w+\)"):
+        load_checkpoint(crafted)
+    with pytest.raises(UserError, match="refused"):
+        Trainer(max_epochs=1, device="cpu", progress=False).fit(make_task(), *loaders(), resume=crafted)
+    assert not marker.exists()
+    # the control: the same file read the unsafe way does run the code
+    torch.load(crafted, weights_only=False)
+    assert marker.exists()
+
+
+def test_trainer_checkpoints_load_weights_only_and_resume_exactly(tmp_path):
+    """Everything in a checkpoint (RNG states, history, callback state) is tensors or plain values."""
+    import numpy as np
+
+    Trainer(max_epochs=1, run_dir=tmp_path, device="cpu", progress=False, log_every_epoch=False).fit(
+        make_task(), *loaders())
+    checkpoint = torch.load(tmp_path / "last.pt", weights_only=True)
+    assert checkpoint["epoch"] == 1 and checkpoint["history"][0]["epoch"] == 1
+    from core.device import rng_state, set_rng_state
+
+    state = rng_state()
+    expected = (np.random.rand(3), torch.rand(3))
+    set_rng_state(checkpoint["rng"])
+    set_rng_state(state)
+    assert np.array_equal(np.random.rand(3), expected[0]) and torch.equal(torch.rand(3), expected[1])
+
+
+def test_bad_resume_path_or_another_model_is_one_line(tmp_path):
+    from core.errors import UserError
+
+    with pytest.raises(UserError, match=r"nowhere.pt: checkpoint not found"):
+        Trainer(max_epochs=1, device="cpu", progress=False).fit(make_task(), *loaders(), resume=tmp_path / "nowhere.pt")
+    Trainer(max_epochs=1, run_dir=tmp_path, device="cpu", progress=False, log_every_epoch=False).fit(
+        Regress(), DataLoader(regression_data(16), batch_size=8), DataLoader(regression_data(8), batch_size=8))
+    with pytest.raises(UserError, match=r"last.pt: checkpoint of another model \(Classify does not fit it\): "
+                                        r"missing model.5.bias, model.5.weight \(2\); unexpected model.2.bias, "
+                                        r"model.2.weight \(2\); shape differs for model.0.weight, model.0.bias \(2\)$"):
+        Trainer(max_epochs=2, device="cpu", progress=False).fit(make_task(), *loaders(), resume=tmp_path / "last.pt")
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(b"not a checkpoint")
+    with pytest.raises(UserError, match="junk.pt: cannot read checkpoint"):
+        load_checkpoint(junk)
+
+
+class Interrupt(Callback):
+    def on_train_batch_end(self, trainer, task, outputs, batch, batch_index):
+        if trainer.epoch == 1 and batch_index == 2:
+            raise KeyboardInterrupt
+
+
+def test_ctrl_c_says_where_the_checkpoint_is_and_how_to_resume(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(sys, "argv", ["hw_demo/train.py", "--epochs", "3", "--resume", "old.pt", "--run-name=x"])
+    trainer = Trainer(max_epochs=3, run_dir=tmp_path / "run", callbacks=[Interrupt()], device="cpu", progress=False,
+                      log_every_epoch=False)
+    with pytest.raises(KeyboardInterrupt):
+        trainer.fit(make_task(), *loaders())
+    err = capsys.readouterr().err.splitlines()
+    last = tmp_path / "run" / "last.pt"
+    assert err[0] == f"interrupted in epoch 2; last checkpoint: {last} (end of epoch 1)"
+    assert err[1].endswith(f" --epochs 3 --run-dir {last.parent} --resume {last}")
+    assert load_checkpoint(last)["epoch"] == 1
+
+
+def test_history_csv_never_lists_an_epoch_without_its_checkpoint(tmp_path, monkeypatch):
+    """The checkpoint write of epoch 2 fails: history.csv still has epoch 1 only."""
+    real_save, calls = torch.save, []
+
+    def failing_save(obj, path, *args, **kwargs):
+        calls.append(path)
+        if len(calls) > 2:  # epoch 1 wrote best.pt and last.pt; epoch 2's first write fails
+            raise OSError("disk full")
+        return real_save(obj, path, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "save", failing_save)
+    with pytest.raises(OSError, match="disk full"):
+        Trainer(max_epochs=3, run_dir=tmp_path, device="cpu", progress=False, log_every_epoch=False).fit(
+            Scripted([0.9, 0.5, 0.4]), DataLoader(TensorDataset(torch.ones(4, 1)), batch_size=4),
+            DataLoader(TensorDataset(torch.ones(4, 1)), batch_size=4))
+    assert pd.read_csv(tmp_path / "history.csv")["epoch"].tolist() == [1]
+
+
+# -- mixed precision, DDP helpers ---------------------------------------------------------------------
+def test_grad_scaler_updates_once_per_batch_with_two_optimisers(monkeypatch):
+    """fp16 loss scaling, two optimisers in automatic mode, 3 batches: 3 scaler updates, not 6."""
+
+    class TwoOptimisers(Regress):
+        def configure_optimizers(self):
+            return [torch.optim.SGD(self.model[0].parameters(), lr=0.01),
+                    torch.optim.SGD(self.model[2].parameters(), lr=0.01)]
+
+    trainer = Trainer(max_epochs=1, monitor=None, precision="16", device="cpu", progress=False, log_every_epoch=False)
+    if not trainer.scaler.is_enabled():
+        pytest.skip("no fp16 grad scaler on this build")
+    updates = []
+    real_update = trainer.scaler.update
+    monkeypatch.setattr(trainer.scaler, "update", lambda *a: (updates.append(1), real_update(*a)))
+    trainer.fit(TwoOptimisers(), DataLoader(regression_data(24), batch_size=8))
+    assert trainer.global_step == 3 and len(updates) == 3
+
+
+def test_custom_sampler_is_sharded_not_replaced():
+    """WeightedRandomSampler under 2 processes: both draw the same sequence and keep alternate
+    indices, so together they take exactly the sampler's draw (not DistributedSampler's uniform one)."""
+    from torch.utils.data import WeightedRandomSampler
+
+    from core.trainer import _ShardedSampler
+
+    weights = torch.tensor([0.0, 0.0, 1.0, 1.0, 0.0, 8.0])
+    sampler = WeightedRandomSampler(weights, num_samples=12, replacement=True)
+    shards = [_ShardedSampler(sampler, rank, 2, seed=3) for rank in (0, 1)]
+    for shard in shards:
+        shard.set_epoch(1)
+    drawn = [list(shard) for shard in shards]
+    assert [len(d) for d in drawn] == [6, 6] and len(shards[0]) == 6
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(3 + 1)
+        expected = list(sampler)
+    assert drawn[0] == expected[0::2] and drawn[1] == expected[1::2]
+    assert set(drawn[0] + drawn[1]) <= {2, 3, 5}      # zero-weight samples never drawn
+
+
+def test_parameters_on_the_task_itself_are_refused_under_ddp():
+    from core.errors import UserError
+
+    class Scaled(Regress):
+        def __init__(self):
+            super().__init__()
+            self.scale = nn.Parameter(torch.ones(1))
+
+    with pytest.raises(UserError, match="registers parameter\\(s\\) scale on the task itself"):
+        Trainer(device="cpu")._wrap_ddp(Scaled())
+
+
+def test_resume_command_replaces_run_options():
+    from core.trainer import resume_command
+
+    argv = ["x.py", "--lr", "0.1", "--resume", "a/last.pt", "--run-dir=a", "--overwrite", "--run-name", "n", "--dry-run"]
+    assert resume_command(Path("runs/hw/b/last.pt"), argv).endswith(
+        "--lr 0.1 --dry-run --run-dir runs/hw/b --resume runs/hw/b/last.pt")
