@@ -69,6 +69,7 @@ import re
 import shlex
 import sys
 import time
+import warnings
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 
@@ -83,6 +84,9 @@ from .callbacks import Callback, EarlyStopping, HistoryCSV, ModelCheckpoint
 from .device import (DistInfo, autocast, autocast_dtype, barrier, init_distributed, pick_device, rng_state,
                      seed_everything, set_rng_state)
 from .errors import UserError
+
+
+_clock = time.perf_counter  # the Trainer's clock (tests replace it)
 
 
 class Task(nn.Module):
@@ -298,6 +302,12 @@ class Trainer:
         callbacks: extra :class:`~core.callbacks.Callback` objects.
         progress: show tqdm bars; default only on an interactive terminal outside CI.
         threads: CPU threads for PyTorch's kernels (``None``: leave PyTorch's setting).
+        time_limit: minutes the fit may take. After the first epoch the number of epochs is
+            fitted to the budget from that epoch's wall time, and length-dependent LR schedules
+            (``OneCycleLR``, ``CosineAnnealingLR``) are resized to match; later epochs only
+            shrink the plan if they run slower. ``max_epochs`` then only sizes the first epoch's
+            schedule. If the budget runs out inside an epoch, that epoch ends early and the run
+            ends as a normal one does (validation, checkpoints).
     """
 
     def __init__(self, max_epochs: int = 10, run_dir: str | os.PathLike | None = None,
@@ -305,7 +315,8 @@ class Trainer:
                  device: str = "auto", precision: str = "auto", grad_clip: float | None = None,
                  accumulate: int = 1, limit_batches: int | None = None, seed: int | None = 42,
                  deterministic: bool = False, callbacks: Iterable[Callback] = (),
-                 progress: bool | None = None, log_every_epoch: bool = True, threads: int | None = None):
+                 progress: bool | None = None, log_every_epoch: bool = True, threads: int | None = None,
+                 time_limit: float | None = None):
         if accumulate < 1:
             raise ValueError(f"accumulate must be >= 1, got {accumulate}")
         if threads is not None:
@@ -319,6 +330,9 @@ class Trainer:
         self.monitor, self.mode = monitor, mode
         self.grad_clip, self.accumulate, self.limit_batches = grad_clip, accumulate, limit_batches
         self.seed, self.deterministic = seed, deterministic
+        if time_limit is not None and not time_limit > 0:
+            raise ValueError(f"time_limit must be > 0 minutes, got {time_limit}")
+        self.time_limit = time_limit
         self.device = pick_device(device)
         self.dist: DistInfo = init_distributed(self.device)
         self.amp_dtype = autocast_dtype(precision, self.device)
@@ -350,6 +364,9 @@ class Trainer:
         self.train_loader: DataLoader | None = None
         self._scaler_stepped = False
         self._batch_index = 0
+        self._deadline: float | None = None   # perf_counter() by which fit must end (time_limit)
+        self._epoch_starts: list[float] = []
+        self._optimizer_settings: list[list[dict]] = []
 
     @classmethod
     def from_args(cls, args, run_dir=None, **overrides) -> "Trainer":
@@ -357,7 +374,7 @@ class Trainer:
         kwargs = dict(max_epochs=args.epochs, run_dir=run_dir, device=args.device, precision=args.precision,
                       grad_clip=args.grad_clip, accumulate=args.accumulate, limit_batches=args.limit_batches,
                       seed=args.seed, deterministic=args.deterministic, patience=args.patience,
-                      threads=getattr(args, "threads", None))
+                      threads=getattr(args, "threads", None), time_limit=getattr(args, "time_limit", None))
         kwargs.update(overrides)
         return cls(**kwargs)
 
@@ -378,6 +395,9 @@ class Trainer:
         self.train_loader = train_loader
         setup = _OptimizerSetup(task.configure_optimizers())
         self.optimizers, self.schedulers = setup.optimizers, setup.schedulers
+        self._optimizer_settings = _optimizer_settings(self.optimizers)
+        if self.time_limit is not None:
+            self._deadline = _clock() + 60.0 * self.time_limit
         if resume is not None:
             self._restore(resume)
         if self.dist.enabled:
@@ -503,7 +523,8 @@ class Trainer:
     # -- one epoch ----------------------------------------------------------------------------
     def _run_epoch(self, task: Task, train_loader: DataLoader, val_loader: DataLoader | None) -> None:
         epoch = self.epoch + 1
-        start = time.perf_counter()
+        start = _clock()
+        self._epoch_starts.append(start)
         sampler = getattr(train_loader, "sampler", None)
         if hasattr(sampler, "set_epoch"):
             sampler.set_epoch(epoch)
@@ -526,8 +547,10 @@ class Trainer:
                 else:
                     sched["scheduler"].step()
         self.epoch = epoch
-        row = {"epoch": epoch, **metrics, "time": round(time.perf_counter() - start, 3)}
+        row = {"epoch": epoch, **metrics, "time": round(_clock() - start, 3)}
         self.history.append(row)
+        if self._deadline is not None:
+            self._fit_to_time_limit()
         for cb in self.callbacks:
             cb.on_epoch_end(self, task, metrics)
         if self.log_every_epoch:
@@ -550,6 +573,11 @@ class Trainer:
                    disable=not self.progress, dynamic_ncols=True)
         for i, batch in enumerate(loader):
             if i >= n_batches:
+                break
+            if self._deadline is not None and _clock() > self._deadline:
+                self.log(f"time limit: the budget of {self.time_limit:g} min ran out after {i} batches of epoch "
+                         f"{epoch}; ending the run")
+                self.should_stop = True
                 break
             self._batch_index = i
             batch = move_to_device(batch, self.device)
@@ -656,6 +684,8 @@ class Trainer:
             "rng": rng_state(),
             "monitor": self.monitor,
             "best_score": self.best_score,
+            "estimated_stepping_batches": self.estimated_stepping_batches,
+            "optimizer_settings": self._optimizer_settings,
         }
         for cb in self.callbacks:
             cb.on_save_checkpoint(self, self.task, state)
@@ -673,6 +703,7 @@ class Trainer:
     def _restore(self, path: str | os.PathLike) -> None:
         checkpoint = load_checkpoint(path, map_location=self.device)
         load_task_weights(self.task, checkpoint["task"], path)
+        self._check_resumable(checkpoint, path)
         for kind, saved, own in (("optimiser", checkpoint["optimizers"], self.optimizers),
                                  ("scheduler", checkpoint["schedulers"], self.schedulers)):
             if len(saved) != len(own):
@@ -681,6 +712,7 @@ class Trainer:
             opt.load_state_dict(state)
         for sched, state in zip(self.schedulers, checkpoint["schedulers"]):
             sched["scheduler"].load_state_dict(state)
+        self._check_schedule_length(checkpoint, path)
         self.scaler.load_state_dict(checkpoint["scaler"])
         self.epoch = checkpoint["epoch"]
         self.global_step = checkpoint["global_step"]
@@ -692,7 +724,66 @@ class Trainer:
         for cb in self.callbacks:
             cb.on_load_checkpoint(self, self.task, checkpoint)
         set_rng_state(checkpoint["rng"])
+        if self.time_limit is not None:  # the plan fitted to the budget at the run's start
+            self.max_epochs = checkpoint.get("max_epochs", self.max_epochs)
         self.log(f"resumed from {path} at epoch {self.epoch}")
+
+    def _check_resumable(self, checkpoint: dict, path) -> None:
+        """A resume continues a run: the optimiser settings (``--lr``, weight decay, ...) must be
+        the run's (and see :meth:`_check_schedule_length`). ``--epochs`` may change unless an
+        LR schedule was sized to the run; ``--patience``, ``--device``, ``--threads`` and
+        ``--num-workers`` may always change."""
+        saved = checkpoint.get("optimizer_settings")
+        if saved is not None and saved != self._optimizer_settings:
+            changes = [f"{key} {_short(old.get(key))} -> {_short(new.get(key))}"
+                       for old_groups, new_groups in zip(saved, self._optimizer_settings)
+                       for old, new in zip(old_groups, new_groups) for key in sorted(set(old) | set(new))
+                       if old.get(key) != new.get(key)] or ["parameter groups differ"]
+            raise UserError(f"{path}: the run was trained with other optimiser settings ({', '.join(changes[:4])}); "
+                            "a resume keeps the run's settings: resume with its options, or start a new run")
+
+    def _check_schedule_length(self, checkpoint: dict, path) -> None:
+        """Refuse a resume whose epochs or steps no longer match a schedule sized to the run
+        (``OneCycleLR``/``CosineAnnealingLR`` whose length was the run's), or would overrun a
+        ``OneCycleLR`` (its "Tried to step" error)."""
+        from torch.optim import lr_scheduler as lrs
+
+        saved_epochs = checkpoint.get("max_epochs", self.max_epochs)
+        saved_steps = checkpoint.get("estimated_stepping_batches", self.estimated_stepping_batches)
+        if self.time_limit is not None or (saved_epochs, saved_steps) == (self.max_epochs, self.estimated_stepping_batches):
+            return
+        for sched in self.schedulers:
+            s, by_step = sched["scheduler"], sched["interval"] == "step"
+            length = s.total_steps if isinstance(s, lrs.OneCycleLR) else s.T_max \
+                if isinstance(s, lrs.CosineAnnealingLR) else None
+            if length is None:
+                continue
+            if length == (saved_steps if by_step else saved_epochs) or (
+                    isinstance(s, lrs.OneCycleLR) and self.estimated_stepping_batches > length):
+                raise UserError(f"{path}: its {type(s).__name__} was built for {saved_epochs} epochs "
+                                f"({saved_steps} optimiser steps), these options give {self.max_epochs} epochs "
+                                f"({self.estimated_stepping_batches} steps); resume with --epochs {saved_epochs} "
+                                "and the run's batch options, or start a new run")
+
+    def _fit_to_time_limit(self) -> None:
+        """Fit ``max_epochs`` to what is left of the budget, from the recent epochs' wall time
+        (start to start, so checkpoint writing counts). After the first epoch the plan may grow
+        or shrink; later it only shrinks (a busy machine), so the LR never jumps back up."""
+        now = _clock()
+        window = self._epoch_starts[-3:] + [now]
+        recent = [b - a for a, b in zip(window, window[1:])]
+        epoch_seconds = sorted(recent)[len(recent) // 2]
+        remaining = self._deadline - now
+        fitted = self.epoch + max(0, math.floor(0.95 * remaining / epoch_seconds))
+        first_fit = len(self._epoch_starts) == 1
+        planned = fitted if first_fit else min(self.max_epochs, fitted)
+        if planned != self.max_epochs:
+            self.log(f"time limit: {planned} epochs fit in {self.time_limit:g} min "
+                     f"({epoch_seconds:.1f} s per epoch, {remaining / 60:.1f} min left); the LR schedule follows")
+            self.max_epochs = planned
+            for sched in self.schedulers:
+                total = self.estimated_stepping_batches if sched["interval"] == "step" else self.max_epochs
+                resize_schedule(sched["scheduler"], total)
 
     def _report_interrupt(self) -> None:
         """After Ctrl-C: say where the last checkpoint is and how to continue from it."""
@@ -754,6 +845,50 @@ class Trainer:
                 if isinstance(child, DistributedDataParallel):
                     stack.enter_context(child.no_sync())
         return stack
+
+
+def _short(value) -> str:
+    return f"{value:.6g}" if isinstance(value, float) else str(value)
+
+
+def _optimizer_settings(optimizers: list[torch.optim.Optimizer]) -> list[list[dict]]:
+    """Each optimiser's hyper-parameters per parameter group, as configured (before any step)."""
+    plain = (int, float, bool, str, type(None))
+    return [[{k: (list(v) if isinstance(v, tuple) else v) for k, v in group.items()
+              if k != "params" and (isinstance(v, plain) or isinstance(v, tuple) and all(isinstance(x, plain) for x in v))}
+             for group in opt.param_groups] for opt in optimizers]
+
+
+def resize_schedule(scheduler, total: int) -> bool:
+    """Stretch or shrink a length-dependent LR schedule to ``total`` steps (or epochs), keeping
+    the steps already taken; returns whether ``scheduler`` has a length to change.
+
+    ``OneCycleLR``: its phase boundaries stay at the same fractions of the run (warm-up
+    ``pct_start``). ``CosineAnnealingLR``: ``T_max``; its recursive form continues from the
+    current LR and reaches ``eta_min`` at the new end.
+    """
+    from torch.optim import lr_scheduler as lrs
+
+    total = max(int(total), scheduler.last_epoch, 1)
+    if isinstance(scheduler, lrs.OneCycleLR):
+        old = scheduler.total_steps
+        phases = scheduler._schedule_phases
+        pct = (phases[0]["end_step"] + 1) / old
+        ends = [pct * total - 1, 2 * pct * total - 2, total - 1] if len(phases) == 3 else [pct * total - 1, total - 1]
+        for phase, end in zip(phases, ends):
+            phase["end_step"] = float(end)
+        scheduler.total_steps = total
+        with warnings.catch_warnings():  # the LR (and momentum) of the step to come, on the new plan
+            warnings.simplefilter("ignore")
+            values = scheduler.get_lr()
+        for group, lr in zip(scheduler.optimizer.param_groups, values):
+            group["lr"] = lr
+        scheduler._last_lr = list(values)
+        return True
+    if isinstance(scheduler, lrs.CosineAnnealingLR):
+        scheduler.T_max = total
+        return True
+    return False
 
 
 def resume_command(checkpoint: str | os.PathLike, argv: list[str] | None = None) -> str:

@@ -824,3 +824,115 @@ def test_resume_command_replaces_run_options():
     argv = ["x.py", "--lr", "0.1", "--resume", "a/last.pt", "--run-dir=a", "--overwrite", "--run-name", "n", "--dry-run"]
     assert resume_command(Path("runs/hw/b/last.pt"), argv).endswith(
         "--lr 0.1 --dry-run --run-dir runs/hw/b --resume runs/hw/b/last.pt")
+
+
+# -- resume options, time budget ------------------------------------------------------------------
+def test_resume_refuses_a_changed_lr_or_an_overrun_schedule(tmp_path):
+    """A run-sized one-cycle schedule: --epochs 4 on resume of a 2-epoch run would end in
+    OneCycleLR's "Tried to step" traceback; a changed --lr would be silently ignored."""
+    from core.errors import UserError
+
+    class RunSized(Classify):
+        def configure_optimizers(self):
+            opt = torch.optim.Adam(self.parameters(), lr=self.lr)
+            sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=self.lr,
+                                                        total_steps=self.trainer.estimated_stepping_batches)
+            return {"optimizer": opt, "scheduler": sched, "interval": "step"}
+
+    def task(lr=0.01):
+        torch.manual_seed(0)
+        return RunSized(small_cnn(), lr=lr)
+
+    common = dict(run_dir=tmp_path, device="cpu", progress=False, log_every_epoch=False)
+    Trainer(max_epochs=2, **common).fit(task(), *loaders())
+    last = tmp_path / "last.pt"
+    with pytest.raises(UserError, match=r"last.pt: its OneCycleLR was built for 2 epochs \(12 optimiser steps\), "
+                                        r"these options give 4 epochs \(24 steps\); resume with --epochs 2"):
+        Trainer(max_epochs=4, **common).fit(task(), *loaders(), resume=last)
+    with pytest.raises(UserError, match=r"last.pt: the run was trained with other optimiser settings \("
+                                        r"initial_lr 0.0004 -> 0.004, lr 0.0004 -> 0.004, max_lr 0.01 -> 0.1, min_lr 4e-08 -> 4e-07\); "
+                                        r"a resume keeps the run's settings"):
+        Trainer(max_epochs=2, **common).fit(task(lr=0.1), *loaders(), resume=last)
+    # without a schedule, more epochs continue the run
+    Trainer(max_epochs=1, run_dir=tmp_path / "plain", device="cpu", progress=False).fit(make_task(), *loaders())
+    trainer = Trainer(max_epochs=3, run_dir=tmp_path / "plain", device="cpu", progress=False)
+    trainer.fit(make_task(), *loaders(), resume=tmp_path / "plain" / "last.pt")
+    assert trainer.epoch == 3
+
+
+def test_resize_one_cycle_continues_as_the_longer_schedule():
+    """A 10-step one-cycle stretched to 30 steps after 5: the remaining LRs are those of a
+    30-step one-cycle from step 6 on, ending at max_lr / 25 / 1e4 on the last step."""
+    from core.trainer import resize_schedule
+
+    def one_cycle(total):
+        opt = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=0.1)
+        return opt, torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=0.1, total_steps=total)
+
+    opt, stretched = one_cycle(10)
+    ref_opt, reference = one_cycle(30)
+    lrs, ref_lrs = [], []
+    for step in range(30):
+        if step == 5:
+            assert resize_schedule(stretched, 30)
+        lrs.append(opt.param_groups[0]["lr"])
+        ref_lrs.append(ref_opt.param_groups[0]["lr"])
+        opt.step(), ref_opt.step()
+        stretched.step(), reference.step()
+    assert lrs[5:] == pytest.approx(ref_lrs[5:], rel=1e-9)   # from the step of the resize on
+    assert lrs[-1] == pytest.approx(0.1 / 25 / 1e4)
+    assert lrs[:5] != pytest.approx(ref_lrs[:5])   # the first steps followed the 10-step plan
+
+
+class FakeClock(Callback):
+    """Each training batch takes ``seconds(epoch)`` of a fake clock."""
+
+    def __init__(self, seconds):
+        self.now, self.seconds = 1000.0, seconds
+
+    def __call__(self):
+        return self.now
+
+    def on_train_batch_end(self, trainer, task, outputs, batch, batch_index):
+        self.now += self.seconds(trainer.epoch + 1)
+
+
+def fit_against_clock(monkeypatch, seconds, minutes, epochs=3):
+    import core.trainer
+
+    clock = FakeClock(seconds)
+    monkeypatch.setattr(core.trainer, "_clock", clock)
+    task = make_task(optimizer="adam")
+    task.configure_optimizers = lambda: {
+        "optimizer": (opt := torch.optim.Adam(task.parameters(), lr=0.01)), "interval": "step",
+        "scheduler": torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=0.01, total_steps=task.trainer.estimated_stepping_batches)}
+    train, _ = loaders(batch_size=24)  # 4 batches per epoch
+    trainer = Trainer(max_epochs=epochs, time_limit=minutes, monitor=None, callbacks=[clock], device="cpu",
+                      progress=False, log_every_epoch=False)
+    trainer.fit(task, train)
+    return trainer, clock
+
+
+def test_time_limit_fits_epochs_and_schedule_to_the_budget(monkeypatch):
+    """1 s per batch, 4 batches per epoch, 0.5 min: after epoch 1 (4 s) there are 26 s left,
+    0.95 * 26 / 4 -> 6 more epochs: 7 epochs, 28 steps, the one-cycle schedule resized to 28."""
+    trainer, clock = fit_against_clock(monkeypatch, lambda epoch: 1.0, minutes=0.5)
+    sched = trainer.schedulers[0]["scheduler"]
+    assert (trainer.epoch, trainer.global_step, sched.total_steps, sched.last_epoch) == (7, 28, 28, 28)
+    assert clock.now - 1000.0 == 28.0 <= 30.0
+
+
+def test_time_limit_shrinks_the_plan_when_epochs_slow_down(monkeypatch):
+    """Epochs 1-2 take 4 s, later ones 8 s, budget 30 s: 7 epochs planned after epoch 1; after
+    epoch 3 (median of 4, 4, 8 s; 14 s left) 6; after epoch 4 (median 8 s, 6 s left) 4. The run
+    ends at 24 s with its one-cycle schedule completed (16 of 16 steps)."""
+    trainer, clock = fit_against_clock(monkeypatch, lambda epoch: 1.0 if epoch <= 2 else 2.0, minutes=0.5)
+    sched = trainer.schedulers[0]["scheduler"]
+    assert clock.now - 1000.0 == 24.0
+    assert (trainer.epoch, sched.total_steps, sched.last_epoch, trainer.global_step) == (4, 16, 16, 16)
+
+
+def test_time_limit_ends_inside_an_epoch_that_overruns(monkeypatch):
+    """A 2-minute epoch in a 0.1-minute budget: the epoch stops at the first batch past 6 s."""
+    trainer, clock = fit_against_clock(monkeypatch, lambda epoch: 4.0, minutes=0.1)
+    assert trainer.epoch == 1 and trainer.global_step == 2 and clock.now - 1000.0 == 8.0
