@@ -374,7 +374,8 @@ class Trainer:
         kwargs = dict(max_epochs=args.epochs, run_dir=run_dir, device=args.device, precision=args.precision,
                       grad_clip=args.grad_clip, accumulate=args.accumulate, limit_batches=args.limit_batches,
                       seed=args.seed, deterministic=args.deterministic, patience=args.patience,
-                      threads=getattr(args, "threads", None), time_limit=getattr(args, "time_limit", None))
+                      threads=getattr(args, "threads", None),
+                      time_limit=None if getattr(args, "dry_run", False) else getattr(args, "time_limit", None))
         kwargs.update(overrides)
         return cls(**kwargs)
 
