@@ -18,12 +18,13 @@ Which homework a run folder belongs to
 
 What a homework provides
     ``hw_<name>/predict.py`` defines ``load_predictor(run_dir: Path) -> Predictor``: it reads
-    the run's ``args.json`` and checkpoint (through :func:`load_weights`, which executes no
-    code), rebuilds the model in eval mode on the CPU and returns a :class:`Predictor` subclass
-    that implements :meth:`Predictor.predict` (image kinds) or :meth:`Predictor.generate`
-    (generation). The same module's command line is ``def main(argv=None):
-    predict_main("hw_<name>", argv)`` run under ``core.cli.run_command`` (see
-    :func:`predict_main`); ``hw_segment/predict.py`` is the example to copy.
+    the run's ``args.json`` and checkpoint (:func:`load_weights`: weights-only, it executes
+    no code; :func:`task_weights` picks the model's weights), rebuilds the model in eval mode
+    on the CPU and returns a :class:`Predictor` subclass that implements
+    :meth:`Predictor.predict` (image kinds) or :meth:`Predictor.generate` (generation). The
+    same module's command line is ``def main(argv=None): predict_main("hw_<name>", argv)``
+    run under ``core.cli.run_command`` (see :func:`predict_main`); ``hw_segment/predict.py``
+    is the example to copy.
 
 The Predictor's attributes
     ``name``      the model's name: the run folder's name (the service makes names unique)
@@ -71,10 +72,6 @@ from PIL import Image, ImageDraw, UnidentifiedImageError
 
 from .errors import UserError
 
-try:  # NumPy 2
-    from numpy._core.multiarray import _reconstruct
-except ImportError:  # NumPy 1
-    from numpy.core.multiarray import _reconstruct
 
 KINDS = ("classification", "segmentation", "detection", "generation")
 MAX_PIXELS = 40_000_000  # 40 megapixels: a 7000 x 5700 photo; decoded RGB that is 120 MB
@@ -249,31 +246,24 @@ def read_metrics(run_dir: str | Path) -> dict:
 
 
 def load_weights(path: str | Path) -> dict:
-    """A checkpoint written by :class:`core.trainer.Trainer`, read with ``weights_only=True``:
-    tensors, containers and NumPy arrays (the saved RNG state) only, so loading it cannot
-    execute code.
+    """A checkpoint written by :class:`core.trainer.Trainer`, read weights-only (loading it
+    cannot execute code): :func:`core.trainer.load_checkpoint` without a task.
 
     Raises:
-        UserError: the file is missing or is not such a checkpoint.
+        UserError: the file is missing, would run code, or is not such a checkpoint.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"{path}: checkpoint not found")
-    numpy_types = [np.ndarray, np.dtype, _reconstruct,
-                   *(type(np.dtype(t)) for t in (np.uint32, np.int64, np.float64, np.uint8, np.bool_))]
-    try:
-        with torch.serialization.safe_globals(numpy_types):
-            checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise UserError(f"{path}: cannot read as a weights-only checkpoint ({str(exc).splitlines()[0]})") from None
-    if not isinstance(checkpoint, dict) or "task" not in checkpoint:
-        raise UserError(f"{path}: not a checkpoint written by core.Trainer (no 'task' entry)")
-    return checkpoint
+    from .trainer import load_checkpoint
+
+    return load_checkpoint(path)
 
 
 def task_weights(checkpoint: dict, prefix: str = "model.") -> dict:
-    """The state dict of the task's submodule ``prefix`` (``model.`` by default) in a checkpoint."""
-    return {k.removeprefix(prefix): v for k, v in checkpoint["task"].items() if k.startswith(prefix)}
+    """The state dict of the task's submodule ``prefix`` (``model.`` by default) in a checkpoint
+    read by :func:`core.trainer.load_checkpoint`: the EMA weights when the run kept them (the
+    ones it reports), else the trained ones."""
+    from .trainer import inference_weights
+
+    return {k.removeprefix(prefix): v for k, v in inference_weights(checkpoint).items() if k.startswith(prefix)}
 
 
 # -- the interface --------------------------------------------------------------------------------
