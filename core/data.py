@@ -13,11 +13,14 @@ Exactly one line is printed saying which of these a run uses.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
+from torch.utils.data import Dataset
+from tqdm.auto import tqdm
 
 from .errors import UserError
 
@@ -151,3 +154,209 @@ def load_image(path: str | os.PathLike, mode: str | None = "RGB") -> Image.Image
 def load_image_array(path: str | os.PathLike, mode: str | None = "RGB") -> np.ndarray:
     """:func:`load_image` as a ``uint8`` NumPy array (H, W[, C])."""
     return np.asarray(load_image(path, mode))
+
+
+# -- labelled image folders (classification) ----------------------------------------------------
+@dataclass
+class LabelledImages:
+    """Image files with integer labels into ``classes`` (sorted class names).
+
+    ``labels`` is ``None`` for an unlabelled (test) set. ``skipped`` lists the files left out
+    as unreadable, with the reason, so a command can print how many and which.
+    """
+
+    files: list[Path]
+    labels: np.ndarray | None
+    classes: list[str]
+    skipped: list[tuple[Path, str]] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def subset(self, index) -> "LabelledImages":
+        index = np.asarray(index, dtype=np.int64)
+        return LabelledImages([self.files[i] for i in index],
+                              None if self.labels is None else self.labels[index], self.classes, [])
+
+    def class_counts(self) -> dict[str, int]:
+        counts = np.bincount(self.labels, minlength=len(self.classes)) if self.labels is not None else []
+        return {name: int(n) for name, n in zip(self.classes, counts)}
+
+
+def image_folder_items(root: str | os.PathLike) -> LabelledImages:
+    """``root/<class>/<image>`` as :class:`LabelledImages` (class names sorted, files sorted).
+
+    Raises:
+        DataError: no class folders, or a class folder without images (named).
+    """
+    by_class = image_folder_classes(root)
+    classes = list(by_class)
+    files = [f for name in classes for f in by_class[name]]
+    labels = np.array([i for i, name in enumerate(classes) for _ in by_class[name]], dtype=np.int64)
+    return LabelledImages(files, labels, classes)
+
+
+def csv_label_items(csv_path: str | os.PathLike, image_dir: str | os.PathLike, id_column: str = "Id",
+                    label_column: str = "Category",
+                    locate: Callable[[Path, str, str], Path] | None = None) -> LabelledImages:
+    """Images listed in a CSV of labels (``Id,Category``) as :class:`LabelledImages`.
+
+    Each row's file is ``locate(image_dir, id, label)``; by default ``image_dir/<label>/<id>``
+    when that exists, else ``image_dir/<id>``. Labels may be numbers or names; classes are
+    their sorted distinct values (numerically when all are integers).
+
+    Raises:
+        DataError: the CSV is missing or lacks a column, or a listed file does not exist.
+    """
+    import pandas as pd
+
+    csv_path = require_file(csv_path, "label CSV")
+    image_dir = require_dir(image_dir, "image folder")
+    try:
+        table = pd.read_csv(csv_path, dtype=str)
+    except Exception as exc:
+        raise DataError(f"{csv_path}: cannot read CSV ({exc})") from None
+    missing = [c for c in (id_column, label_column) if c not in table.columns]
+    if missing:
+        raise DataError(f"{csv_path}: missing column(s) {missing}; has {list(table.columns)}")
+    if table.empty:
+        raise DataError(f"{csv_path}: no rows")
+    names = table[label_column].str.strip()
+    values = sorted(names.unique(), key=lambda v: (0, int(v), "") if v.lstrip("-").isdigit() else (1, 0, v))
+    index = {name: i for i, name in enumerate(values)}
+    locate = locate or _locate_in_class_folder
+    files = []
+    for image_id, label in zip(table[id_column].str.strip(), names):
+        path = locate(image_dir, image_id, label)
+        if not path.is_file():
+            raise DataError(f"{csv_path}: row {image_id!r} (label {label!r}): image not found at {path}")
+        files.append(path)
+    return LabelledImages(files, names.map(index).to_numpy(np.int64), list(values))
+
+
+def _locate_in_class_folder(image_dir: Path, image_id: str, label: str) -> Path:
+    nested = image_dir / label / image_id
+    return nested if nested.is_file() else image_dir / image_id
+
+
+def stratified_split(labels: Sequence[int], val_fraction: float = 0.2,
+                     seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Indices of a train/val split that keeps each class's share (scikit-learn's
+    ``train_test_split(stratify=labels)``). A class with a single image goes to train.
+
+    Raises:
+        DataError: fewer images than needed for a non-empty split.
+    """
+    from sklearn.model_selection import train_test_split
+
+    labels = np.asarray(labels)
+    if not 0 < val_fraction < 1:
+        raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction}")
+    counts = np.bincount(labels)
+    single = np.flatnonzero(counts[labels] == 1)
+    rest = np.flatnonzero(counts[labels] > 1)
+    n_classes = len(np.unique(labels[rest]))
+    n_val = max(int(round(val_fraction * len(rest))), n_classes)
+    if len(rest) - n_val < n_classes:
+        raise DataError(f"{len(labels)} images in {len(counts)} classes are too few for a stratified "
+                        f"train/val split with val share {val_fraction}")
+    train, val = train_test_split(rest, test_size=n_val, stratify=labels[rest], random_state=seed)
+    return np.sort(np.concatenate([train, single])), np.sort(val)
+
+
+def to_rgb(image: Image.Image, background: tuple[int, int, int] = (255, 255, 255)) -> Image.Image:
+    """Any PIL image as RGB: greyscale and palette images are expanded; transparency (RGBA, LA,
+    a palette with a transparent colour) is composited onto ``background`` rather than dropped,
+    so transparent pixels do not turn into whatever colour they happen to store."""
+    if image.mode == "RGB":
+        return image
+    if image.mode == "P" and "transparency" in image.info:
+        image = image.convert("RGBA")
+    if image.mode in ("RGBA", "LA", "PA"):
+        rgba = image.convert("RGBA")
+        canvas = Image.new("RGB", rgba.size, background)
+        canvas.paste(rgba, mask=rgba.getchannel("A"))
+        return canvas
+    if image.mode in ("I", "I;16", "F"):  # 16-bit or float greyscale: scale to 8 bits
+        array = np.asarray(image, dtype=np.float64)
+        span = array.max() - array.min()
+        array = (array - array.min()) / span * 255 if span > 0 else np.zeros_like(array)
+        image = Image.fromarray(array.astype(np.uint8))
+    return image.convert("RGB")
+
+
+def read_rgb(path: str | os.PathLike, size: int | None = None) -> np.ndarray:
+    """An image file as a ``uint8`` RGB array (H, W, 3), resized to ``size x size`` if given.
+
+    Raises:
+        DataError: the file is missing or is not a readable image (named).
+    """
+    return rgb_array(load_image(path, mode=None), size)
+
+
+def rgb_array(image: Image.Image, size: int | None = None) -> np.ndarray:
+    """A PIL image as a ``uint8`` RGB array (:func:`to_rgb`), resized (bilinear) to
+    ``size x size`` if given: the one way images are prepared for training and prediction."""
+    image = to_rgb(image)
+    if size is not None:
+        image = image.resize((size, size), Image.BILINEAR, reducing_gap=3.0)
+    return np.asarray(image)
+
+
+def decode_images(files: Sequence[Path], size: int | None = None, on_corrupt: str = "skip",
+                  keep: bool = True, desc: str = "reading images") -> tuple[list[np.ndarray], list[int], list]:
+    """Read every file once, so an unreadable image is found now and named, not deep inside a
+    DataLoader worker.
+
+    Args:
+        files: image paths.
+        size: resize each to ``size x size`` (bilinear) when given.
+        on_corrupt: ``"skip"`` (leave the file out; it is returned in the third list) or ``"error"``.
+        keep: return the decoded arrays (an in-memory cache); ``False`` only checks the files.
+        desc: the progress bar's label.
+
+    Returns:
+        (arrays of the good files (empty when ``keep`` is False), indices of the good files,
+        ``[(path, reason)]`` of the skipped ones).
+    """
+    if on_corrupt not in ("skip", "error"):
+        raise ValueError(f"on_corrupt must be 'skip' or 'error', got {on_corrupt!r}")
+    arrays, good, skipped = [], [], []
+    for i, path in enumerate(tqdm(files, desc=desc, leave=False, disable=len(files) < 200)):
+        try:
+            array = read_rgb(path, size)
+        except DataError as exc:
+            if on_corrupt == "error":
+                raise DataError(f"{exc} (use --on-corrupt skip to leave such files out)") from None
+            skipped.append((Path(path), str(exc).split(": ", 1)[-1]))
+            continue
+        good.append(i)
+        if keep:
+            arrays.append(array)
+    return arrays, good, skipped
+
+
+class ImageClassificationDataset(Dataset):
+    """``(image, label)`` pairs (or images alone when ``labels`` is None) for a DataLoader.
+
+    Images come from ``cache`` (uint8 arrays from :func:`decode_images`) when given, else are
+    read from ``files`` on each access. ``transform`` maps a uint8 (H, W, 3) array to the
+    model's input tensor.
+    """
+
+    def __init__(self, files: Sequence[Path], labels: Sequence[int] | None, transform: Callable,
+                 cache: Sequence[np.ndarray] | None = None, size: int | None = None):
+        if cache is not None and len(cache) != len(files):
+            raise ValueError(f"cache has {len(cache)} images for {len(files)} files")
+        self.files, self.labels, self.transform = list(files), labels, transform
+        self.cache, self.size = cache, size
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def image(self, i: int) -> np.ndarray:
+        return self.cache[i] if self.cache is not None else read_rgb(self.files[i], self.size)
+
+    def __getitem__(self, i: int):
+        x = self.transform(self.image(i))
+        return x if self.labels is None else (x, int(self.labels[i]))

@@ -77,3 +77,95 @@ def accuracy(y_true, y_pred) -> float:
     if y_true.shape != y_pred.shape:
         raise ValueError(f"accuracy: shapes differ, {y_true.shape} vs {y_pred.shape}")
     return float((y_true == y_pred).mean())
+
+
+# -- multi-class classification -----------------------------------------------------------------
+def confusion_matrix(y_true, y_pred, num_classes: int) -> np.ndarray:
+    """``cm[i, j]`` = number of samples of true class ``i`` predicted as class ``j``."""
+    y_true, y_pred = np.asarray(y_true, dtype=np.int64), np.asarray(y_pred, dtype=np.int64)
+    if y_true.shape != y_pred.shape:
+        raise ValueError(f"confusion_matrix: shapes differ, {y_true.shape} vs {y_pred.shape}")
+    return np.bincount(y_true * num_classes + y_pred, minlength=num_classes * num_classes).reshape(
+        num_classes, num_classes)
+
+
+def scores_from_confusion(cm: np.ndarray) -> dict[str, np.ndarray | float]:
+    """Accuracy, micro/macro F1 and per-class precision, recall, F1 and support from a
+    confusion matrix (rows: true class). A class that is never predicted has precision 0; one
+    with no samples has recall 0 (scikit-learn's ``zero_division=0``). Macro F1 averages the
+    per-class F1 over the classes present in the truth or the predictions (scikit-learn's
+    ``labels=None`` convention)."""
+    cm = np.asarray(cm, dtype=np.float64)
+    tp = np.diag(cm)
+    predicted, support = cm.sum(0), cm.sum(1)
+    precision = np.divide(tp, predicted, out=np.zeros_like(tp), where=predicted > 0)
+    recall = np.divide(tp, support, out=np.zeros_like(tp), where=support > 0)
+    denom = precision + recall
+    f1 = np.divide(2 * precision * recall, denom, out=np.zeros_like(tp), where=denom > 0)
+    present = (support + predicted) > 0
+    total = cm.sum()
+    accuracy_ = float(tp.sum() / total) if total else float("nan")
+    return {"accuracy": accuracy_, "f1_micro": accuracy_,  # one label per sample: micro F1 = accuracy
+            "f1_macro": float(f1[present].mean()) if present.any() else float("nan"),
+            "precision": precision, "recall": recall, "f1": f1, "support": support.astype(np.int64)}
+
+
+def classification_scores(y_true, y_pred, num_classes: int) -> dict[str, np.ndarray | float]:
+    """:func:`scores_from_confusion` of the labels ``y_true`` / ``y_pred``, plus the matrix as ``cm``."""
+    cm = confusion_matrix(y_true, y_pred, num_classes)
+    return {**scores_from_confusion(cm), "cm": cm}
+
+
+def f1_macro(y_true, y_pred) -> float:
+    """Macro-averaged F1 (scikit-learn's): the mean of the per-class F1, every class counting once."""
+    return float(f1_score(np.asarray(y_true), np.asarray(y_pred), average="macro"))
+
+
+class ClassificationMeter:
+    """Accumulates a confusion matrix over a validation epoch and turns it into scores.
+
+    Use it from a task::
+
+        def validation_step(self, batch):
+            x, y = batch
+            logits = self.model(x)
+            self.meter.update(logits, y)
+            return {"loss": F.cross_entropy(logits, y)}
+
+        def on_validation_epoch_end(self):
+            return self.meter.compute(reset=True)   # {"f1_macro": ..., "f1_micro": ..., "accuracy": ...}
+
+    Under DDP the matrices of all processes are summed first, so every process reports the
+    scores of the whole validation set.
+    """
+
+    def __init__(self, num_classes: int):
+        self.num_classes = num_classes
+        self.cm = torch.zeros(num_classes, num_classes, dtype=torch.int64)
+
+    def reset(self) -> None:
+        self.cm.zero_()
+
+    def update(self, logits_or_labels: torch.Tensor, target: torch.Tensor) -> None:
+        """Add a batch: logits/probabilities (N, C) (argmax taken) or predicted labels (N,)."""
+        pred = logits_or_labels.argmax(1) if logits_or_labels.dim() == 2 else logits_or_labels
+        k = self.num_classes
+        index = target.detach().long().cpu() * k + pred.detach().long().cpu()
+        self.cm += torch.bincount(index, minlength=k * k).reshape(k, k)
+
+    def confusion(self) -> np.ndarray:
+        """The confusion matrix so far, summed over processes under DDP."""
+        cm = self.cm.clone()
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized():
+            cm = cm.to("cuda" if dist.get_backend() == "nccl" else "cpu")
+            dist.all_reduce(cm)
+        return cm.cpu().numpy()
+
+    def compute(self, reset: bool = False) -> dict[str, float]:
+        """``accuracy``, ``f1_macro``, ``f1_micro`` of everything added since the last reset."""
+        scores = scores_from_confusion(self.confusion())
+        if reset:
+            self.reset()
+        return {key: scores[key] for key in ("accuracy", "f1_macro", "f1_micro")}

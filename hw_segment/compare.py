@@ -28,12 +28,12 @@ import pandas as pd
 from core import cli
 from core.data import resolve_data_root
 from core.errors import UserError
+from core.inference import predict
 from core.plots import image_grid
 
 from . import train
 from .evaluate import load_trained_model
 from .models import MODEL_NAMES
-from .task import predict
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -19,12 +19,13 @@ import torch
 from core import cli
 from core.data import DataError, resolve_data_root
 from core.device import pick_device
+from core.inference import predict
 from core.plots import mask_overlays
 from core.predictor import load_weights, task_weights
 
 from .data import load_ph2, make_lesions
 from .models import build_model
-from .task import predict, score_logits
+from .task import score_logits
 from .train import model_options
 
 TRAIN_KEYS = ("model", "width", "size")  # what args.json of a hw_segment.train run must say

@@ -213,8 +213,3 @@ def build_model(name: str, width: int = 32, in_channels: int = 3, **options) -> 
     if name not in models:
         raise ValueError(f"unknown model {name!r}; choose one of {', '.join(MODEL_NAMES)}")
     return models[name](in_channels=in_channels, width=width, **options)
-
-
-def count_parameters(model: nn.Module) -> int:
-    """Number of trainable parameters."""
-    return sum(p.numel() for p in model.parameters() if p.requires_grad)

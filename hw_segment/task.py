@@ -46,12 +46,3 @@ class SegmentationTask(Task):
         scheduler = torch.optim.lr_scheduler.OneCycleLR(
             optimizer, max_lr=self.lr, total_steps=self.trainer.estimated_stepping_batches, pct_start=0.15)
         return {"optimizer": optimizer, "scheduler": scheduler, "interval": "step"}
-
-
-@torch.no_grad()
-def predict(model: nn.Module, images: torch.Tensor, batch_size: int = 16,
-            device: torch.device | str = "cpu") -> torch.Tensor:
-    """Logits (N, 1, H, W) of ``model`` in eval mode for images (N, 3, H, W), on the CPU."""
-    model.eval()
-    outputs = [model(images[i:i + batch_size].to(device)).float().cpu() for i in range(0, len(images), batch_size)]
-    return torch.cat(outputs)

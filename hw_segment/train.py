@@ -26,12 +26,13 @@ from core import cli
 from core.data import resolve_data_root
 from core.device import echo
 from core.errors import UserError
+from core.inference import count_parameters, predict
 from core.plots import mask_overlays, plot_history
 from core.trainer import Trainer, load_checkpoint
 
 from .data import SegmentationData, SegmentationDataset, load_ph2, make_lesions, split_indices
-from .models import MODEL_NAMES, SMP_UNET, build_model, check_input_size, count_parameters
-from .task import SegmentationTask, predict, score_logits
+from .models import MODEL_NAMES, SMP_UNET, build_model, check_input_size
+from .task import SegmentationTask, score_logits
 
 DEFAULT_LOSS = "dice+bce"
 # recipe defaults: built-in data is sized to train on a CPU in a couple of minutes; PH2 follows

@@ -12,7 +12,8 @@ from PIL import Image
 from core.data import DataError
 from core.metrics import dice_score, iou_pytorch, iou_score
 from hw_segment.data import find_ph2_cases, load_ph2, make_lesions, split_indices
-from hw_segment.models import MODEL_NAMES, build_model, count_parameters, nearest_valid_sizes, standardize_images
+from core.inference import count_parameters
+from hw_segment.models import MODEL_NAMES, build_model, nearest_valid_sizes, standardize_images
 
 
 @pytest.fixture(autouse=True)

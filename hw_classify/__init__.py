@@ -1,0 +1,1 @@
+"""HW4: image classification (the Simpsons), transfer learning, car models and architecture studies."""

@@ -1,0 +1,79 @@
+"""What a classification run leaves behind: ``model.pt`` and the validation report
+(per-class table, confusion matrix, the worst mistakes, curves)."""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from core import cli
+from core.data import ImageClassificationDataset
+from core.device import is_main_process
+from core.inference import predict
+from core.metrics import classification_scores
+from core.plots import confusion_matrix_plot, image_grid, plot_history
+
+from .data import IMAGENET_MEAN, IMAGENET_STD, LOAD_SCALE, ClassificationData, denormalize
+
+MODEL_FORMAT = "hw_classify/1"
+
+
+def save_model(path: Path, model: nn.Module, args: argparse.Namespace, data: ClassificationData) -> Path:
+    """Everything ``submit`` and ``predict`` need, readable with ``torch.load(weights_only=True)``:
+    the weights, the class names, the architecture and the preprocessing."""
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    payload = {"format": MODEL_FORMAT, "state_dict": state, "classes": list(data.classes), "arch": args.arch,
+               "size": args.size, "load_size": round(args.size * LOAD_SCALE), "width": args.width,
+               "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD), "layout": data.layout,
+               "id_column": data.id_column, "label_column": data.label_column}
+    if is_main_process():
+        torch.save(payload, path)
+    return path
+
+
+def per_class_table(scores: dict, classes: list[str]) -> pd.DataFrame:
+    return pd.DataFrame({"class": classes, "precision": scores["precision"], "recall": scores["recall"],
+                         "f1": scores["f1"], "support": scores["support"]}).round(4)
+
+
+def worst_mistakes(probs: torch.Tensor, labels: np.ndarray, n: int = 16) -> np.ndarray:
+    """Indices of misclassified samples, most confident wrong prediction first."""
+    pred = probs.argmax(1).numpy()
+    wrong = np.flatnonzero(pred != labels)
+    confidence = probs.max(1).values.numpy()[wrong]
+    return wrong[np.argsort(-confidence, kind="stable")][:n]
+
+
+def evaluate_and_report(run: cli.RunDir, model: nn.Module, val_set: ImageClassificationDataset,
+                        classes: list[str], device, tta: bool = False, title: str = "") -> dict:
+    """Score ``model`` on the validation set; write per_class.csv and the plots; return
+    ``val_*`` metrics and ``f1_<class>`` per class."""
+    loader = DataLoader(val_set, batch_size=64)
+    probs = predict(model, loader, device=device, tta_flip=tta, activation="softmax",
+                    channels_last=device.type == "cpu")
+    labels = np.asarray(val_set.labels)
+    scores = classification_scores(labels, probs.argmax(1).numpy(), len(classes))
+    table = per_class_table(scores, classes)
+    if is_main_process():
+        table.to_csv(run / "per_class.csv", index=False)
+    print(table.to_string(index=False))
+    confusion_matrix_plot(scores["cm"], classes, run.plots / "confusion_matrix.png",
+                          title=f"validation confusion matrix ({title})")
+    worst = worst_mistakes(probs, labels)
+    if len(worst):
+        images = [denormalize(val_set[i][0]) for i in worst]
+        titles = [f"{classes[labels[i]][:14]} -> {classes[int(probs[i].argmax())][:14]} "
+                  f"{float(probs[i].max()):.2f}" for i in worst]
+        image_grid(images, run.plots / "worst_mistakes.png", titles, ncols=4, cell_size=2.4,
+                   title="worst mistakes: true -> predicted (confidence)")
+    if (run / "history.csv").is_file():
+        plot_history(run / "history.csv", run.plots / "history.png", title=title)
+    metrics = {"val_f1_macro": round(scores["f1_macro"], 4), "val_f1_micro": round(scores["f1_micro"], 4),
+               "val_accuracy": round(scores["accuracy"], 4)}
+    metrics.update({f"f1_{name}": round(float(f), 4) for name, f in zip(classes, scores["f1"])})
+    return metrics
