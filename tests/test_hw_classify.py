@@ -1,0 +1,225 @@
+"""hw_classify: layouts from generated trees, staged unfreezing, TTA and ensembles, the
+train / submit / predict commands end to end, bad input, and a real Simpsons run."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from PIL import Image
+
+from core.data import DataError
+from core.errors import UserError
+from core.trainer import Trainer
+from hw_classify.data import detect_layout, load_layout, make_shapes
+from hw_classify.models import build_model
+from hw_classify.stages import group_lrs, parse_stages
+from hw_classify.task import ClassifyTask, StageSchedule
+
+QUICK = ["--size", "32", "--n-per-class", "12", "--epochs", "2", "--width", "8", "--batch-size", "16"]
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _save(path, seed=0, mode="RGB", size=(24, 20)):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    image = Image.fromarray(rng.integers(0, 255, (size[1], size[0], 3), dtype=np.uint8))
+    image = image.convert(mode) if mode != "RGB" else image
+    image.save(path)
+    return path
+
+
+def _simpsons(root, counts=None, n_test=3):
+    counts = counts or {"bart_simpson": 4, "homer_simpson": 5, "lisa_simpson": 3}
+    for k, (name, n) in enumerate(counts.items()):
+        for i in range(n):
+            _save(root / "train" / "simpsons_dataset" / name / f"pic_{i:04d}.jpg", seed=10 * k + i)
+    for i in range(n_test):
+        _save(root / "testset" / "testset" / f"img{i}.jpg", seed=100 + i)
+    return root
+
+
+# -- layouts --------------------------------------------------------------------------------------
+def test_each_layout_loads_from_a_generated_tree(tmp_path):
+    simpsons = load_layout(_simpsons(tmp_path / "simpsons"), need_test=True)
+    assert simpsons.layout == "simpsons" and simpsons.classes == ["bart_simpson", "homer_simpson", "lisa_simpson"]
+    assert np.bincount(simpsons.train.labels).tolist() == [4, 5, 3]
+    assert [f.name for f in simpsons.test_files] == ["img0.jpg", "img1.jpg", "img2.jpg"]
+    assert (simpsons.id_column, simpsons.label_column) == ("Id", "Expected")
+
+    cars = tmp_path / "cars"
+    rows = [("a.jpg", "10"), ("b.jpg", "2"), ("c.jpg", "2")]
+    for i, (name, category) in enumerate(rows):
+        _save(cars / "train" / category / name, seed=i)
+    _save(cars / "test" / "t1.jpg")
+    pd.DataFrame(rows, columns=["Id", "Category"]).to_csv(cars / "train.csv", index=False)
+    data = load_layout(cars, need_test=True)
+    assert data.layout == "cars" and data.classes == ["2", "10"]            # numeric order
+    assert data.train.labels.tolist() == [1, 0, 0] and data.label_column == "Category"
+
+    folder = tmp_path / "folder"
+    _save(folder / "cat" / "1.png", mode="P")                               # palette PNG
+    _save(folder / "dog" / "1.png", mode="RGBA")
+    _save(folder / "dog" / "2.png", mode="L")
+    plain = load_layout(folder)
+    assert detect_layout(folder) == "image-folder" and plain.classes == ["cat", "dog"]
+    assert plain.test_files is None
+
+
+def test_bad_layouts_name_the_folder(tmp_path):
+    root = _simpsons(tmp_path / "s")
+    (root / "train" / "simpsons_dataset" / "maggie_simpson").mkdir()
+    with pytest.raises(DataError, match="maggie_simpson"):
+        load_layout(root)
+    root = _simpsons(tmp_path / "t", n_test=0)
+    (root / "testset" / "testset").mkdir(parents=True)
+    with pytest.raises(DataError, match="testset"):
+        load_layout(root, need_test=True)
+    with pytest.raises(DataError, match="not a known layout"):
+        (tmp_path / "empty").mkdir()
+        detect_layout(tmp_path / "empty")
+
+
+# -- staged unfreezing ----------------------------------------------------------------------------
+def _staged_task(stages="head:1,half:1,all:1"):
+    torch.manual_seed(0)
+    net = build_model("mobilenet_v2", 3, "none")
+    return ClassifyTask(net.model, net.head, 3, parse_stages(stages), lr=1e-2, stage_decay=0.5, backbone_mult=0.1)
+
+
+def test_staged_unfreezing_freezes_and_sets_lrs_per_stage():
+    task = _staged_task()
+    x, y = torch.randn(4, 3, 64, 64), torch.tensor([0, 1, 2, 0])
+    loader = [(x, y)]
+    trainer = Trainer(max_epochs=1, run_dir=None, monitor=None, seed=0, progress=False, callbacks=[StageSchedule()])
+    before = {k: v.clone() for k, v in task.model.state_dict().items()}
+    trainer.fit(task, loader)
+    after = task.model.state_dict()
+    head = set(task.groups["head"])
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert changed and all(k.startswith("classifier") for k in changed)       # only the head moved
+    assert {f"{k}" for k in head} <= changed                                  # ... and it did move
+    # running BatchNorm statistics of the frozen backbone are bit-identical too
+    assert torch.equal(before["features.0.1.running_mean"], after["features.0.1.running_mean"])
+    opt = trainer.optimizers[0]
+    assert [g["name"] for g in opt.param_groups] == ["head", "upper", "lower"]
+    # after epoch 1 the callback moved to stage 2 (half): the head at 1e-2 * 0.5, the upper half at a tenth
+    assert [g["lr"] for g in opt.param_groups] == pytest.approx([5e-3, 5e-4, 0.0])
+    trainable = {n for n, p in task.model.named_parameters() if p.requires_grad}
+    assert trainable == head | set(task.groups["upper"])
+    assert group_lrs("all", 2, 1e-2, 0.5, 0.1) == pytest.approx({"head": 2.5e-3, "upper": 2.5e-4, "lower": 2.5e-4})
+
+
+def test_parse_stages_rejects_bad_specs():
+    assert [(s.part, s.epochs) for s in parse_stages("head:3,half:3,all:4")] == [("head", 3), ("half", 3), ("all", 4)]
+    assert [(s.part, s.epochs) for s in parse_stages("7")] == [("all", 7)]
+    for bad in ("head:0", "neck:2", "all:2,head:1", "head:x"):
+        with pytest.raises(ValueError):
+            parse_stages(bad)
+
+
+# -- commands -------------------------------------------------------------------------------------
+def test_train_submit_predict_on_builtin_shapes(tmp_path, runs_root):
+    from hw_classify import predict, submit, train
+
+    run = tmp_path / "run"
+    metrics = train.main(QUICK + ["--run-dir", str(run)])
+    for name in ("args.json", "history.csv", "best.pt", "last.pt", "model.pt", "metrics.json", "per_class.csv",
+                 "plots/history.png", "plots/confusion_matrix.png"):
+        assert (run / name).is_file(), name
+    saved = json.loads((run / "metrics.json").read_text())
+    assert saved["val_f1_macro"] == metrics["val_f1_macro"]
+    payload = torch.load(run / "model.pt", weights_only=True)
+    assert payload["classes"] == ["circle", "square", "triangle", "cross", "ring"]   # names round-trip
+    out = submit.main(["--run", str(run)])
+    table = pd.read_csv(out)
+    assert list(table.columns) == ["Id", "Expected"] and len(table) == 40
+    assert set(table["Expected"]) <= set(payload["classes"])
+    assert submit.main(["--run", str(run)]).name == "submission-2.csv"                # never overwritten
+
+    image = tmp_path / "x.png"
+    Image.fromarray(make_shapes(1, 37).test_images[0]).save(image)
+    single = predict.load_predictor(run)(Image.open(image))
+    ensemble = predict.load_predictor([run, run])(Image.open(image))
+    assert [c["label"] for c in single["classes"]] == [c["label"] for c in ensemble["classes"]]
+    assert [c["probability"] for c in single["classes"]] == pytest.approx([c["probability"] for c in
+                                                                          ensemble["classes"]], abs=1e-6)
+    probs = [c["probability"] for c in single["classes"]]
+    assert probs == sorted(probs, reverse=True) and sum(probs) == pytest.approx(1, abs=1e-5)
+    printed = predict.main(["--run", str(run), str(image)])
+    assert printed[0]["label"] == single["label"]
+
+
+def test_tta_of_a_flip_invariant_model_equals_plain(tmp_path):
+    from argparse import Namespace
+
+    from hw_classify import predict
+    from hw_classify.report import save_model
+
+    net = build_model("small_resnet", 5, width=8)
+    data = make_shapes(1, 37)
+    # mirror-symmetric conv kernels on odd sizes (33, 17, 9, 5, 3: every stride-2 grid is centred)
+    # make the network's output invariant to a left-right flip
+    args = Namespace(arch="small_resnet", size=33, width=8)
+    with torch.no_grad():
+        for m in net.model.modules():
+            if isinstance(m, torch.nn.Conv2d):
+                m.weight.copy_((m.weight + m.weight.flip(-1)) / 2)
+    save_model(tmp_path / "model.pt", net.model, args, data)
+    images = [Image.fromarray(a) for a in data.test_images[:6]]
+    plain = predict.load_predictor(tmp_path).probabilities(images)
+    tta = predict.load_predictor(tmp_path, tta=True).probabilities(images)
+    torch.testing.assert_close(tta, plain, atol=1e-6, rtol=1e-5)
+    assert not torch.allclose(plain[0], plain[1])         # and the images do get different answers
+
+
+def test_bad_input_gets_one_clear_message(tmp_path, runs_root):
+    from hw_classify import submit, train
+
+    with pytest.raises(UserError, match="no model.pt"):
+        submit.main(["--run", str(tmp_path / "nothing")])
+    root = _simpsons(tmp_path / "s", {"bart_simpson": 6, "homer_simpson": 6})
+    (root / "train" / "simpsons_dataset" / "bart_simpson" / "pic_9999.jpg").write_bytes(b"\xff\xd8broken")
+    with pytest.raises(DataError, match="pic_9999.jpg"):
+        train.main(QUICK + ["--data-dir", str(root), "--on-corrupt", "error", "--run-dir", str(tmp_path / "r1")])
+    with pytest.raises(SystemExit):
+        train.main(["--size", "0"])
+    with pytest.raises(UserError, match="--weights"):
+        build_model("resnet18", 3, str(tmp_path / "missing.pth"))
+
+
+def test_weights_file_loads_backbone_weights_only(tmp_path):
+    torch.manual_seed(0)
+    source = build_model("resnet18", 1000, "none").model
+    torch.save(source.state_dict(), tmp_path / "r18.pth")
+    net = build_model("resnet18", 4, str(tmp_path / "r18.pth"))
+    torch.testing.assert_close(net.model.conv1.weight, source.conv1.weight)
+    assert net.model.fc.out_features == 4 and net.head == ["fc.weight", "fc.bias"]
+
+
+# -- real data ------------------------------------------------------------------------------------
+@pytest.mark.realdata
+def test_simpsons_short_run_learns_and_submits(dls_data, tmp_path, runs_root):
+    from conftest import real_dataset
+    from hw_classify import submit, train
+
+    root = real_dataset(dls_data, "simpsons")
+    run = tmp_path / "simpsons"
+    metrics = train.main(["--data-dir", str(root), "--weights", "none", "--size", "64", "--epochs", "8",
+                          "--width", "16", "--run-dir", str(run)])
+    data = load_layout(root)
+    majority = np.bincount(data.train.labels).max() / len(data.train)
+    # predicting the majority class everywhere gives macro-F1 2*0.33*1/(1.33)/5 ~ 0.1
+    assert metrics["val_f1_macro"] > 0.4 and metrics["val_accuracy"] > majority + 0.1
+    out = submit.main(["--run", str(run), "--data-dir", str(root)])
+    table = pd.read_csv(out)
+    assert len(table) == 64 and set(table["Expected"]) <= set(data.classes)
