@@ -1,16 +1,15 @@
-"""Predict the class of images with one trained run (or an ensemble of runs).
+"""Predict the class of images with a trained run.
 
-    python -m hw_classify.predict --run runs/hw_classify/RUN IMAGE [IMAGE ...] [--top 3] [--tta]
-    python -m hw_classify.predict --run RUN_A --run RUN_B IMAGE ...        # an ensemble
+    python -m hw_classify.predict --run runs/hw_classify/RUN IMAGE [IMAGE ...]
 
-For each image, prints the top classes with their probabilities. The same
-:class:`Predictor` serves ``submit`` and the web service: ``load_predictor(run_dir)``
-returns an object whose ``__call__(PIL.Image)`` gives every class with its probability,
-most likely first, as JSON-able data, so the command line and the service answer alike.
+prints the top three classes of each image with their probabilities and writes every class's
+probability to ``RUN/predict-<timestamp>/predictions.json`` (:func:`core.predictor.predict_main`).
+``load_predictor(run_dir)`` is what the command and the web service (``core.serve``) share, so
+they answer alike. :class:`Ensemble` does the work: one run's or several runs' averaged class
+probabilities for a batch of images; ``submit`` uses it for whole test folders.
 """
 from __future__ import annotations
 
-import argparse
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -20,10 +19,11 @@ import torch
 from PIL import Image
 
 from core import cli
-from core.data import load_image, rgb_array
+from core.data import rgb_array
 from core.device import pick_device
 from core.errors import UserError
 from core.inference import predict
+from core.predictor import Predictor, classification_result, predict_main
 
 from .data import build_transform
 from .models import build_model
@@ -51,7 +51,7 @@ def read_model_file(run_dir: str | os.PathLike) -> dict:
     return payload
 
 
-class Predictor:
+class Ensemble:
     """Class probabilities of images for one run or an average over several (an ensemble).
 
     Every image is prepared as in training's validation: converted to RGB, resized to the
@@ -99,49 +99,37 @@ class Predictor:
                              channels_last=self.device.type == "cpu")
         return total / len(self.models)
 
-    def __call__(self, image: Image.Image) -> dict:
-        """Every class with its probability, most likely first: ``{"label", "probability",
-        "classes": [{"label", "probability"}, ...]}``."""
-        probs = self.probabilities([image])[0]
-        order = torch.argsort(probs, descending=True, stable=True).tolist()
-        ranked = [{"label": self.classes[i], "probability": round(float(probs[i]), 6)} for i in order]
-        return {"label": ranked[0]["label"], "probability": ranked[0]["probability"], "classes": ranked}
+
+class ClassificationPredictor(Predictor):
+    """A hw_classify run behind :mod:`core.predictor`'s interface (the command line and the
+    web service): every class with its probability, most likely first."""
+
+    def __init__(self, run_dir: str | os.PathLike, ensemble: Ensemble):
+        payload = ensemble.payloads[0]
+        super().__init__(run_dir, kind="classification", classes=ensemble.classes,
+                         input_size=(payload["size"], payload["size"]), model=payload["arch"])
+        self.ensemble = ensemble
+
+    def predict(self, image: Image.Image) -> dict:
+        return classification_result(self.ensemble.probabilities([image])[0].tolist(), self.ensemble.classes)
 
 
-def load_predictor(run_dirs: str | os.PathLike | Sequence[str | os.PathLike], device: str = "cpu",
-                   tta: bool = False) -> Predictor:
-    """A :class:`Predictor` for one run folder, or an ensemble of several."""
+def load_ensemble(run_dirs: str | os.PathLike | Sequence[str | os.PathLike], device: str = "cpu",
+                  tta: bool = False) -> Ensemble:
+    """An :class:`Ensemble` of one run folder or several."""
     if isinstance(run_dirs, (str, os.PathLike)):
         run_dirs = [run_dirs]
-    return Predictor([read_model_file(r) for r in run_dirs], device=device, tta=tta)
+    return Ensemble([read_model_file(r) for r in run_dirs], device=device, tta=tta)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = cli.make_parser("hw_classify.predict", __doc__.split("\n")[0])
-    parser.add_argument("--run", action="append", required=True,
-                        help="run folder; repeat (--run A --run B) to average several runs' probabilities")
-    parser.add_argument("images", nargs="+", help="image files")
-    parser.add_argument("--top", type=int, default=3, help="how many classes to print per image")
-    parser.add_argument("--tta", action="store_true", help="average with the left-right mirrored image")
-    parser.add_argument("--device", default="auto", help="auto (cuda > mps > cpu), cpu, cuda, mps")
-    return parser
+def load_predictor(run_dir: str | os.PathLike, tta: bool = False) -> ClassificationPredictor:
+    """The predictor of a ``hw_classify.train`` run (weights read weights-only, CPU, eval mode)."""
+    return ClassificationPredictor(run_dir, load_ensemble(run_dir, "cpu", tta))
 
 
-def main(argv: list[str] | None = None) -> list[dict]:
-    parser = build_parser()
-    args = cli.parse_args(parser, argv)
-    if args.top < 1:
-        parser.error(f"--top must be a positive integer, got {args.top}")
-    images = [load_image(path, mode=None) for path in args.images]  # DataError names a bad file
-    predictor = load_predictor(args.run, args.device, args.tta)
-    results = []
-    for path, image in zip(args.images, images):
-        result = predictor(image)
-        shown = ", ".join(f"{c['label']} {c['probability']:.3f}" for c in result["classes"][:args.top])
-        print(f"{path}: {shown}")
-        results.append({"image": str(path), **result})
-    return results
+def main(argv: list[str] | None = None) -> dict:
+    return predict_main("hw_classify", argv)
 
 
 if __name__ == "__main__":
-    cli.run_command(lambda: main() and None)  # main returns its result for tests; exit status 0
+    cli.run_command(main)

@@ -24,7 +24,7 @@ from core.device import echo
 from core.submission import write_submission
 
 from .data import load_layout, make_shapes
-from .predict import load_predictor
+from .predict import load_ensemble
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -33,8 +33,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--data-dir", default=None, help="dataset root; default $DLS_DATA/simpsons, else built-in")
     parser.add_argument("--tta", action="store_true", help="average each image with its mirror image")
     parser.add_argument("--out", default=None, help="output CSV (default: RUN/submission.csv)")
-    parser.add_argument("--batch-size", type=int, default=64, help="images per forward pass")
-    parser.add_argument("--device", default="auto", help="auto (cuda > mps > cpu), cpu, cuda, mps")
+    parser.add_argument("--batch-size", type=cli.positive_int, default=64, help="images per forward pass")
+    parser.add_argument("--device", type=cli.device_name, default="auto", help="auto (cuda > mps > cpu), cpu, cuda, mps")
     return parser
 
 
@@ -61,9 +61,7 @@ def test_images(args) -> tuple[list[str], list, tuple[str, str]]:
 def main(argv: list[str] | None = None) -> Path:
     parser = build_parser()
     args = cli.parse_args(parser, argv)
-    if args.batch_size < 1:
-        parser.error(f"--batch-size must be a positive integer, got {args.batch_size}")
-    predictor = load_predictor(args.run, args.device, args.tta)
+    predictor = load_ensemble(args.run, args.device, args.tta)
     ids, items, (id_column, label_column) = test_images(args)
     echo(f"predicting {len(ids)} test images with {len(args.run)} run(s){' and flip TTA' if args.tta else ''}")
     labels = []
@@ -82,4 +80,4 @@ def main(argv: list[str] | None = None) -> Path:
 
 
 if __name__ == "__main__":
-    cli.run_command(lambda: main() and None)  # main returns its result for tests; exit status 0
+    cli.run_command(main)

@@ -68,49 +68,43 @@ def build_parser() -> argparse.ArgumentParser:
                        help="staged unfreezing, e.g. head:3,half:3,all:4; default all:<epochs> "
                             "(pretrained: head:3,half:3,all:4)")
     group.add_argument("--augment", choices=AUGMENTS, default=None, help="training augmentation strength")
-    group.add_argument("--size", type=int, default=None, help="image side in pixels")
-    group.add_argument("--width", type=int, default=32, help="small_resnet: channels of the first stage")
-    group.add_argument("--weight-decay", type=float, default=5e-4, help="AdamW weight decay")
-    group.add_argument("--label-smoothing", type=float, default=None, help="cross-entropy label smoothing")
+    group.add_argument("--size", type=cli.int_at_least(32), default=None, help="image side in pixels")
+    group.add_argument("--width", type=cli.positive_int, default=32, help="small_resnet: channels of the first stage")
+    group.add_argument("--weight-decay", type=cli.nonneg_float, default=5e-4, help="AdamW weight decay")
+    group.add_argument("--label-smoothing", type=cli.probability, default=None, help="cross-entropy label smoothing")
     group.add_argument("--balance", choices=("none", "sampler", "loss"), default="none",
                        help="class imbalance: a weighted sampler, or a weighted loss (N / (K n_c))")
-    group.add_argument("--stage-decay", type=float, default=0.3, help="LR factor from one stage to the next")
-    group.add_argument("--backbone-mult", type=float, default=None,
+    group.add_argument("--stage-decay", type=cli.positive_float, default=0.3, help="LR factor from one stage to the next")
+    group.add_argument("--backbone-mult", type=cli.positive_float, default=None,
                        help="backbone LR as a share of the head's (discriminative LRs)")
-    group.add_argument("--val-fraction", type=float, default=0.2, help="share of the labelled images for validation")
-    group.add_argument("--split-seed", type=int, default=0, help="seed of the stratified train/val split")
+    group.add_argument("--val-fraction", type=fraction, default=0.2, help="share of the labelled images for validation")
+    group.add_argument("--split-seed", type=cli.nonneg_int, default=0, help="seed of the stratified train/val split")
     group.add_argument("--on-corrupt", choices=("skip", "error"), default="skip",
                        help="an unreadable image: skip it (named and counted) or stop with an error")
     group.add_argument("--select", choices=("last", "best"), default="last",
                        help="the run's model: the last epoch's (one-cycle ends at a tiny LR) or best val F1's")
     group.add_argument("--tta", action="store_true", help="report validation scores with flip TTA")
-    group.add_argument("--n-per-class", type=int, default=60, help="built-in images per class")
+    group.add_argument("--n-per-class", type=cli.int_at_least(5), default=60, help="built-in images per class")
     return parser
 
 
+def fraction(text: str) -> float:
+    """A ``type=`` for a share strictly between 0 and 1."""
+    value = cli.positive_float(text)
+    if value >= 1:
+        raise argparse.ArgumentTypeError(f"expected a number in (0, 1), got {text!r}")
+    return value
+
+
 def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
-    """Refuse bad option values with one argparse-style line, before any work."""
-    for name in ("epochs", "batch_size", "size", "width", "n_per_class"):
-        value = getattr(args, name)
-        if value is not None and value < 1:
-            parser.error(f"--{name.replace('_', '-')} must be a positive integer, got {value}")
-    if args.size is not None and args.size < 32:
-        parser.error(f"--size must be at least 32, got {args.size}")
-    if not 0 < args.val_fraction < 1:
-        parser.error(f"--val-fraction must be in (0, 1), got {args.val_fraction}")
-    for name in ("lr", "stage_decay", "backbone_mult"):
-        value = getattr(args, name)
-        if value is not None and not value > 0:
-            parser.error(f"--{name.replace('_', '-')} must be positive, got {value}")
-    if args.label_smoothing is not None and not 0 <= args.label_smoothing < 1:
-        parser.error(f"--label-smoothing must be in [0, 1), got {args.label_smoothing}")
-    if args.weight_decay < 0:
-        parser.error(f"--weight-decay must be >= 0, got {args.weight_decay}")
+    """Refuse bad option values that need more than one option's type, before any work."""
+    if args.label_smoothing is not None and args.label_smoothing >= 1:
+        parser.error(f"argument --label-smoothing: expected a number in [0, 1), got {args.label_smoothing}")
     if args.stages is not None:
         try:
             parse_stages(args.stages)
         except ValueError as exc:
-            parser.error(f"--stages {args.stages}: {exc}")
+            parser.error(f"argument --stages: {exc}")
 
 
 def recipe_name(builtin: bool, weights: str, n_images: int) -> str:
@@ -192,9 +186,9 @@ def main(argv: list[str] | None = None) -> dict:
                         weight_decay=args.weight_decay, backbone_mult=args.backbone_mult,
                         stage_decay=args.stage_decay, total_steps=steps // args.accumulate or 1,
                         label_smoothing=args.label_smoothing, class_weights=class_weights)
-    run = cli.RunDir.create("hw_classify", args)
+    run = cli.RunDir.reserve("hw_classify", args)
     trainer = Trainer.from_args(args, run_dir=run.path, monitor="val_f1_macro", mode="max",
-                                callbacks=[StageSchedule()])
+                                callbacks=[StageSchedule(), run.start_callback(args)])
     if trainer.device.type == "cpu":  # bench/classify.py: channels-last convolutions are faster on CPU
         net.model.to(memory_format=torch.channels_last)
     start = time.perf_counter()
@@ -215,4 +209,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    cli.run_command(lambda: main() and None)  # main returns its result for tests; exit status 0
+    cli.run_command(main)
