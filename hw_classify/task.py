@@ -42,27 +42,25 @@ class ClassifyTask(Task):
         stages: the unfreezing schedule; ``[Stage("all", E)]`` trains everything from the start.
         lr: the head's LR in the first stage (the peak LR of the one-cycle schedule with one stage).
         stage_decay / backbone_mult: see :func:`hw_classify.stages.group_lrs`.
-        total_steps: optimiser steps of the whole run; with one stage, enables one-cycle.
+        one_cycle: with one stage, a one-cycle schedule over the whole run
+            (sized with ``trainer.estimated_stepping_batches``).
         label_smoothing / class_weights: loss options.
     """
 
     def __init__(self, model: nn.Module, head: list[str], num_classes: int, stages: list[Stage], lr: float = 1e-3,
                  weight_decay: float = 1e-4, stage_decay: float = 0.3, backbone_mult: float = 0.1,
-                 total_steps: int | None = None, label_smoothing: float = 0.0,
+                 one_cycle: bool = True, label_smoothing: float = 0.0,
                  class_weights: torch.Tensor | None = None):
         super().__init__()
         self.model = model
         self.stages, self.lr, self.weight_decay = stages, lr, weight_decay
-        self.stage_decay, self.backbone_mult, self.total_steps = stage_decay, backbone_mult, total_steps
+        self.stage_decay, self.backbone_mult = stage_decay, backbone_mult
+        self.one_cycle = one_cycle and len(stages) == 1
         self.label_smoothing = label_smoothing
         self.register_buffer("class_weights", class_weights if class_weights is not None else torch.ones(num_classes))
         self.groups = param_groups(model, head)
         self.meter = ClassificationMeter(num_classes)
         self.stage = -1
-
-    @property
-    def one_cycle(self) -> bool:
-        return len(self.stages) == 1 and bool(self.total_steps)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.model(images)
@@ -98,8 +96,8 @@ class ClassifyTask(Task):
         if not self.one_cycle:
             return optimizer
         max_lr = [group["lr"] for group in optimizer.param_groups]
-        scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=max_lr, total_steps=self.total_steps,
-                                                        pct_start=0.2)
+        scheduler = torch.optim.lr_scheduler.OneCycleLR(
+            optimizer, max_lr=max_lr, total_steps=self.trainer.estimated_stepping_batches, pct_start=0.2)
         return {"optimizer": optimizer, "scheduler": scheduler, "interval": "step"}
 
     def set_stage(self, index: int, optimizer: torch.optim.Optimizer) -> None:

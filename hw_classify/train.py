@@ -181,10 +181,9 @@ def main(argv: list[str] | None = None) -> dict:
     echo(f"model: {args.arch}, {count_parameters(net.model):,} parameters")
     class_weights = balanced_class_weights(train_loader.dataset.labels, len(data.classes)) \
         if args.balance == "loss" else None
-    steps = args.epochs * len(train_loader) if args.limit_batches is None else args.epochs * args.limit_batches
     task = ClassifyTask(net.model, net.head, len(data.classes), parse_stages(args.stages), lr=args.lr,
                         weight_decay=args.weight_decay, backbone_mult=args.backbone_mult,
-                        stage_decay=args.stage_decay, total_steps=steps // args.accumulate or 1,
+                        stage_decay=args.stage_decay,
                         label_smoothing=args.label_smoothing, class_weights=class_weights)
     run = cli.RunDir.reserve("hw_classify", args)
     trainer = Trainer.from_args(args, run_dir=run.path, monitor="val_f1_macro", mode="max",
