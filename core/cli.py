@@ -273,9 +273,6 @@ def add_training_args(parser: argparse.ArgumentParser, *, epochs: int | None = 1
                        help="early stopping: epochs without improvement before stopping")
     group.add_argument("--limit-batches", type=positive_int, default=None,
                        help="use at most this many batches per epoch (train and val)")
-    group.add_argument("--threads", type=positive_int, default=None,
-                       help="CPU threads for PyTorch (default: PyTorch's, one per core); 1 is often faster "
-                            "on a busy machine")
     group.add_argument("--time-limit", type=positive_float, default=None, metavar="MINUTES",
                        help="fit the number of epochs and the LR schedule to this many minutes of training, "
                             "from the first epoch's time (--epochs then only sizes the first epoch's schedule)")
