@@ -71,10 +71,10 @@ def _numeric_column(df: pd.DataFrame, name: str, path: Path) -> np.ndarray:
     """One text column as float64 (blank cells become NaN); a non-number raises DataError."""
     text = df[name].str.strip()
     values = pd.to_numeric(text.where(text != ""), errors="coerce")
-    bad = values.isna() & (text != "")
+    bad = (values.isna() & (text != "")) | np.isinf(values)  # 'inf', '1e400' overflow to infinity
     if bad.any():
         row = int(np.flatnonzero(bad.to_numpy())[0])
-        raise DataError(f"{path}: column {name!r} is not numeric: {text.iloc[row]!r} at data row {row + 1}")
+        raise DataError(f"{path}: column {name!r} is not a finite number: {text.iloc[row]!r} at data row {row + 1}")
     return values.to_numpy(dtype=np.float64)
 
 

@@ -195,7 +195,9 @@ def test_builtin_default_is_announced(monkeypatch, capsys):
 
 # ---------------------------------------------------------------- bad input
 @pytest.mark.parametrize("text, message", [
-    ("0,1,2\n1,abc,3\n2,5,1\n", "column '1' is not numeric: 'abc' at data row 1"),
+    ("0,1,2\n1,abc,3\n2,5,1\n", "column '1' is not a finite number: 'abc' at data row 1"),
+    ("0,1,2\n1,4,3\n2,1e400,1\n", "column '1' is not a finite number: '1e400' at data row 2"),
+    ("0,1,2\n1,4,3\n2,5\n", "label column '2' is empty in 1 row(s), first at data row 2"),  # a short row
     ("0\n1\n2\n", "1 column(s) ('0'); expected features followed by a label column"),
     ("0,1,2\n1,2,3\n2,5,\n", "label column '2' is empty in 1 row(s), first at data row 2"),
     ("0,1,2\n1,2,3\n2,5,1.5\n", "label column '2' has a non-integer value 1.5 at data row 2"),
