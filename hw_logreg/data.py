@@ -1,23 +1,15 @@
 """Part 2's batch generator and the data sets: blobs, breast cancer, MNIST 0-vs-1.
 
-MNIST is read from the torchvision raw layout (``MNIST/raw/t10k-images-idx3-ubyte.gz`` and
-``t10k-labels-idx1-ubyte.gz``) with a small IDX reader, so no torchvision download logic runs.
-IDX (LeCun's MNIST format): a big-endian header of a magic number ``0x00000800 | dtype << 8 |
-ndim`` (0x08 = uint8) and ``ndim`` 32-bit sizes, then the values.
+MNIST is the test set in torchvision's raw layout, read by :mod:`core.mnist`.
 """
 from __future__ import annotations
 
-import gzip
 import os
 from collections.abc import Iterator
-from pathlib import Path
 
 import numpy as np
 
-from core.data import DataError, require_file
-
-MNIST_IMAGES = "MNIST/raw/t10k-images-idx3-ubyte.gz"
-MNIST_LABELS = "MNIST/raw/t10k-labels-idx1-ubyte.gz"
+from core.mnist import load_mnist
 
 
 def generate_batches(X: np.ndarray, y: np.ndarray, batch_size: int,
@@ -52,36 +44,8 @@ def load_breast_cancer_data() -> tuple[np.ndarray, np.ndarray]:
     return load_breast_cancer(return_X_y=True)
 
 
-def read_idx(path: str | os.PathLike) -> np.ndarray:
-    """Read a (gzipped) IDX file of unsigned bytes into an array of its shape.
-
-    Raises:
-        DataError: missing file, not gzip, bad magic number, or fewer values than the header says.
-    """
-    path = require_file(path, "MNIST IDX file")
-    opener = gzip.open if path.suffix == ".gz" else open
-    try:
-        with opener(path, "rb") as stream:
-            raw = stream.read()
-    except (OSError, EOFError) as exc:
-        raise DataError(f"{path}: cannot read ({exc})") from None
-    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08:
-        raise DataError(f"{path}: not an IDX file of unsigned bytes (magic {raw[:4].hex() or 'missing'})")
-    ndim = raw[3]
-    header = 4 + 4 * ndim
-    shape = tuple(int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
-    expected = int(np.prod(shape))
-    if len(raw) - header != expected:
-        raise DataError(f"{path}: header says shape {shape} ({expected} values), file has {len(raw) - header}")
-    return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(shape)
-
-
 def load_mnist_01(root: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
     """The 0 and 1 digits of the MNIST test set under ``root`` as (n, 784) float pixels, labels 0/1."""
-    root = Path(root)
-    images = read_idx(root / MNIST_IMAGES)
-    labels = read_idx(root / MNIST_LABELS)
-    if len(images) != len(labels):
-        raise DataError(f"{root / MNIST_LABELS}: {len(labels)} labels for {len(images)} images")
+    images, labels = load_mnist(root, "test")
     keep = labels <= 1
-    return images[keep].reshape(int(keep.sum()), -1).astype(np.float64), labels[keep].astype(np.int64)
+    return images[keep].reshape(int(keep.sum()), -1).astype(np.float64), labels[keep]

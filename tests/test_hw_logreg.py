@@ -1,17 +1,14 @@
 """HW2: gradient descent, the batch generator, elastic-net logistic regression vs scikit-learn."""
 from __future__ import annotations
 
-import gzip
 import json
 import re
 
 import numpy as np
 import pytest
 
-from core.data import DataError
 from hw_logreg.compare import compare_with_sklearn
-from hw_logreg.data import (generate_batches, load_breast_cancer_data, load_mnist_01, make_course_blobs,
-                            read_idx)
+from hw_logreg.data import generate_batches, load_breast_cancer_data, load_mnist_01, make_course_blobs
 from hw_logreg.descent import f, grad_descent_2d, grad_f
 from hw_logreg.models import MyElasticLogisticRegression, sigmoid, sklearn_counterpart
 from hw_logreg.train import main
@@ -168,30 +165,10 @@ def test_mnist_zero_vs_one_within_one_point_of_sklearn(dls_data):
     assert scores["ours_accuracy"] >= 0.99  # the course: 0.9967 with cv=3 on Kaggle's train set
 
 
-# ---------------------------------------------------------------- IDX reader
-def write_idx(path, array: np.ndarray, magic: bytes | None = None):
-    header = magic or bytes([0, 0, 0x08, array.ndim])
-    header += b"".join(int(s).to_bytes(4, "big") for s in array.shape)
-    with gzip.open(path, "wb") as stream:
-        stream.write(header + array.astype(np.uint8).tobytes())
-
-
-def test_idx_reader_round_trip_and_errors(tmp_path):
-    images = np.arange(2 * 3 * 4).reshape(2, 3, 4)
-    write_idx(tmp_path / "ok.gz", images)
-    np.testing.assert_array_equal(read_idx(tmp_path / "ok.gz"), images)
-    write_idx(tmp_path / "float.gz", images, magic=bytes([0, 0, 0x0D, 3]))
-    with pytest.raises(DataError, match="float.gz: not an IDX file of unsigned bytes"):
-        read_idx(tmp_path / "float.gz")
-    with gzip.open(tmp_path / "short.gz", "wb") as stream:
-        stream.write(bytes([0, 0, 8, 1]) + (10).to_bytes(4, "big") + bytes(5))
-    with pytest.raises(DataError, match=r"short.gz: header says shape \(10,\) \(10 values\), file has 5"):
-        read_idx(tmp_path / "short.gz")
-    with pytest.raises(DataError, match="missing.gz: MNIST IDX file not found"):
-        read_idx(tmp_path / "missing.gz")
-
-
+# ---------------------------------------------------------------- MNIST 0-vs-1 (the IDX reader: test_core_mnist.py)
 def test_mnist_loader_keeps_zeros_and_ones(tmp_path):
+    from tests.test_core_mnist import write_idx
+
     raw = tmp_path / "MNIST" / "raw"
     raw.mkdir(parents=True)
     labels = np.array([0, 7, 1, 1, 3, 0])
