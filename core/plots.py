@@ -169,3 +169,38 @@ def bar_compare(labels: Sequence[str], series: dict[str, Sequence[float]], path:
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
     return save_figure(fig, path)
+
+
+def embedding_scatter(points, labels: Sequence, path: str | os.PathLike, title: str = "",
+                      perplexity: float = 30.0, seed: int = 0, max_classes: int = 20) -> Path:
+    """A 2-D scatter of ``points`` (n, d) coloured by ``labels``; points with more than two
+    dimensions are first embedded in 2-D by t-SNE (van der Maaten & Hinton, 2008;
+    scikit-learn's ``TSNE``, perplexity capped below n). At most ``max_classes`` labels get a
+    colour and a legend entry (the most frequent ones); the rest are drawn grey."""
+    points = np.asarray(points.detach().cpu() if hasattr(points, "detach") else points, dtype=np.float64)
+    labels = np.asarray(labels)
+    if points.ndim != 2 or len(points) != len(labels):
+        raise ValueError(f"expected points (n, d) and n labels, got {points.shape} and {labels.shape}")
+    if points.shape[1] > 2:
+        from sklearn.manifold import TSNE
+
+        perplexity = min(perplexity, max(1.0, (len(points) - 1) / 3))
+        points = TSNE(2, perplexity=perplexity, init="pca", random_state=seed).fit_transform(points)
+    elif points.shape[1] == 1:
+        points = np.c_[points, np.zeros(len(points))]
+    names, counts = np.unique(labels, return_counts=True)
+    shown = set(names[np.argsort(-counts, kind="stable")[:max_classes]].tolist())
+    fig, ax = plt.subplots(figsize=(6.5, 5.5))
+    other = np.array([label not in shown for label in labels.tolist()])
+    if other.any():
+        ax.scatter(points[other, 0], points[other, 1], s=6, c="lightgrey", label="other")
+    colours = plt.get_cmap("tab10" if len(shown) <= 10 else "tab20")
+    for i, name in enumerate(sorted(shown)):
+        rows = labels == name
+        ax.scatter(points[rows, 0], points[rows, 1], s=6, color=colours(i % colours.N), label=str(name))
+    ax.legend(markerscale=2.5, fontsize=7, loc="best", ncol=1 if len(shown) <= 10 else 2)
+    ax.set_xticks([])
+    ax.set_yticks([])
+    ax.set_title(title)
+    fig.tight_layout()
+    return save_figure(fig, path)

@@ -1,0 +1,252 @@
+"""The homework's two data sets: LFW faces with their attribute scores, and MNIST digits.
+
+Faces are loaded the course's way (``fetch_dataset`` of the template): every photo of
+``lfw/<Name>/<Name>_NNNN.jpg`` is cropped by 80 pixels on each side (250x250 -> 90x90),
+resized to 64x64 (``skimage.transform.resize``, floats in [0, 1]) and merged with its row of
+``lfw_attributes.txt`` (PubFig's table: a comment line, a header ``#, person, imagenum,
+<attributes>``, one tab-separated row per photo) on person and image number. Every photo
+must have its row; the table is optional (without it the smile vector cannot be computed,
+everything else runs).
+
+Digits are MNIST in torchvision's raw layout (:mod:`core.mnist`), pixels scaled to [0, 1].
+
+With no data on disk, the built-in sets are generated faces (with ``Smiling`` and
+``Eyeglasses`` scores) and scikit-learn's 8x8 digits drawn at MNIST's size.
+"""
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from core.data import DataError, list_images, load_image_array, require_dir
+from core.mnist import has_split, load_mnist
+
+ATTRIBUTES_FILE = "lfw_attributes.txt"
+PHOTO_FOLDERS = ("lfw", "lfw-deepfunneled")
+CROP = 80
+FACE_SIZE = 64
+_PHOTO_NAME = re.compile(r"^(?P<person>.+)_(?P<num>\d+)$")
+
+
+@dataclass
+class ImageSet:
+    """Images (N, C, H, W) in [0, 1] with a class per image (digit, or person for faces).
+
+    Attributes:
+        images: float tensor (N, C, H, W).
+        labels: long tensor (N,): the digit, or the index of the person in ``classes``.
+        classes: the name of each label value.
+        names: a name per image (the photo's file name, or ``digit-<i>``).
+        attrs: the attribute scores, one row per image (faces with a table only).
+        description: one line saying what the data is.
+        attrs_note: why ``attrs`` is missing, when it is.
+    """
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    classes: list[str]
+    names: list[str]
+    description: str
+    attrs: pd.DataFrame | None = None
+    attrs_note: str = ""
+    kind: str = field(default="faces")
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return tuple(self.images.shape[1:])
+
+    def subset(self, index) -> "ImageSet":
+        index = torch.as_tensor(index, dtype=torch.long)
+        attrs = self.attrs.iloc[index.numpy()].reset_index(drop=True) if self.attrs is not None else None
+        return ImageSet(self.images[index], self.labels[index], self.classes, [self.names[i] for i in index.tolist()],
+                        self.description, attrs, self.attrs_note, self.kind)
+
+
+def split_indices(n: int, seed: int = 0, val: float = 0.1, test: float = 0.2) -> tuple[np.ndarray, ...]:
+    """Train / val / test indices of one seeded permutation: ``test`` of the images are held
+    out for the final figures, ``val`` of the rest watch training."""
+    perm = np.random.RandomState(seed).permutation(n)
+    n_test = max(1, round(n * test))
+    n_val = max(1, round((n - n_test) * val))
+    return perm[n_test + n_val:], perm[n_test:n_test + n_val], perm[:n_test]
+
+
+# -- faces ---------------------------------------------------------------------------------------
+def parse_photo_name(path: str | os.PathLike) -> tuple[str, int]:
+    """``George_W_Bush_0012.jpg`` -> ``("George W Bush", 12)``, the attribute table's keys."""
+    match = _PHOTO_NAME.match(Path(path).stem)
+    if match is None:
+        raise DataError(f"{path}: expected a photo named <Name>_<number>.jpg")
+    return match["person"].replace("_", " "), int(match["num"])
+
+
+def read_attributes(path: str | os.PathLike) -> pd.DataFrame:
+    """PubFig's ``lfw_attributes.txt`` as a table with ``person``, ``imagenum`` and one float
+    column per attribute. Its header line starts with ``#``, one field more than the rows,
+    so the course shifts the column names by one; here the ``#`` is dropped instead."""
+    path = Path(path)
+    with open(path, encoding="utf-8") as stream:
+        stream.readline()  # the comment line
+        header = stream.readline().rstrip("\n").split("\t")
+        if header and header[0].strip() == "#":
+            header = header[1:]
+        if header[:2] != ["person", "imagenum"]:
+            raise DataError(f"{path}: expected a header '#, person, imagenum, <attributes>' on line 2, "
+                            f"got {header[:3]}")
+        try:
+            table = pd.read_csv(stream, sep="\t", header=None, names=header)
+        except Exception as exc:
+            raise DataError(f"{path}: cannot parse the attribute rows ({exc})") from None
+    bad = table[header[2:]].isna().any(axis=1)
+    if bad.any():
+        raise DataError(f"{path}: {int(bad.sum())} row(s) with missing or extra scores, "
+                        f"first on line {int(np.flatnonzero(bad)[0]) + 3}")
+    table["imagenum"] = table["imagenum"].astype(int)
+    duplicated = table.duplicated(["person", "imagenum"])
+    if duplicated.any():
+        row = table[duplicated].iloc[0]
+        raise DataError(f"{path}: {row['person']} image {row['imagenum']} has more than one row")
+    return table
+
+
+def crop_and_resize(image: np.ndarray, crop: int = CROP, size: int = FACE_SIZE) -> np.ndarray:
+    """The course's ``resize(img[crop:-crop, crop:-crop], (size, size))``: floats in [0, 1]."""
+    from skimage.transform import resize
+
+    if crop:
+        image = image[crop:-crop, crop:-crop]
+    return resize(image, (size, size), anti_aliasing=True).astype(np.float32)
+
+
+def find_photo_folder(root: Path) -> Path:
+    for name in PHOTO_FOLDERS:
+        if (root / name).is_dir():
+            return root / name
+    raise DataError(f"{root}: no photo folder ({' or '.join(PHOTO_FOLDERS)}/<Name>/<Name>_NNNN.jpg)")
+
+
+def load_faces(root: str | os.PathLike, size: int = FACE_SIZE, crop: int = CROP) -> ImageSet:
+    """Every LFW photo under ``root`` with its attribute row (see the module docstring).
+
+    Raises:
+        DataError: no photos, a photo of another size than the first, an unreadable photo,
+            a photo with no attribute row (named), or a malformed attribute table.
+    """
+    root = require_dir(root, "faces folder")
+    files = list_images(find_photo_folder(root), recursive=True)
+    keys = [parse_photo_name(p) for p in files]
+    attrs, note = _attributes_for(root, files, keys)
+    first_shape, images = None, []
+    for path in files:
+        array = load_image_array(path, "RGB")
+        first_shape = first_shape or array.shape
+        if array.shape != first_shape:
+            raise DataError(f"{path}: image of size {array.shape[1]}x{array.shape[0]}, the others are "
+                            f"{first_shape[1]}x{first_shape[0]} (the crop of {crop} px per side needs one size)")
+        if min(array.shape[:2]) <= 2 * crop:
+            raise DataError(f"{path}: image of size {array.shape[1]}x{array.shape[0]} is too small for a "
+                            f"{crop} px crop on each side")
+        images.append(crop_and_resize(array, crop, size))
+    people = sorted({person for person, _ in keys})
+    labels = torch.tensor([people.index(person) for person, _ in keys])
+    images = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).contiguous()
+    description = (f"{len(files)} LFW photos of {len(people)} people from {root}, cropped by {crop} px and "
+                   f"resized to {size}x{size}" + (f", {attrs.shape[1]} attribute scores each" if attrs is not None else ""))
+    return ImageSet(images, labels, people, [p.name for p in files], description, attrs, note, "faces")
+
+
+def _attributes_for(root: Path, files: list[Path], keys: list[tuple[str, int]]) -> tuple[pd.DataFrame | None, str]:
+    """The attribute rows of ``files`` in their order (merged on person and image number)."""
+    path = root / ATTRIBUTES_FILE
+    if not path.is_file():
+        return None, f"{path}: attribute table not found (the smile vector needs it)"
+    table = read_attributes(path)
+    photos = pd.DataFrame(keys, columns=["person", "imagenum"])
+    merged = photos.merge(table, on=["person", "imagenum"], how="left", indicator=True)
+    missing = np.flatnonzero(merged["_merge"] != "both")
+    if len(missing):
+        named = ", ".join(str(files[i]) for i in missing[:3])
+        raise DataError(f"{path}: no attribute row for {len(missing)} photo(s): {named}"
+                        + (" ..." if len(missing) > 3 else ""))
+    unused = len(table) - len(merged)
+    if unused:
+        print(f"note: {unused} attribute row(s) of {path} have no photo under {root} (not used)")
+    return merged.drop(columns=["person", "imagenum", "_merge"]), ""
+
+
+def make_faces(n: int = 600, size: int = FACE_SIZE, seed: int = 0, people: int = 30) -> ImageSet:
+    """Generated cartoon faces with real-valued ``Smiling`` (the mouth's curvature) and
+    ``Eyeglasses`` scores, for running everything without LFW. Each of ``people`` people
+    has a face shape, skin and hair colour; photos vary pose, light and expression."""
+    rng = np.random.RandomState(seed)
+    person = rng.randint(people, size=n)
+    skin = rng.uniform([0.55, 0.35, 0.25], [0.95, 0.8, 0.7], size=(people, 3))[person]
+    hair = rng.uniform(0.0, 0.6, size=(people, 3))[person]
+    width = rng.uniform(0.5, 0.7, size=people)[person]
+    y, x = np.mgrid[-1:1:size * 1j, -1:1:size * 1j]
+    dx = rng.normal(0, 0.05, size=(n, 1, 1))
+    x = x[None] - dx
+    y = np.broadcast_to(y, x.shape)
+    smile = rng.uniform(-1, 1, size=n)
+    glasses = rng.rand(n) < 0.3
+    face = (x / width[:, None, None]) ** 2 + (y / 0.8) ** 2 < 1
+    hair_mask = face & (y < -0.45)
+    eyes = ((np.abs(x) - 0.25) ** 2 + (y + 0.15) ** 2) < 0.06 ** 2
+    rims = np.abs(np.sqrt((np.abs(x) - 0.25) ** 2 + (y + 0.15) ** 2) - 0.14) < 0.03
+    mouth_y = 0.4 - 0.2 * smile[:, None, None] * (1 - (x / 0.3) ** 2)
+    mouth = (np.abs(y - mouth_y) < 0.045) & (np.abs(x) < 0.3)
+    background = rng.uniform(0.1, 0.9, size=(n, 3))
+    image = np.where(face[..., None], skin[:, None, None], background[:, None, None])
+    image = np.where(hair_mask[..., None], hair[:, None, None], image)
+    image = np.where((face & (eyes | mouth))[..., None], 0.1, image)
+    image = np.where((glasses[:, None, None] & rims)[..., None], 0.05, image)
+    image = image * rng.uniform(0.75, 1.15, size=(n, 1, 1, 1)) + rng.normal(0, 0.02, size=image.shape)
+    images = torch.from_numpy(np.clip(image, 0, 1).astype(np.float32)).permute(0, 3, 1, 2).contiguous()
+    attrs = pd.DataFrame({"Smiling": 2 * smile + rng.normal(0, 0.1, n),
+                          "Eyeglasses": np.where(glasses, 1.5, -1.5) + rng.normal(0, 0.3, n)})
+    classes = [f"person {i}" for i in range(people)]
+    return ImageSet(images, torch.from_numpy(person), classes, [f"generated-{i}" for i in range(n)],
+                    f"{n} generated {size}x{size} cartoon faces of {people} people, with Smiling and Eyeglasses scores",
+                    attrs, "", "faces")
+
+
+# -- digits ------------------------------------------------------------------------------------
+def load_digits(root: str | os.PathLike) -> ImageSet:
+    """MNIST under ``root`` (the test split, plus the train split when present) in [0, 1]."""
+    splits = [s for s in ("train", "test") if has_split(root, s)] or ["test"]  # "test": the error names its file
+    parts = [load_mnist(root, s) for s in splits]
+    images = np.concatenate([p[0] for p in parts])
+    labels = np.concatenate([p[1] for p in parts])
+    tensor = torch.from_numpy(images).float().div_(255).unsqueeze(1)
+    return ImageSet(tensor, torch.from_numpy(labels), [str(d) for d in range(10)],
+                    [f"digit-{i}" for i in range(len(labels))],
+                    f"{len(labels)} MNIST digits ({' + '.join(splits)} split) from {Path(root)}", kind="digits")
+
+
+def builtin_digits() -> ImageSet:
+    """scikit-learn's 1797 8x8 digits, each resized to 20x20 and centred in 28x28 like MNIST."""
+    from sklearn.datasets import load_digits as sklearn_digits
+    from skimage.transform import resize
+
+    bunch = sklearn_digits()
+    small = bunch.images / 16.0
+    images = np.zeros((len(small), 28, 28), dtype=np.float32)
+    images[:, 4:24, 4:24] = resize(small, (len(small), 20, 20), order=1, anti_aliasing=False)
+    return ImageSet(torch.from_numpy(images).clamp_(0, 1).unsqueeze(1), torch.from_numpy(bunch.target).long(),
+                    [str(d) for d in range(10)], [f"digit-{i}" for i in range(len(small))],
+                    f"{len(small)} scikit-learn 8x8 digits drawn at 28x28", kind="digits")
+
+
+def add_noise(images: torch.Tensor, factor: float = 0.5, generator: torch.Generator | None = None) -> torch.Tensor:
+    """The course's noisy copy ``X + factor * N(0, 1)`` (not clipped)."""
+    noise = torch.randn(images.shape, generator=generator, device=images.device if generator is None else "cpu")
+    return images + factor * noise.to(images.device)

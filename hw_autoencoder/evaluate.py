@@ -1,0 +1,176 @@
+"""Score a trained run on a data set: reconstruction MSE (AE models, beside PCA's with as many
+components) or the negative ELBO in nats per image (VAE models).
+
+    python -m hw_autoencoder.evaluate --run runs/hw_autoencoder/<name> [--data-dir DIR]
+
+On the data the run was trained on, only its held-out test images are scored (the split is
+rebuilt from ``args.json``); on any other data set, every image. PCA is fitted on the run's
+own training images. Writes ``metrics.json`` and a reconstruction figure into ``--run-dir``
+(default ``<run>/eval-<data folder name>``).
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from core import cli
+from core.data import DataError
+from core.device import echo, pick_device
+from core.plots import image_grid
+
+from .data import ImageSet, add_noise, split_indices
+from .latent import decode, encode, load_model, reconstruct, sample_codes
+from .models import VAE, elbo_terms
+
+
+def pca_mse(train: torch.Tensor, test: torch.Tensor, components: int) -> float:
+    """Reconstruction MSE per pixel on ``test`` of scikit-learn's PCA with ``components``
+    components fitted on ``train`` (images flattened, exact SVD): the linear baseline of an AE."""
+    from sklearn.decomposition import PCA
+
+    train_x, test_x = train.flatten(1).numpy(), test.flatten(1).numpy()
+    pca = PCA(min(components, *train_x.shape), svd_solver="full").fit(train_x)
+    return float(((pca.inverse_transform(pca.transform(test_x)) - test_x) ** 2).mean())
+
+
+def score_autoencoder(model, test: ImageSet, train: ImageSet | None, noise: float = 0.0, seed: int = 0) -> dict:
+    """``mse`` per pixel of the reconstructions of ``test`` (of its noisy copies, for a denoising
+    model, against the clean images), the mean training image's (``mean_image_mse``) and,
+    given the training images, PCA's with as many components (``pca_mse``, ``mse_vs_pca``)."""
+    images = test.images
+    inputs = add_noise(images, noise, torch.Generator().manual_seed(seed)) if noise else images
+    mse = float(((reconstruct(model, inputs) - images) ** 2).mean())
+    metrics = {"images": len(test), "mse": mse}
+    if noise:
+        metrics["noisy_mse"] = float(((inputs - images) ** 2).mean())
+    if train is not None:
+        metrics["mean_image_mse"] = float(((images - train.images.mean(0)) ** 2).mean())
+        if not noise:
+            metrics["pca_mse"] = pca_mse(train.images, images, model.latent)
+            metrics["mse_vs_pca"] = mse / metrics["pca_mse"]
+    return metrics
+
+
+@torch.no_grad()
+def score_vae(model: VAE, test: ImageSet, seed: int = 0, batch_size: int = 500) -> dict:
+    """The negative ELBO (``nelbo``) and its terms ``rec`` (-log p(x|z)) and ``kl``, in nats per
+    image, each a one-sample estimate per image with a seeded noise draw."""
+    model.eval()
+    device = next(model.parameters()).device
+    generator = torch.Generator().manual_seed(seed)
+    sums = {"nelbo": 0.0, "rec": 0.0, "kl": 0.0}
+    for start in range(0, len(test), batch_size):
+        x = test.images[start:start + batch_size].to(device)
+        y = test.labels[start:start + batch_size].to(device)
+        terms = elbo_terms(model, x, y if model.conditional else None, generator)
+        for key in sums:
+            sums[key] += float(terms[key].sum())
+    return {"images": len(test), **{key: value / len(test) for key, value in sums.items()}}
+
+
+def digit_classifier(train: ImageSet, seed: int = 0):
+    """scikit-learn logistic regression on real digit pixels: the independent judge of the
+    CVAE's samples."""
+    from sklearn.linear_model import LogisticRegression
+
+    return LogisticRegression(max_iter=300, random_state=seed).fit(train.images.flatten(1).numpy(),
+                                                                   train.labels.numpy())
+
+
+def cvae_samples(model: VAE, per_class: int = 10, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """``per_class`` samples of each class decoded from prior codes (eval mode, pixel means)."""
+    labels = torch.arange(model.classes).repeat_interleave(per_class)
+    codes = sample_codes(len(labels), model.latent, seed=seed)
+    return decode(model, codes, labels), labels
+
+
+def score_cvae_samples(model: VAE, train: ImageSet, test: ImageSet, per_class: int = 10, seed: int = 0) -> dict:
+    """Share of CVAE samples that the classifier of :func:`digit_classifier` recognises as the
+    digit asked for, and the classifier's own accuracy on real test digits."""
+    classifier = digit_classifier(train, seed)
+    samples, labels = cvae_samples(model, per_class, seed)
+    predicted = classifier.predict(samples.flatten(1).numpy())
+    real = classifier.predict(test.images.flatten(1).numpy())
+    return {"sample_recognised": float((predicted == labels.numpy()).mean()),
+            "classifier_real_accuracy": float((real == test.labels.numpy()).mean())}
+
+
+def score(model, config: dict, test: ImageSet, train: ImageSet | None, seed: int = 0) -> dict:
+    """The metrics of ``evaluate`` for any model of this homework."""
+    if isinstance(model, VAE):
+        metrics = score_vae(model, test, seed)
+        if model.conditional and train is not None:
+            metrics.update(score_cvae_samples(model, train, test, seed=seed))
+        return metrics
+    return score_autoencoder(model, test, train, config.get("noise", 0.0), seed)
+
+
+def reconstruction_figure(model, images: ImageSet, path, n: int = 8, noise: float = 0.0) -> Path:
+    """Rows of originals (noisy inputs, for a denoising model) and their reconstructions."""
+    x = images.images[:n]
+    rows = [x]
+    if noise:
+        x = add_noise(x, noise, torch.Generator().manual_seed(0))
+        rows.append(x.clamp(0, 1))
+    rows.append(reconstruct(model, x, images.labels[:n]))
+    titles = ["original"] * n + (["noisy"] * n if noise else []) + ["reconstruction"] * n
+    return image_grid(torch.cat(rows), path, titles=titles, ncols=n)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = cli.make_parser("hw_autoencoder.evaluate", "Score a trained autoencoder run on a data set.")
+    parser.add_argument("--run", required=True, help="run folder written by hw_autoencoder.train")
+    parser.add_argument("--data-dir", default=None,
+                        help="faces or MNIST root; default the run's data ($DLS_DATA/<name>, else built-in)")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, mps")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the noise draws")
+    cli.add_run_args(parser)
+    args = cli.parse_args(parser, argv)
+    device = pick_device(args.device)
+    model, config = load_model(args.run, device)
+    train, test, source, same = run_data(args.run, config, args.data_dir)
+    echo(f"model: {config['name']} (latent {config['latent']}) from {args.run}; scoring "
+         + (f"the {len(test)} held-out test images" if same else f"all {len(test)} images"))
+    if args.run_dir is None:
+        args.run_dir = str(Path(args.run) / f"eval-{source.root.name if source.root else 'builtin'}")
+    run = cli.RunDir.create("hw_autoencoder", args)
+    metrics = score(model, config, test, train, args.seed)
+    run.save_metrics(metrics)
+    reconstruction_figure(model, test, run.plots / "reconstructions.png", noise=config.get("noise", 0.0))
+    run.summary(metrics)
+    return metrics
+
+
+def run_data(run, config: dict, data_dir=None) -> tuple[ImageSet | None, ImageSet, "DataSource", bool]:
+    """The run's training images and the images to score: on the run's own data (the default)
+    its held-out test split, on other data every image; ``same`` says which. The training
+    images come from the run's data (``None`` if it cannot be read any more)."""
+    from .train import load_dataset
+
+    path = Path(run) / "args.json"
+    try:
+        train_args = json.loads(path.read_text())
+        trained_root, split_seed, n_images = train_args["data_root"], train_args["split_seed"], train_args["n_images"]
+    except (OSError, ValueError, KeyError) as exc:
+        raise DataError(f"{path}: not the args.json of a hw_autoencoder.train run ({exc})") from None
+    data_dir = data_dir or trained_root
+    data, source = load_dataset(config["dataset"], data_dir, n_images, builtin=data_dir is None)
+    if tuple(data.shape) != tuple(config["shape"]):
+        raise DataError(f"{source.root or 'built-in data'}: images of shape {tuple(data.shape)}, the model was "
+                        f"trained on {tuple(config['shape'])}")
+    same = (str(source.root) if source.root else None) == trained_root
+    train_ix, _, test_ix = split_indices(len(data), split_seed)
+    if same:
+        return data.subset(train_ix), data.subset(test_ix), source, True
+    try:
+        own, _ = load_dataset(config["dataset"], trained_root, n_images, announce=False, builtin=trained_root is None)
+    except DataError as exc:
+        echo(f"note: the run's training data cannot be read ({exc}): no PCA / classifier figures")
+        return None, data, source, False
+    return own.subset(split_indices(len(own), split_seed)[0]), data, source, False
+
+
+if __name__ == "__main__":
+    cli.run_command(lambda: main() and None)

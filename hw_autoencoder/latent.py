@@ -1,0 +1,137 @@
+"""What the homework does with codes: encode a set, sample like the codes, the smile vector,
+nearest-neighbour retrieval, and loading a trained model from its run folder."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from core.data import DataError
+
+from .models import VAE, Autoencoder, build_model
+
+MODEL_FILE = "model.pt"
+
+
+@torch.no_grad()
+def encode(model: nn.Module, images: torch.Tensor, labels: torch.Tensor | None = None,
+           batch_size: int = 256) -> torch.Tensor:
+    """Codes of ``images`` in eval mode: the AE's code, the VAE's ``mu`` (N, latent)."""
+    model.eval()
+    device = next(model.parameters()).device
+    codes = []
+    for start in range(0, len(images), batch_size):
+        x = images[start:start + batch_size].to(device)
+        if isinstance(model, VAE):
+            y = labels[start:start + batch_size].to(device) if model.conditional else None
+            code = model.encode(x, y)[0] if model.conditional else model.encode(x)[0]
+        else:
+            code = model.encode(x)
+        codes.append(code.float().cpu())
+    return torch.cat(codes)
+
+
+@torch.no_grad()
+def decode(model: nn.Module, codes: torch.Tensor, labels: torch.Tensor | None = None,
+           batch_size: int = 256) -> torch.Tensor:
+    """Images (N, C, H, W) in [0, 1] decoded from ``codes`` (and classes, for the CVAE)."""
+    model.eval()
+    device = next(model.parameters()).device
+    out = []
+    for start in range(0, len(codes), batch_size):
+        z = codes[start:start + batch_size].to(device)
+        if getattr(model, "conditional", False):
+            out.append(model.decode(z, labels[start:start + batch_size].to(device)).float().cpu())
+        else:
+            out.append(model.decode(z).float().cpu())
+    return torch.cat(out)
+
+
+@torch.no_grad()
+def reconstruct(model: nn.Module, images: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+    """Eval-mode reconstructions (the VAE decodes ``mu``)."""
+    return decode(model, encode(model, images, labels), labels)
+
+
+def fit_code_gaussian(codes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and standard deviation of each code dimension: the course's hint for sampling an
+    AE, ``z = mean + std * N(0, I)``, so samples look like the codes of real images."""
+    return codes.mean(0), codes.std(0)
+
+
+def sample_codes(n: int, latent: int, mean: torch.Tensor | None = None, std: torch.Tensor | None = None,
+                 seed: int = 0) -> torch.Tensor:
+    """``n`` codes from N(mean, diag(std^2)) (N(0, I), the VAE's prior, by default)."""
+    z = torch.randn(n, latent, generator=torch.Generator().manual_seed(seed))
+    if std is not None:
+        z = z * std
+    if mean is not None:
+        z = z + mean
+    return z
+
+
+def attribute_groups(scores, n: int = 15) -> tuple[np.ndarray, np.ndarray]:
+    """Indices of the ``n`` highest and the ``n`` lowest ``scores`` (e.g. the ``Smiling``
+    column): the course's "about 15 smiling and 15 non-smiling people"."""
+    scores = np.asarray(scores, dtype=float)
+    if len(scores) < 2 * n:
+        raise DataError(f"the attribute vector needs at least {2 * n} images with scores, got {len(scores)}")
+    order = np.argsort(-scores, kind="stable")
+    return order[:n].copy(), order[::-1][:n].copy()
+
+
+def attribute_vector(codes: torch.Tensor, scores, n: int = 15) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
+    """The course's smile vector ``mean(z_smile) - mean(z_sad)`` over the ``n`` most and least
+    smiling images (any attribute works the same); returns it and the two groups' indices."""
+    top, bottom = attribute_groups(scores, n)
+    return codes[top].mean(0) - codes[bottom].mean(0), top, bottom
+
+
+def nearest(index_codes, query_codes, k: int = 5) -> tuple[np.ndarray, np.ndarray]:
+    """Distances and indices (each (queries, k)) of the ``k`` nearest index codes to each query
+    in Euclidean latent distance (scikit-learn ``NearestNeighbors``; the course's
+    ``LSHForest`` was removed from scikit-learn in 0.21)."""
+    from sklearn.neighbors import NearestNeighbors
+
+    index_codes = np.asarray(index_codes, dtype=np.float64)
+    search = NearestNeighbors(n_neighbors=min(k, len(index_codes))).fit(index_codes)
+    return search.kneighbors(np.asarray(query_codes, dtype=np.float64).reshape(-1, index_codes.shape[1]))
+
+
+# -- saved models ------------------------------------------------------------------------------
+def save_model(path: str | os.PathLike, model: nn.Module, config: dict) -> Path:
+    """Weights and the config that rebuilds the model (``name``, ``shape``, ``latent``,
+    ``width``, ``dataset``): plain tensors and numbers, readable with ``weights_only=True``."""
+    path = Path(path)
+    torch.save({"config": dict(config), "state_dict": model.state_dict()}, path)
+    return path
+
+
+def load_model(run: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[nn.Module, dict]:
+    """The model saved in a run folder by ``hw_autoencoder.train``, in eval mode, and its config.
+
+    Raises:
+        DataError: no such run, no ``model.pt``, or a file that is not such a model.
+    """
+    run = Path(run)
+    if not run.is_dir():
+        raise DataError(f"--run {run}: folder does not exist")
+    path = run / MODEL_FILE
+    if not path.is_file():
+        raise DataError(f"{path}: not found (is {run} a hw_autoencoder.train run folder?)")
+    try:
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+        config = saved["config"]
+        model = build_model(config["name"], tuple(config["shape"]), config["latent"], config["width"],
+                            config.get("linear", False))
+        model.load_state_dict(saved["state_dict"])
+    except Exception as exc:
+        raise DataError(f"{path}: not a hw_autoencoder model ({type(exc).__name__}: {exc})") from None
+    return model.to(device).eval(), config
+
+
+def is_autoencoder(model: nn.Module) -> bool:
+    return isinstance(model, Autoencoder)

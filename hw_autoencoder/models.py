@@ -1,0 +1,259 @@
+"""The homework's models and the VAE's loss.
+
+- :class:`Autoencoder`: ``forward(x) -> (reconstruction, code)`` (Part 1; also the denoising AE).
+- :class:`VAE`: ``encode(x) -> (mu, logsigma)``, ``gaussian_sampler`` (a reparametrised sample
+  in train mode, ``mu`` in eval mode), ``decode(z)``, ``forward(x) -> (mu, logsigma,
+  reconstruction)`` (Part 2.1).
+- :class:`CVAE`: the same with the one-hot class joined to the encoder's input (as constant
+  image planes) and to the decoder's input (Part 2.3).
+
+All are convolutional and built for an image shape: 28x28 digits go down to 7x7, 64x64 faces
+to 4x4 (stride-2 4x4 convolutions; the decoder mirrors them with transposed convolutions).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+MODEL_NAMES = ("ae", "vae", "cvae", "denoise")
+
+
+def _downsamplings(size: int) -> int:
+    """Halvings of ``size`` while it stays even and above 4 (64 -> 4: four, 28 -> 7: two)."""
+    n = 0
+    while size % 2 == 0 and size > 4:
+        size //= 2
+        n += 1
+    return n
+
+
+class ConvEncoder(nn.Module):
+    """Image (C, H, W) -> ``out_features`` numbers: stride-2 convolutions with batch norm,
+    then a hidden fully connected layer."""
+
+    def __init__(self, shape: tuple[int, int, int], out_features: int, width: int = 32, hidden: int = 512):
+        super().__init__()
+        channels, size, _ = shape
+        layers = []
+        for i in range(_downsamplings(size)):
+            out = min(width * 2 ** i, 256)
+            layers += [nn.Conv2d(channels, out, 4, 2, 1, bias=False), nn.BatchNorm2d(out), nn.LeakyReLU(0.2)]
+            channels, size = out, size // 2
+        self.features = nn.Sequential(*layers)
+        self.head = nn.Sequential(nn.Flatten(), nn.Linear(channels * size * size, hidden), nn.LeakyReLU(0.2),
+                                  nn.Linear(hidden, out_features))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))
+
+
+class ConvDecoder(nn.Module):
+    """``in_features`` numbers -> image logits (C, H, W), mirroring :class:`ConvEncoder`."""
+
+    def __init__(self, in_features: int, shape: tuple[int, int, int], width: int = 32, hidden: int = 512):
+        super().__init__()
+        channels, size, _ = shape
+        n = _downsamplings(size)
+        widths = [min(width * 2 ** i, 256) for i in range(n)]
+        self.start = (widths[-1], size // 2 ** n, size // 2 ** n)
+        self.head = nn.Sequential(nn.Linear(in_features, hidden), nn.ReLU(),
+                                  nn.Linear(hidden, widths[-1] * self.start[1] * self.start[2]), nn.ReLU())
+        layers = []
+        for i in reversed(range(1, n)):
+            layers += [nn.ConvTranspose2d(widths[i], widths[i - 1], 4, 2, 1, bias=False),
+                       nn.BatchNorm2d(widths[i - 1]), nn.ReLU()]
+        layers.append(nn.ConvTranspose2d(widths[0], channels, 4, 2, 1))
+        self.features = nn.Sequential(*layers)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.features(self.head(z).view(-1, *self.start))
+
+
+class Autoencoder(nn.Module):
+    """Part 1's autoencoder: ``forward(x) -> (reconstruction in [0, 1], code)``.
+
+    With ``linear=True`` the code and the reconstruction each have a linear part fixed to
+    PCA's (:meth:`init_pca`: ``z = V^T (x - mean) + f(x)``, ``x' = mean + V z + g(z)``) and
+    the convolutional encoder ``f`` and decoder ``g`` learn what PCA misses. Their last layers
+    start at zero, so training starts from PCA's reconstructions with as many components
+    (Eckart-Young: the best linear code of that size) and can only add to them.
+    """
+
+    def __init__(self, shape: tuple[int, int, int] = (3, 64, 64), latent: int = 64, width: int = 32,
+                 linear: bool = False):
+        super().__init__()
+        self.shape, self.latent, self.linear = tuple(shape), latent, linear
+        self.encoder = ConvEncoder(shape, latent, width)
+        self.decoder = ConvDecoder(latent, shape, width)
+        if linear:
+            pixels = shape[0] * shape[1] * shape[2]
+            self.register_buffer("mean", torch.zeros(pixels))
+            self.register_buffer("components", torch.zeros(latent, pixels))
+            for layer in (self.encoder.head[-1], self.decoder.features[-1]):
+                nn.init.zeros_(layer.weight)
+                nn.init.zeros_(layer.bias)
+
+    @torch.no_grad()
+    def init_pca(self, images: torch.Tensor) -> None:
+        """Set the linear parts to the PCA of ``images`` (N, C, H, W): the mean image and the
+        top ``latent`` right singular vectors of the centred images."""
+        x = images.flatten(1).float().to(self.mean.device)
+        mean = x.mean(0)
+        _, _, vh = torch.linalg.svd(x - mean, full_matrices=False)
+        k = min(self.latent, vh.shape[0])
+        self.mean.copy_(mean)
+        self.components.zero_()
+        self.components[:k] = vh[:k]
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        code = self.encoder(x)
+        if self.linear:
+            code = code + (x.flatten(1) - self.mean) @ self.components.T
+        return code
+
+    def decode(self, code: torch.Tensor) -> torch.Tensor:
+        out = self.decoder(code)
+        if not self.linear:
+            return torch.sigmoid(out)
+        out = out + (self.mean + code @ self.components).view(-1, *self.shape)
+        return out if self.training else out.clamp(0, 1)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        code = self.encode(x)
+        return self.decode(code), code
+
+
+class VAE(nn.Module):
+    """Part 2.1's variational autoencoder (Kingma & Welling, 2014) with a Bernoulli decoder:
+    ``decode`` returns pixel probabilities, the reconstruction."""
+
+    conditional = False
+
+    def __init__(self, shape: tuple[int, int, int] = (1, 28, 28), latent: int = 20, width: int = 32,
+                 classes: int = 0):
+        super().__init__()
+        self.shape, self.latent, self.classes = tuple(shape), latent, classes
+        channels, h, w = shape
+        self.encoder = ConvEncoder((channels + classes, h, w), 2 * latent, width)
+        self.decoder = ConvDecoder(latent + classes, shape, width)
+
+    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        mu, logsigma = self.encoder(x).chunk(2, dim=1)
+        return mu, logsigma
+
+    def gaussian_sampler(self, mu: torch.Tensor, logsigma: torch.Tensor) -> torch.Tensor:
+        """``mu + sigma * eps`` (the reparametrisation trick) in train mode, ``mu`` in eval mode."""
+        if not self.training:
+            return mu
+        return mu + torch.exp(logsigma) * torch.randn_like(mu)
+
+    def decode_logits(self, z: torch.Tensor) -> torch.Tensor:
+        return self.decoder(z)
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(self.decode_logits(z))
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        mu, logsigma = self.encode(x)
+        return mu, logsigma, self.decode(self.gaussian_sampler(mu, logsigma))
+
+
+class CVAE(VAE):
+    """Part 2.3's conditional VAE: the one-hot class is joined to the encoder's input (ten
+    constant planes beside the image) and to the code given to the decoder."""
+
+    conditional = True
+
+    def __init__(self, shape: tuple[int, int, int] = (1, 28, 28), latent: int = 20, width: int = 32,
+                 classes: int = 10):
+        super().__init__(shape, latent, width, classes)
+
+    def one_hot(self, class_num: torch.Tensor) -> torch.Tensor:
+        return F.one_hot(class_num.long(), self.classes).float()
+
+    def encode(self, x: torch.Tensor, class_num: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        planes = self.one_hot(class_num)[:, :, None, None].expand(-1, -1, *x.shape[2:])
+        mu, logsigma = self.encoder(torch.cat([x, planes], dim=1)).chunk(2, dim=1)
+        return mu, logsigma, class_num
+
+    def decode_logits(self, z: torch.Tensor, class_num: torch.Tensor) -> torch.Tensor:
+        return self.decoder(torch.cat([z, self.one_hot(class_num)], dim=1))
+
+    def decode(self, z: torch.Tensor, class_num: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(self.decode_logits(z, class_num))
+
+    def forward(self, x: torch.Tensor, class_num: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        mu, logsigma, class_num = self.encode(x, class_num)
+        return mu, logsigma, self.decode(self.gaussian_sampler(mu, logsigma), class_num)
+
+
+def build_model(name: str, shape: tuple[int, int, int], latent: int, width: int = 32,
+                linear: bool = False) -> nn.Module:
+    """The model behind ``--model``: ``ae`` and ``denoise`` are :class:`Autoencoder` (with
+    PCA's linear parts when ``linear``)."""
+    if name in ("ae", "denoise"):
+        return Autoencoder(shape, latent, width, linear)
+    if name == "vae":
+        return VAE(shape, latent, width)
+    if name == "cvae":
+        return CVAE(shape, latent, width)
+    raise ValueError(f"unknown model {name!r}; expected one of {', '.join(MODEL_NAMES)}")
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+# -- the VAE's loss (the course's functions) ------------------------------------------------------
+def _reduce(values: torch.Tensor, reduction: str) -> torch.Tensor:
+    if reduction == "none":
+        return values
+    if reduction == "mean":
+        return values.mean()
+    if reduction == "sum":
+        return values.sum()
+    raise ValueError(f"reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
+
+
+def KL_divergence(mu: torch.Tensor, logsigma: torch.Tensor, reduction: str = "mean") -> torch.Tensor:  # noqa: N802
+    """KL(N(mu, sigma^2) || N(0, I)) in nats per sample, the course's formula
+    ``-1/2 sum_i (1 + log sigma_i^2 - mu_i^2 - sigma_i^2)`` with ``log sigma^2 = 2 logsigma``.
+
+    Shape: ``mu``, ``logsigma`` (N, D) -> (N,) for ``reduction="none"``, else a scalar.
+    """
+    kl = -0.5 * (1 + 2 * logsigma - mu.pow(2) - torch.exp(2 * logsigma)).sum(dim=1)
+    return _reduce(kl, reduction)
+
+
+def log_likelihood(x: torch.Tensor, reconstruction: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
+    """log p(x | z) of the Bernoulli decoder in nats per sample: ``sum x log r + (1 - x) log(1 - r)``
+    over the pixels, i.e. minus the summed binary cross-entropy (the course's ``loss(reconstruction,
+    x)`` with the sign that makes it a log-likelihood; logarithms are floored at -100 as in
+    ``torch.nn.functional.binary_cross_entropy``)."""
+    bce = F.binary_cross_entropy(reconstruction.float(), x.float(), reduction="none")
+    return _reduce(-bce.flatten(1).sum(dim=1), reduction)
+
+
+def loss_vae(x: torch.Tensor, mu: torch.Tensor, logsigma: torch.Tensor, reconstruction: torch.Tensor,
+             reduction: str = "mean") -> torch.Tensor:
+    """The negative ELBO to minimise: ``KL_divergence - log_likelihood`` (the course's
+    objective ``-D_KL + log p(x|z)`` with the sign flipped), nats per sample."""
+    return KL_divergence(mu, logsigma, reduction) - log_likelihood(x, reconstruction, reduction)
+
+
+def elbo_terms(model: VAE, x: torch.Tensor, labels: torch.Tensor | None = None,
+               generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+    """Per-sample ``rec`` (-log p(x|z)), ``kl`` and ``nelbo`` (their sum, the negative ELBO) with
+    one reparametrised sample of z, whatever the model's mode, so the figure is a proper
+    one-sample estimate of the bound in train and in eval mode alike."""
+    if model.conditional:
+        mu, logsigma, _ = model.encode(x, labels)
+    else:
+        mu, logsigma = model.encode(x)
+    eps = torch.randn(mu.shape, generator=generator, device="cpu" if generator is not None else mu.device)
+    z = mu + torch.exp(logsigma) * eps.to(mu.device)
+    reconstruction = model.decode(z, labels) if model.conditional else model.decode(z)
+    rec = -log_likelihood(x, reconstruction, reduction="none")
+    kl = KL_divergence(mu, logsigma, reduction="none")
+    return {"nelbo": rec + kl, "rec": rec, "kl": kl}

@@ -1,0 +1,189 @@
+"""Train an autoencoder on LFW faces, or a (conditional) VAE on MNIST digits.
+
+    python -m hw_autoencoder.train --model ae          # faces: AE, scored against PCA
+    python -m hw_autoencoder.train --model vae         # digits: VAE, negative ELBO in nats
+    python -m hw_autoencoder.train --model cvae        # digits: conditional VAE
+    python -m hw_autoencoder.train --model denoise     # faces: denoising AE (noise 0.5)
+
+``ae`` and ``denoise`` default to the faces (``$DLS_DATA/faces``), ``vae`` and ``cvae`` to the
+digits (``$DLS_DATA/mnist``); ``--dataset`` picks the other. The images are split once
+(``--split-seed``): 20 % held out for the final figures, 10 % of the rest to watch training.
+Epochs, batch size, learning rate and code size default to the recipe of the model (printed).
+The run folder gets history.csv, best.pt/last.pt, model.pt (the final weights, for evaluate,
+explore and sample), metrics.json (the held-out figures) and plots.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import time
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from core import cli
+from core.data import DataSource, resolve_data_root
+from core.device import echo
+from core.plots import image_grid, plot_history
+from core.trainer import Trainer
+
+from .data import ImageSet, builtin_digits, load_digits, load_faces, make_faces, split_indices
+from .evaluate import reconstruction_figure, score
+from .latent import MODEL_FILE, decode, encode, fit_code_gaussian, sample_codes, save_model
+from .models import MODEL_NAMES, build_model, count_parameters
+from .task import AutoencoderTask, VAETask
+
+DATASET_OF = {"ae": "faces", "denoise": "faces", "vae": "digits", "cvae": "digits"}
+RECIPES = {
+    "ae": dict(epochs=30, batch_size=32, lr=1e-3, latent=64),
+    "denoise": dict(epochs=30, batch_size=32, lr=1e-3, latent=64),
+    "vae": dict(epochs=20, batch_size=64, lr=1e-3, latent=20),
+    "cvae": dict(epochs=20, batch_size=64, lr=1e-3, latent=20),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = cli.make_parser("hw_autoencoder.train", __doc__.split("\n")[0])
+    parser.epilog = "options left at None take the model's recipe: " + "; ".join(
+        f"{name}: " + ", ".join(f"{k}={v}" for k, v in recipe.items()) for name, recipe in RECIPES.items())
+    cli.add_data_args(parser)
+    cli.add_training_args(parser, epochs=None, batch_size=None, lr=None)
+    group = parser.add_argument_group("autoencoder")
+    group.add_argument("--model", choices=MODEL_NAMES, default="ae", help="ae, vae, cvae or denoise")
+    group.add_argument("--dataset", choices=("faces", "digits"), default=None,
+                       help="faces for ae/denoise, digits for vae/cvae")
+    group.add_argument("--latent", type=int, default=None, help="code size; None: the recipe's (64 AE, 20 VAE)")
+    group.add_argument("--width", type=int, default=32, help="channels of the first convolution")
+    group.add_argument("--noise", type=float, default=0.5, help="denoise: the noise factor of X + f * N(0, 1)")
+    group.add_argument("--warmup-epochs", type=float, default=0.0,
+                       help="vae/cvae: epochs over which the KL weight rises from 0 to 1")
+    group.add_argument("--no-pca", action="store_true",
+                       help="ae/denoise: a plain convolutional AE, without the linear part fixed to PCA's")
+    group.add_argument("--no-flip", action="store_true", help="faces: no random horizontal flips in training")
+    group.add_argument("--n-images", type=int, default=600, help="number of generated faces when no faces are found")
+    group.add_argument("--split-seed", type=int, default=0, help="seed of the train/val/test split")
+    return parser
+
+
+def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Refuse bad values before any work, in argparse's one-line style."""
+    args.dataset = args.dataset or DATASET_OF[args.model]
+    for name in ("epochs", "batch_size", "latent", "width", "n_images"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            parser.error(f"--{name.replace('_', '-')}: must be at least 1, got {value}")
+    if args.lr is not None and not args.lr > 0:
+        parser.error(f"--lr: must be positive, got {args.lr}")
+    if args.noise < 0 or args.warmup_epochs < 0:
+        parser.error("--noise and --warmup-epochs must not be negative")
+    if args.model == "cvae" and args.dataset != "digits":
+        parser.error("--model cvae: needs the digits' classes (--dataset digits)")
+    for key, value in RECIPES[args.model].items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+
+
+def load_dataset(kind: str, data_dir=None, n_images: int = 600, announce: bool = True,
+                 builtin: bool = False) -> tuple[ImageSet, DataSource]:
+    """The faces or the digits: ``--data-dir``, else ``$DLS_DATA/faces|mnist``, else built-in
+    (``builtin=True``: the built-in set whatever is on disk, for runs trained on it)."""
+    faces = kind == "faces"
+    what = (f"{n_images} generated cartoon faces (built-in)" if faces
+            else "scikit-learn's 1797 8x8 digits drawn at 28x28 (built-in)")
+    if builtin:
+        source = DataSource(None, "built-in", f"data: {what}")
+        if announce:
+            echo(source.description)
+    else:
+        source = resolve_data_root("faces" if faces else "mnist", data_dir, what, announce)
+    if faces:
+        return (make_faces(n_images) if source.builtin else load_faces(source.root)), source
+    return (builtin_digits() if source.builtin else load_digits(source.root)), source
+
+
+class Images(Dataset):
+    """``(image, label)`` pairs, randomly flipped left-right when ``flip``."""
+
+    def __init__(self, data: ImageSet, flip: bool = False):
+        self.images, self.labels, self.flip = data.images, data.labels, flip
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i):
+        image = self.images[i]
+        if self.flip and torch.rand(()) < 0.5:
+            image = image.flip(-1)
+        return image, self.labels[i]
+
+
+def make_task(args, model, steps_per_epoch: int):
+    total = max(1, args.epochs * math.ceil(steps_per_epoch / args.accumulate))
+    if args.model in ("vae", "cvae"):
+        warmup = round(args.warmup_epochs * steps_per_epoch / args.accumulate)
+        return VAETask(model, lr=args.lr, warmup_steps=warmup, total_steps=total)
+    return AutoencoderTask(model, lr=args.lr, noise=args.noise if args.model == "denoise" else 0.0, total_steps=total)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = build_parser()
+    args = cli.parse_args(parser, argv)
+    check_args(parser, args)
+    data, source = load_dataset(args.dataset, args.data_dir, args.n_images)
+    echo(f"dataset: {data.description}")
+    if data.attrs is None and data.attrs_note:
+        echo(f"note: {data.attrs_note}")
+    train_ix, val_ix, test_ix = split_indices(len(data), args.split_seed)
+    train, val, test = data.subset(train_ix), data.subset(val_ix), data.subset(test_ix)
+    echo(f"split: {len(train)} train / {len(val)} val / {len(test)} held-out test (split seed {args.split_seed})")
+    echo("recipe: " + "  ".join(f"{k}={getattr(args, k)}" for k in RECIPES[args.model]) + f"  model={args.model}")
+    train_loader = DataLoader(Images(train, flip=args.dataset == "faces" and not args.no_flip),
+                              batch_size=args.batch_size, shuffle=True, num_workers=args.num_workers,
+                              drop_last=len(train) > args.batch_size)
+    val_loader = DataLoader(Images(val), batch_size=256, num_workers=args.num_workers)
+
+    torch.manual_seed(args.seed)
+    linear = args.model in ("ae", "denoise") and not args.no_pca
+    model = build_model(args.model, data.shape, args.latent, args.width, linear)
+    if linear:
+        model.init_pca(train.images)
+    echo(f"model: {type(model).__name__}, code size {args.latent}, {count_parameters(model):,} parameters")
+    task = make_task(args, model, len(train_loader) if args.limit_batches is None
+                     else min(len(train_loader), args.limit_batches))
+    args.data_root = str(source.root) if source.root else None
+    run = cli.RunDir.create("hw_autoencoder", args)
+    trainer = Trainer.from_args(args, run_dir=run.path, monitor="val_loss", mode="min")
+    start = time.perf_counter()
+    history = trainer.fit(task, train_loader, val_loader, resume=args.resume)
+    model = task.model.cpu().eval()
+    config = {"name": args.model, "shape": list(data.shape), "latent": args.latent, "width": args.width,
+              "dataset": args.dataset, "linear": linear, "noise": args.noise if args.model == "denoise" else 0.0}
+    save_model(run / MODEL_FILE, model, config)
+
+    metrics = {"epochs": len(history), "train_seconds": round(time.perf_counter() - start, 1),
+               "parameters": count_parameters(model)}
+    metrics.update({f"test_{k}": v for k, v in score(model, config, test, train, args.seed).items()})
+    run.save_metrics(metrics)
+    write_plots(run, model, config, train, test)
+    run.summary(metrics)
+    return metrics
+
+
+def write_plots(run: cli.RunDir, model, config: dict, train: ImageSet, test: ImageSet) -> None:
+    """Curves, held-out reconstructions and samples (the AE's from a Gaussian fitted to its
+    training codes, the VAE's from the prior N(0, I), the CVAE's one row per digit)."""
+    plot_history(run / "history.csv", run.plots / "history.png", title=config["name"])
+    reconstruction_figure(model, test, run.plots / "reconstructions.png", noise=config["noise"])
+    if getattr(model, "conditional", False):
+        labels = torch.arange(10).repeat_interleave(8)
+        samples = decode(model, sample_codes(80, model.latent), labels)
+    elif config["name"] == "vae":
+        samples = decode(model, sample_codes(64, model.latent))
+    else:
+        mean, std = fit_code_gaussian(encode(model, train.images))
+        samples = decode(model, sample_codes(32, model.latent, mean, std))
+    image_grid(samples, run.plots / "samples.png", ncols=8, cell_size=1.2)
+
+
+if __name__ == "__main__":
+    cli.run_command(lambda: main() and None)

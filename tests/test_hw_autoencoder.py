@@ -1,0 +1,388 @@
+"""hw_autoencoder: the VAE's loss against torch.distributions and hand values, the sampler, the
+smile vector and retrieval on hand-built data, the PCA start of the AE, a CVAE whose digits a
+classifier recognises, LFW/MNIST loading and bad input, and the four commands end to end."""
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from PIL import Image
+
+from core.data import DataError
+from core.errors import UserError
+from hw_autoencoder.data import builtin_digits, load_faces, make_faces, parse_photo_name, read_attributes
+from hw_autoencoder.latent import attribute_groups, attribute_vector, nearest
+from hw_autoencoder.models import CVAE, VAE, Autoencoder, KL_divergence, elbo_terms, log_likelihood, loss_vae
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Small models: a second intra-op thread costs more than it gives on a busy machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+# -- the VAE's loss ----------------------------------------------------------------------------
+def test_kl_divergence_matches_torch_distributions():
+    torch.manual_seed(0)
+    mu, logsigma = torch.randn(16, 5) * 2, torch.randn(16, 5)
+    q = torch.distributions.Normal(mu, torch.exp(logsigma))
+    p = torch.distributions.Normal(torch.zeros(5), torch.ones(5))
+    expected = torch.distributions.kl_divergence(q, p).sum(1)
+    torch.testing.assert_close(KL_divergence(mu, logsigma, reduction="none"), expected)
+    torch.testing.assert_close(KL_divergence(mu, logsigma), expected.mean())
+    assert KL_divergence(torch.zeros(3, 4), torch.zeros(3, 4)).item() == 0.0  # q equals the prior
+
+
+def test_log_likelihood_by_hand():
+    x = torch.tensor([[[[1.0, 0.0], [0.5, 1.0]]]])
+    r = torch.tensor([[[[0.9, 0.2], [0.5, 0.6]]]])
+    by_hand = math.log(0.9) + math.log(0.8) + (0.5 * math.log(0.5) + 0.5 * math.log(0.5)) + math.log(0.6)
+    assert log_likelihood(x, r).item() == pytest.approx(by_hand, rel=1e-6)
+    two = torch.cat([x, torch.ones_like(x)])
+    recon = torch.cat([r, torch.full_like(r, 0.5)])
+    per_image = log_likelihood(two, recon, reduction="none")
+    assert per_image.tolist() == pytest.approx([by_hand, 4 * math.log(0.5)], rel=1e-6)
+    assert loss_vae(two, torch.zeros(2, 3), torch.zeros(2, 3), recon).item() == pytest.approx(-per_image.mean().item())
+
+
+class FixedVAE(VAE):
+    """A tiny VAE with hand-set maps: mu = (mean pixel, 0), logsigma = (log 0.5, 0),
+    reconstruction = sigmoid(z1 + z2) in every pixel."""
+
+    def __init__(self):
+        super().__init__((1, 8, 8), latent=2, width=4)
+
+    def encode(self, x):
+        mean = x.flatten(1).mean(1)
+        mu = torch.stack([mean, torch.zeros_like(mean)], 1)
+        logsigma = torch.stack([torch.full_like(mean, math.log(0.5)), torch.zeros_like(mean)], 1)
+        return mu, logsigma
+
+    def decode(self, z):
+        return torch.sigmoid(z.sum(1))[:, None, None, None].expand(-1, 1, 2, 2)
+
+
+def test_elbo_of_a_fixed_tiny_model_by_hand():
+    model = FixedVAE()
+    x = torch.tensor([[[[1.0, 0.0], [1.0, 1.0]]]])          # mean pixel 0.75
+    eps = torch.randn(1, 2, generator=torch.Generator().manual_seed(3))
+    z = torch.tensor([0.75 + 0.5 * eps[0, 0].item(), eps[0, 1].item()])
+    r = 1 / (1 + math.exp(-(z[0] + z[1]).item()))
+    rec = -(3 * math.log(r) + math.log(1 - r))
+    kl = -0.5 * ((1 + 2 * math.log(0.5) - 0.75 ** 2 - 0.25) + (1 + 0 - 0 - 1))
+    terms = elbo_terms(model, x, generator=torch.Generator().manual_seed(3))
+    assert terms["rec"].item() == pytest.approx(rec, rel=1e-5)
+    assert terms["kl"].item() == pytest.approx(kl, rel=1e-6)
+    assert terms["nelbo"].item() == pytest.approx(rec + kl, rel=1e-5)
+
+
+def test_sampler_returns_mu_in_eval_and_a_gaussian_in_train():
+    model = VAE((1, 28, 28), latent=3, width=4)
+    mu = torch.tensor([[1.5, -2.0, 0.0]]).expand(20000, 3)
+    logsigma = torch.log(torch.tensor([[0.5, 1.0, 2.0]])).expand(20000, 3)
+    model.eval()
+    assert torch.equal(model.gaussian_sampler(mu, logsigma), mu)
+    x = torch.rand(2, 1, 28, 28)
+    first, second = model(x), model(x)
+    assert all(torch.equal(a, b) for a, b in zip(first, second))     # deterministic in eval mode
+    model.train()
+    torch.manual_seed(0)
+    z = model.gaussian_sampler(mu, logsigma)
+    # 20000 draws: the standard error of the mean is sigma / 141, of the std about sigma / 200
+    assert z.mean(0).tolist() == pytest.approx([1.5, -2.0, 0.0], abs=0.03)
+    assert z.std(0).tolist() == pytest.approx([0.5, 1.0, 2.0], rel=0.03)
+
+
+def test_cvae_joins_the_class_to_encoder_and_decoder():
+    torch.manual_seed(0)
+    model = CVAE((1, 28, 28), latent=4, width=4).eval()
+    x = torch.rand(2, 1, 28, 28)
+    mu3, _, _ = model.encode(x, torch.tensor([3, 3]))
+    mu5, _, classes = model.encode(x, torch.tensor([5, 5]))
+    assert classes.tolist() == [5, 5] and not torch.allclose(mu3, mu5)
+    z = torch.zeros(2, 4)
+    assert not torch.allclose(model.decode(z, torch.tensor([3, 3])), model.decode(z, torch.tensor([5, 5])))
+    mu, logsigma, reconstruction = model(x, torch.tensor([1, 2]))
+    assert mu.shape == logsigma.shape == (2, 4) and reconstruction.shape == (2, 1, 28, 28)
+
+
+def test_autoencoder_starts_as_pca_with_as_many_components():
+    from sklearn.decomposition import PCA
+
+    faces = make_faces(120, seed=1)
+    model = Autoencoder((3, 64, 64), latent=8, width=4, linear=True)
+    model.init_pca(faces.images[:100])
+    model.eval()
+    with torch.no_grad():
+        reconstruction, code = model(faces.images[100:])
+    pca = PCA(8).fit(faces.images[:100].flatten(1).numpy())
+    expected = pca.inverse_transform(pca.transform(faces.images[100:].flatten(1).numpy())).clip(0, 1)
+    np.testing.assert_allclose(reconstruction.flatten(1).numpy(), expected, atol=2e-4)
+    assert code.shape == (20, 8)
+
+
+# -- the smile vector and retrieval --------------------------------------------------------------
+def test_smile_vector_of_a_hand_built_table():
+    table = pd.DataFrame({"Smiling": [0.1, 2.5, -1.7, 1.9, -0.3, -2.2, 0.0, 3.0]})
+    top, bottom = attribute_groups(table["Smiling"], n=2)
+    assert top.tolist() == [7, 1] and bottom.tolist() == [5, 2]
+    codes = torch.arange(16, dtype=torch.float32).view(8, 2)       # code of image i: (2i, 2i + 1)
+    vector, _, _ = attribute_vector(codes, table["Smiling"], n=2)
+    # mean of images 7 and 1 minus mean of images 5 and 2: ((14 + 2) - (10 + 4)) / 2 = 1 in each dimension
+    assert vector.tolist() == [1.0, 1.0]
+    with pytest.raises(DataError, match="needs at least 10 images"):
+        attribute_groups(table["Smiling"], n=5)
+
+
+def test_retrieval_returns_the_query_first():
+    codes = torch.randn(50, 6, generator=torch.Generator().manual_seed(0))
+    distances, index = nearest(codes, codes[[7, 31]], k=4)
+    assert index[:, 0].tolist() == [7, 31] and distances[:, 0].tolist() == [0.0, 0.0]
+    assert (np.diff(distances, axis=1) >= 0).all()
+    brute = ((codes - codes[7]) ** 2).sum(1).sqrt().sort()
+    np.testing.assert_allclose(distances[0], brute.values[:4].numpy(), rtol=1e-5)
+
+
+# -- the CVAE learns the digits --------------------------------------------------------------------
+def test_cvae_digits_are_recognised_by_a_classifier(runs_root, monkeypatch):
+    """A 12-epoch CVAE on the built-in digits: a logistic regression trained on real digits
+    recognises the requested digit in 70 % or more of 10 samples per digit (chance: 10 %; about
+    90 % measured)."""
+    from hw_autoencoder.evaluate import score_cvae_samples
+    from hw_autoencoder.latent import load_model
+    from hw_autoencoder.train import main
+
+    monkeypatch.delenv("DLS_DATA", raising=False)
+    metrics = main(["--model", "cvae", "--epochs", "12", "--width", "16", "--latent", "8", "--lr", "2e-3",
+                    "--run-dir", str(runs_root / "cvae")])
+    assert metrics["test_sample_recognised"] >= 0.7
+    assert metrics["test_classifier_real_accuracy"] > 0.9
+    model, _ = load_model(runs_root / "cvae")
+    digits = builtin_digits()
+    again = score_cvae_samples(model, digits.subset(range(1000)), digits.subset(range(1000, 1797)))
+    assert again["sample_recognised"] >= 0.7
+
+
+# -- LFW loading and bad input -----------------------------------------------------------------------
+ATTRIBUTE_NAMES = ["Male", "Smiling"]
+
+
+def make_lfw(root, photos: dict[str, int], rows: list[tuple[str, int, float, float]] | None, size: int = 250):
+    """A tiny LFW: ``photos`` maps a person to a photo count; ``rows`` the attribute table
+    (None: no table). Photo j of a person is filled with the grey level 10 * j."""
+    for person, count in photos.items():
+        folder = root / "lfw" / person.replace(" ", "_")
+        folder.mkdir(parents=True, exist_ok=True)
+        for j in range(1, count + 1):
+            Image.new("RGB", (size, size), (10 * j,) * 3).save(folder / f"{person.replace(' ', '_')}_{j:04d}.jpg")
+    if rows is not None:
+        lines = ["# LFW attributes", "#\tperson\timagenum\t" + "\t".join(ATTRIBUTE_NAMES)]
+        lines += [f"{p}\t{n}\t{male}\t{smile}" for p, n, male, smile in rows]
+        (root / "lfw_attributes.txt").write_text("\n".join(lines) + "\n")
+    return root
+
+
+def test_photo_names_and_attribute_table(tmp_path):
+    assert parse_photo_name("lfw/George_W_Bush/George_W_Bush_0012.jpg") == ("George W Bush", 12)
+    make_lfw(tmp_path, {}, [("Ann Lee", 1, 0.5, -1.0), ("Bo Wu", 2, -0.2, 2.5)])
+    table = read_attributes(tmp_path / "lfw_attributes.txt")
+    assert table.columns.tolist() == ["person", "imagenum", "Male", "Smiling"]
+    assert table["imagenum"].tolist() == [1, 2] and table["Smiling"].tolist() == [-1.0, 2.5]
+
+
+def test_faces_are_merged_with_their_rows_and_cropped(tmp_path):
+    rows = [("Bo Wu", 2, 0.1, 2.0), ("Ann Lee", 1, 0.5, -1.0), ("Bo Wu", 1, 0.2, 0.5), ("Cy Ode", 1, 0, 0)]
+    make_lfw(tmp_path, {"Ann Lee": 1, "Bo Wu": 2}, rows)
+    faces = load_faces(tmp_path)
+    assert faces.images.shape == (3, 3, 64, 64) and faces.classes == ["Ann Lee", "Bo Wu"]
+    assert faces.names == ["Ann_Lee_0001.jpg", "Bo_Wu_0001.jpg", "Bo_Wu_0002.jpg"]
+    assert faces.attrs["Smiling"].tolist() == [-1.0, 0.5, 2.0]      # each photo its own row
+    assert faces.images[:, 0, 32, 32].tolist() == pytest.approx([10 / 255, 10 / 255, 20 / 255], abs=2 / 255)
+
+
+def test_a_photo_without_its_row_is_named(tmp_path):
+    make_lfw(tmp_path, {"Ann Lee": 2}, [("Ann Lee", 1, 0.5, -1.0)])
+    with pytest.raises(DataError, match=r"no attribute row for 1 photo\(s\): .*Ann_Lee_0002.jpg"):
+        load_faces(tmp_path)
+
+
+def test_missing_attribute_table_leaves_the_rest_working(tmp_path):
+    make_lfw(tmp_path, {"Ann Lee": 2}, None)
+    faces = load_faces(tmp_path)
+    assert faces.attrs is None and "lfw_attributes.txt: attribute table not found (the smile vector needs it)" \
+        in faces.attrs_note and len(faces) == 2
+
+
+def test_images_of_mixed_sizes_are_refused(tmp_path):
+    make_lfw(tmp_path, {"Ann Lee": 1}, None)
+    make_lfw(tmp_path, {"Bo Wu": 1}, None, size=200)
+    with pytest.raises(DataError, match="Bo_Wu_0001.jpg: image of size 200x200, the others are 250x250"):
+        load_faces(tmp_path)
+
+
+def test_attribute_table_with_a_short_row_is_named(tmp_path):
+    make_lfw(tmp_path, {"Ann Lee": 1}, [("Ann Lee", 1, 0.5, -1.0)])
+    path = tmp_path / "lfw_attributes.txt"
+    path.write_text(path.read_text() + "Bo Wu\t1\t0.3\n")
+    with pytest.raises(DataError, match=r"lfw_attributes.txt: 1 row\(s\) with missing or extra scores, first on line 4"):
+        read_attributes(path)
+
+
+# -- the commands end to end ---------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def face_run(tmp_path_factory):
+    """A quick AE run on 80 generated faces (module-wide: the explore tests share it)."""
+    from hw_autoencoder.train import main
+
+    root = tmp_path_factory.mktemp("face-run")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.delenv("DLS_DATA", raising=False)
+        metrics = main(["--model", "ae", "--n-images", "80", "--epochs", "2", "--latent", "8", "--width", "8",
+                        "--run-dir", str(root / "ae")])
+    return root / "ae", metrics
+
+
+def test_train_writes_the_run_folder_and_beats_the_mean_face(face_run):
+    run, metrics = face_run
+    for name in ("args.json", "history.csv", "best.pt", "last.pt", "model.pt", "metrics.json",
+                 "plots/history.png", "plots/reconstructions.png", "plots/samples.png"):
+        assert (run / name).is_file(), name
+    saved = json.loads((run / "metrics.json").read_text())
+    assert saved == pytest.approx(metrics) and saved["test_images"] == 16
+    assert saved["test_mse"] <= saved["test_pca_mse"] * 1.001 < saved["test_mean_image_mse"]
+    assert saved["test_mse_vs_pca"] == pytest.approx(saved["test_mse"] / saved["test_pca_mse"])
+
+
+def test_evaluate_scores_the_held_out_images_as_train_did(face_run, monkeypatch):
+    from hw_autoencoder.evaluate import main
+
+    monkeypatch.delenv("DLS_DATA", raising=False)
+    run, train_metrics = face_run
+    metrics = main(["--run", str(run), "--run-dir", str(run.parent / "eval")])
+    assert metrics["images"] == 16
+    for key in ("pca_mse", "mean_image_mse"):      # the same 16 images: the same baselines
+        assert metrics[key] == pytest.approx(train_metrics[f"test_{key}"], rel=1e-5)
+    assert metrics["mse"] == pytest.approx(train_metrics["test_mse"], rel=1e-3)   # kernels may differ a little
+
+
+def test_explore_writes_a_figure_per_request(face_run, monkeypatch):
+    from hw_autoencoder.explore import main
+
+    monkeypatch.delenv("DLS_DATA", raising=False)
+    run, _ = face_run
+    written = main(["--run", str(run), "--smile", "--group", "5", "--tsne", "--retrieve", "test:3", "--denoise"])
+    assert [p.name for p in written] == ["samples.png", "reconstructions.png", "smile.png", "tsne.png",
+                                         "retrieval.png", "denoise.png"]
+    again = main(["--run", str(run)])
+    assert [p.name for p in again] == ["samples-2.png", "reconstructions-2.png"]   # nothing overwritten
+    assert all(p.stat().st_size > 0 for p in written + again)
+
+
+def test_sample_writes_one_png_per_sample(face_run, tmp_path, monkeypatch):
+    from hw_autoencoder.sample import main
+
+    monkeypatch.delenv("DLS_DATA", raising=False)
+    run, _ = face_run
+    paths = main(["--run", str(run), "--n", "5", "--out", str(tmp_path / "s")])
+    assert [p.name for p in paths] == [f"sample_{i:04d}.png" for i in range(5)]
+    assert np.asarray(Image.open(paths[0])).shape == (64, 64, 3)
+    with pytest.raises(UserError, match="exists and is not an empty folder"):
+        main(["--run", str(run), "--n", "5", "--out", str(tmp_path / "s")])
+
+
+@pytest.fixture(scope="module")
+def digit_runs(tmp_path_factory):
+    from hw_autoencoder.train import main
+
+    root = tmp_path_factory.mktemp("digit-runs")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.delenv("DLS_DATA", raising=False)
+        for model in ("vae", "cvae"):
+            main(["--model", model, "--dry-run", "--width", "8", "--latent", "4", "--run-dir", str(root / model)])
+    return root
+
+
+def test_vae_metrics_are_the_elbo_terms(digit_runs):
+    metrics = json.loads((digit_runs / "vae" / "metrics.json").read_text())
+    assert metrics["test_nelbo"] == pytest.approx(metrics["test_rec"] + metrics["test_kl"])
+    assert metrics["test_kl"] >= 0 and metrics["test_rec"] > 0
+    history = pd.read_csv(digit_runs / "vae" / "history.csv")
+    assert {"train_rec", "train_kl", "val_rec", "val_kl", "val_nelbo"} <= set(history.columns)
+
+
+def test_digit_requests(digit_runs, tmp_path, monkeypatch):
+    from hw_autoencoder.explore import main as explore
+    from hw_autoencoder.sample import main as sample
+
+    monkeypatch.delenv("DLS_DATA", raising=False)
+    written = explore(["--run", str(digit_runs / "cvae"), "--digit", "7", "--tsne"])
+    assert [p.name for p in written][2:] == ["digit-7.png", "tsne.png"]
+    paths = sample(["--run", str(digit_runs / "cvae"), "--n", "3", "--digit", "7", "--out", str(tmp_path / "sevens")])
+    assert np.asarray(Image.open(paths[0])).shape == (28, 28)
+    with pytest.raises(UserError, match="--digit 12: unknown digit, expected 0-9"):
+        explore(["--run", str(digit_runs / "cvae"), "--digit", "12"])
+    with pytest.raises(UserError, match=f"--digit: needs a cvae run; {digit_runs / 'vae'} is a vae run"):
+        explore(["--run", str(digit_runs / "vae"), "--digit", "3"])
+    with pytest.raises(UserError, match="--digit: needs a cvae run"):
+        sample(["--run", str(digit_runs / "vae"), "--digit", "3", "--out", str(tmp_path / "x")])
+    with pytest.raises(UserError, match="--smile: needs a run trained on faces"):
+        explore(["--run", str(digit_runs / "vae"), "--smile"])
+
+
+def test_smile_without_the_attribute_table_says_it_needs_it(tmp_path, monkeypatch):
+    from hw_autoencoder.explore import main as explore
+    from hw_autoencoder.train import main as train
+
+    monkeypatch.delenv("DLS_DATA", raising=False)
+    make_lfw(tmp_path / "lfw-root", {"Ann Lee": 6, "Bo Wu": 6}, None)
+    train(["--data-dir", str(tmp_path / "lfw-root"), "--dry-run", "--latent", "4", "--width", "4",
+           "--run-dir", str(tmp_path / "run")])
+    written = explore(["--run", str(tmp_path / "run"), "--tsne"])           # the rest runs
+    assert written[-1].name == "tsne.png"
+    with pytest.raises(DataError, match="lfw_attributes.txt: attribute table not found .the smile vector needs it"):
+        explore(["--run", str(tmp_path / "run"), "--smile"])
+
+
+def test_bad_input_is_one_line_with_exit_status_2(tmp_path):
+    import subprocess
+    import sys
+
+    missing = subprocess.run([sys.executable, "-m", "hw_autoencoder.explore", "--run", str(tmp_path / "nope")],
+                             capture_output=True, text=True)
+    assert missing.returncode == 2 and missing.stderr.strip() == f"error: --run {tmp_path / 'nope'}: folder does not exist"
+    bad = subprocess.run([sys.executable, "-m", "hw_autoencoder.train", "--latent", "0"], capture_output=True, text=True)
+    assert bad.returncode == 2 and bad.stderr.strip().endswith("error: --latent: must be at least 1, got 0")
+    cvae = subprocess.run([sys.executable, "-m", "hw_autoencoder.train", "--model", "cvae", "--dataset", "faces"],
+                          capture_output=True, text=True)
+    assert cvae.returncode == 2 and "--model cvae: needs the digits' classes" in cvae.stderr
+
+
+# -- real data ------------------------------------------------------------------------------------
+@pytest.mark.realdata
+def test_vae_on_real_mnist_improves_its_elbo(dls_data, runs_root):
+    from hw_autoencoder.train import main
+    from tests.conftest import real_dataset
+
+    metrics = main(["--model", "vae", "--data-dir", str(real_dataset(dls_data, "mnist")), "--epochs", "3",
+                    "--limit-batches", "40", "--width", "16", "--run-name", "vae"])
+    history = pd.read_csv(runs_root / "hw_autoencoder" / "vae" / "history.csv")
+    assert history["val_nelbo"].iloc[-1] < history["val_nelbo"].iloc[0] - 15     # nats per image
+    assert metrics["test_images"] == 2000 and metrics["test_nelbo"] < 200
+
+
+@pytest.mark.realdata
+def test_ae_on_real_faces_beats_the_mean_face_and_its_pca_start(dls_data, runs_root):
+    from hw_autoencoder.train import main
+    from tests.conftest import real_dataset
+
+    metrics = main(["--model", "ae", "--data-dir", str(real_dataset(dls_data, "faces")), "--epochs", "1",
+                    "--limit-batches", "12", "--width", "16", "--run-name", "ae"])
+    assert metrics["test_images"] == 280
+    assert metrics["test_mse"] < metrics["test_pca_mse"] < 0.5 * metrics["test_mean_image_mse"]
