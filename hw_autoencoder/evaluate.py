@@ -6,7 +6,7 @@ components) or the negative ELBO in nats per image (VAE models).
 On the data the run was trained on, only its held-out test images are scored (the split is
 rebuilt from ``args.json``); on any other data set, every image. PCA is fitted on the run's
 own training images. Writes ``metrics.json`` and a reconstruction figure into ``--run-dir``
-(default ``<run>/eval-<data folder name>``).
+(default ``<run>/eval-<data folder name>-<timestamp>``).
 """
 from __future__ import annotations
 
@@ -124,7 +124,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--run", required=True, help="run folder written by hw_autoencoder.train")
     parser.add_argument("--data-dir", default=None,
                         help="faces or MNIST root; default the run's data ($DLS_DATA/<name>, else built-in)")
-    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, mps")
+    parser.add_argument("--device", type=cli.device_name, default="auto", help="auto, cpu, cuda, mps")
     parser.add_argument("--seed", type=int, default=0, help="seed of the noise draws")
     cli.add_run_args(parser)
     args = cli.parse_args(parser, argv)
@@ -133,9 +133,8 @@ def main(argv: list[str] | None = None) -> dict:
     train, test, source, same = run_data(args.run, config, args.data_dir)
     echo(f"model: {config['name']} (latent {config['latent']}) from {args.run}; scoring "
          + (f"the {len(test)} held-out test images" if same else f"all {len(test)} images"))
-    if args.run_dir is None:
-        args.run_dir = str(Path(args.run) / f"eval-{source.root.name if source.root else 'builtin'}")
-    run = cli.RunDir.create("hw_autoencoder", args)
+    run = cli.RunDir.create("hw_autoencoder", args, parent=Path(args.run),
+                            prefix=f"eval-{source.root.name if source.root else 'builtin'}-")
     metrics = score(model, config, test, train, args.seed)
     run.save_metrics(metrics)
     reconstruction_figure(model, test, run.plots / "reconstructions.png", noise=config.get("noise", 0.0))
@@ -173,4 +172,4 @@ def run_data(run, config: dict, data_dir=None) -> tuple[ImageSet | None, ImageSe
 
 
 if __name__ == "__main__":
-    cli.run_command(lambda: main() and None)
+    cli.run_command(main)

@@ -39,14 +39,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--data-dir", default=None, help="data to explore; default the run's")
     parser.add_argument("--smile", action="store_true", help="faces moved along the smile vector")
     parser.add_argument("--attribute", default="Smiling", help="--smile: the attribute column to use")
-    parser.add_argument("--group", type=int, default=15, help="--smile: images in each group (most / least)")
+    parser.add_argument("--group", type=cli.positive_int, default=15, help="--smile: images in each group (most / least)")
     parser.add_argument("--digit", type=int, default=None, help="CVAE: ten samples of this digit")
     parser.add_argument("--tsne", action="store_true", help="2-D t-SNE of the held-out codes, coloured by class")
     parser.add_argument("--retrieve", default=None, metavar="IMAGE",
                         help="nearest training images of this photo (a file, or test:N for held-out image N)")
     parser.add_argument("--denoise", action="store_true", help="noisy vs denoised held-out faces")
-    parser.add_argument("--noise", type=float, default=0.5, help="--denoise: noise factor (default 0.5)")
-    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, mps")
+    parser.add_argument("--noise", type=cli.nonneg_float, default=0.5, help="--denoise: noise factor (default 0.5)")
+    parser.add_argument("--device", type=cli.device_name, default="auto", help="auto, cpu, cuda, mps")
     parser.add_argument("--seed", type=int, default=0, help="seed of the samples and the noise")
     return parser
 
@@ -72,8 +72,6 @@ def check_requests(args, config: dict, model) -> None:
         raise UserError(f"--smile: needs a run trained on faces; {run} was trained on {config['dataset']}")
     if args.denoise and not isinstance(model, Autoencoder):
         raise UserError(f"--denoise: needs an ae or denoise run; {run} is a {config['name']} run")
-    if args.group < 1 or args.noise < 0:
-        raise UserError("--group must be at least 1 and --noise not negative")
 
 
 def samples_figure(model, config: dict, train: ImageSet, path: Path, seed: int) -> Path:
@@ -182,4 +180,4 @@ def main(argv: list[str] | None = None) -> list[Path]:
 
 
 if __name__ == "__main__":
-    cli.run_command(lambda: main() and None)
+    cli.run_command(main)

@@ -50,14 +50,12 @@ def write_pngs(images: torch.Tensor, folder: Path, prefix: str = "sample") -> li
 def main(argv: list[str] | None = None) -> list[Path]:
     parser = cli.make_parser("hw_autoencoder.sample", "Write samples of a trained run as PNG files.")
     parser.add_argument("--run", required=True, help="run folder written by hw_autoencoder.train")
-    parser.add_argument("--n", type=int, default=64, help="number of samples")
-    parser.add_argument("--digit", type=int, default=None, help="CVAE: the digit to sample")
+    parser.add_argument("--n", type=cli.positive_int, default=64, help="number of samples")
+    parser.add_argument("--digit", type=cli.nonneg_int, default=None, help="CVAE: the digit to sample")
     parser.add_argument("--out", required=True, help="a new or empty folder for the PNG files")
     parser.add_argument("--seed", type=int, default=0, help="seed of the codes")
-    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, mps")
+    parser.add_argument("--device", type=cli.device_name, default="auto", help="auto, cpu, cuda, mps")
     args = cli.parse_args(parser, argv)
-    if args.n < 1:
-        parser.error(f"--n: must be at least 1, got {args.n}")
     out = Path(args.out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise UserError(f"--out {out}: exists and is not an empty folder (samples are never overwritten)")
@@ -75,4 +73,4 @@ def main(argv: list[str] | None = None) -> list[Path]:
 
 
 if __name__ == "__main__":
-    cli.run_command(lambda: main() and None)
+    cli.run_command(main)

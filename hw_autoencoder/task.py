@@ -15,11 +15,11 @@ from .models import VAE, KL_divergence, elbo_terms, log_likelihood
 class AutoencoderTask(Task):
     """Reconstruction MSE per pixel; with ``noise > 0`` the input is ``x + noise * N(0, 1)`` and
     the target the clean ``x`` (the course's denoising bonus). Adam with a cosine schedule over
-    ``total_steps`` optimiser steps."""
+    the run's optimiser steps."""
 
-    def __init__(self, model: nn.Module, lr: float = 1e-3, noise: float = 0.0, total_steps: int | None = None):
+    def __init__(self, model: nn.Module, lr: float = 1e-3, noise: float = 0.0):
         super().__init__()
-        self.model, self.lr, self.noise, self.total_steps = model, lr, noise, total_steps
+        self.model, self.lr, self.noise = model, lr, noise
 
     def inputs(self, images: torch.Tensor) -> torch.Tensor:
         return add_noise(images, self.noise) if self.noise else images
@@ -35,22 +35,23 @@ class AutoencoderTask(Task):
         return {"loss": F.mse_loss(reconstruction.float(), images, reduction="none").flatten(1).mean(1)}
 
     def configure_optimizers(self):
-        return _adam_cosine(self.model, self.lr, self.total_steps)
+        return _adam_cosine(self.model, self.lr, self.trainer.estimated_stepping_batches)
 
 
 class VAETask(Task):
     """Minimises the negative ELBO ``rec + beta * kl`` per image (nats), ``rec = -log p(x|z)``;
-    ``beta`` rises linearly from 0 to 1 over the first ``warmup_steps`` optimiser steps (KL
-    annealing, Bowman et al. 2016), then stays 1. Validation reports the full bound (beta 1)."""
+    ``beta`` rises linearly from 0 to 1 over the first ``warmup`` share of the run's optimiser
+    steps (KL annealing, Bowman et al. 2016), then stays 1. Validation reports the full bound."""
 
-    def __init__(self, model: VAE, lr: float = 1e-3, warmup_steps: int = 0, total_steps: int | None = None):
+    def __init__(self, model: VAE, lr: float = 1e-3, warmup: float = 0.0):
         super().__init__()
-        self.model, self.lr, self.warmup_steps, self.total_steps = model, lr, warmup_steps, total_steps
+        self.model, self.lr, self.warmup = model, lr, warmup
 
     @property
     def beta(self) -> float:
-        step = self._trainer.global_step if self._trainer is not None else 0
-        return min(1.0, step / self.warmup_steps) if self.warmup_steps else 1.0
+        if not self.warmup or self._trainer is None:
+            return 1.0
+        return min(1.0, self.global_step / (self.warmup * self.trainer.estimated_stepping_batches))
 
     def _terms(self, batch) -> dict[str, torch.Tensor]:
         images, labels = batch[0], batch[1]
@@ -70,12 +71,10 @@ class VAETask(Task):
         return {"loss": terms["nelbo"], **terms}
 
     def configure_optimizers(self):
-        return _adam_cosine(self.model, self.lr, self.total_steps)
+        return _adam_cosine(self.model, self.lr, self.trainer.estimated_stepping_batches)
 
 
-def _adam_cosine(model: nn.Module, lr: float, total_steps: int | None):
+def _adam_cosine(model: nn.Module, lr: float, total_steps: int):
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
-    if not total_steps:
-        return optimizer
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total_steps, eta_min=lr * 0.02)
     return {"optimizer": optimizer, "scheduler": scheduler, "interval": "step"}

@@ -15,7 +15,6 @@ explore and sample), metrics.json (the held-out figures) and plots.
 from __future__ import annotations
 
 import argparse
-import math
 import time
 
 import torch
@@ -52,30 +51,23 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument("--model", choices=MODEL_NAMES, default="ae", help="ae, vae, cvae or denoise")
     group.add_argument("--dataset", choices=("faces", "digits"), default=None,
                        help="faces for ae/denoise, digits for vae/cvae")
-    group.add_argument("--latent", type=int, default=None, help="code size; None: the recipe's (64 AE, 20 VAE)")
-    group.add_argument("--width", type=int, default=32, help="channels of the first convolution")
-    group.add_argument("--noise", type=float, default=0.5, help="denoise: the noise factor of X + f * N(0, 1)")
-    group.add_argument("--warmup-epochs", type=float, default=0.0,
-                       help="vae/cvae: epochs over which the KL weight rises from 0 to 1")
+    group.add_argument("--latent", type=cli.positive_int, default=None, help="code size; None: the recipe's (64 AE, 20 VAE)")
+    group.add_argument("--width", type=cli.positive_int, default=32, help="channels of the first convolution")
+    group.add_argument("--noise", type=cli.nonneg_float, default=0.5, help="denoise: the noise factor of X + f * N(0, 1)")
+    group.add_argument("--warmup", type=cli.probability, default=0.0,
+                       help="vae/cvae: share of the run over which the KL weight rises from 0 to 1")
     group.add_argument("--no-pca", action="store_true",
                        help="ae/denoise: a plain convolutional AE, without the linear part fixed to PCA's")
     group.add_argument("--no-flip", action="store_true", help="faces: no random horizontal flips in training")
-    group.add_argument("--n-images", type=int, default=600, help="number of generated faces when no faces are found")
+    group.add_argument("--n-images", type=cli.int_at_least(10), default=600, help="number of generated faces when no faces are found")
     group.add_argument("--split-seed", type=int, default=0, help="seed of the train/val/test split")
     return parser
 
 
 def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
-    """Refuse bad values before any work, in argparse's one-line style."""
+    """Refuse option combinations that cannot work, in argparse's one-line style, and fill the
+    options left at None from the model's recipe."""
     args.dataset = args.dataset or DATASET_OF[args.model]
-    for name in ("epochs", "batch_size", "latent", "width", "n_images"):
-        value = getattr(args, name)
-        if value is not None and value < 1:
-            parser.error(f"--{name.replace('_', '-')}: must be at least 1, got {value}")
-    if args.lr is not None and not args.lr > 0:
-        parser.error(f"--lr: must be positive, got {args.lr}")
-    if args.noise < 0 or args.warmup_epochs < 0:
-        parser.error("--noise and --warmup-epochs must not be negative")
     if args.model == "cvae" and args.dataset != "digits":
         parser.error("--model cvae: needs the digits' classes (--dataset digits)")
     for key, value in RECIPES[args.model].items():
@@ -117,12 +109,10 @@ class Images(Dataset):
         return image, self.labels[i]
 
 
-def make_task(args, model, steps_per_epoch: int):
-    total = max(1, args.epochs * math.ceil(steps_per_epoch / args.accumulate))
+def make_task(args, model):
     if args.model in ("vae", "cvae"):
-        warmup = round(args.warmup_epochs * steps_per_epoch / args.accumulate)
-        return VAETask(model, lr=args.lr, warmup_steps=warmup, total_steps=total)
-    return AutoencoderTask(model, lr=args.lr, noise=args.noise if args.model == "denoise" else 0.0, total_steps=total)
+        return VAETask(model, lr=args.lr, warmup=args.warmup)
+    return AutoencoderTask(model, lr=args.lr, noise=args.noise if args.model == "denoise" else 0.0)
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -148,11 +138,11 @@ def main(argv: list[str] | None = None) -> dict:
     if linear:
         model.init_pca(train.images)
     echo(f"model: {type(model).__name__}, code size {args.latent}, {count_parameters(model):,} parameters")
-    task = make_task(args, model, len(train_loader) if args.limit_batches is None
-                     else min(len(train_loader), args.limit_batches))
+    task = make_task(args, model)
     args.data_root = str(source.root) if source.root else None
-    run = cli.RunDir.create("hw_autoencoder", args)
-    trainer = Trainer.from_args(args, run_dir=run.path, monitor="val_loss", mode="min")
+    run = cli.RunDir.reserve("hw_autoencoder", args)
+    trainer = Trainer.from_args(args, run_dir=run.path, monitor="val_loss", mode="min",
+                                callbacks=[run.start_callback(args)])
     start = time.perf_counter()
     history = trainer.fit(task, train_loader, val_loader, resume=args.resume)
     model = task.model.cpu().eval()
@@ -186,4 +176,4 @@ def write_plots(run: cli.RunDir, model, config: dict, train: ImageSet, test: Ima
 
 
 if __name__ == "__main__":
-    cli.run_command(lambda: main() and None)
+    cli.run_command(main)

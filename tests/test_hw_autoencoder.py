@@ -358,7 +358,7 @@ def test_bad_input_is_one_line_with_exit_status_2(tmp_path):
                              capture_output=True, text=True)
     assert missing.returncode == 2 and missing.stderr.strip() == f"error: --run {tmp_path / 'nope'}: folder does not exist"
     bad = subprocess.run([sys.executable, "-m", "hw_autoencoder.train", "--latent", "0"], capture_output=True, text=True)
-    assert bad.returncode == 2 and bad.stderr.strip().endswith("error: --latent: must be at least 1, got 0")
+    assert bad.returncode == 2 and bad.stderr.strip().endswith("error: argument --latent: expected an integer >= 1, got '0'")
     cvae = subprocess.run([sys.executable, "-m", "hw_autoencoder.train", "--model", "cvae", "--dataset", "faces"],
                           capture_output=True, text=True)
     assert cvae.returncode == 2 and "--model cvae: needs the digits' classes" in cvae.stderr
@@ -374,7 +374,7 @@ def test_vae_on_real_mnist_improves_its_elbo(dls_data, runs_root):
                     "--limit-batches", "40", "--width", "16", "--run-name", "vae"])
     history = pd.read_csv(runs_root / "hw_autoencoder" / "vae" / "history.csv")
     assert history["val_nelbo"].iloc[-1] < history["val_nelbo"].iloc[0] - 15     # nats per image
-    assert metrics["test_images"] == 2000 and metrics["test_nelbo"] < 200
+    assert metrics["test_images"] == 2000 and metrics["test_nelbo"] < 300   # 543 nats: all pixels 0.5
 
 
 @pytest.mark.realdata
