@@ -201,10 +201,6 @@ def build_model(name: str, shape: tuple[int, int, int], latent: int, width: int 
     raise ValueError(f"unknown model {name!r}; expected one of {', '.join(MODEL_NAMES)}")
 
 
-def count_parameters(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters() if p.requires_grad)
-
-
 # -- the VAE's loss (the course's functions) ------------------------------------------------------
 def _reduce(values: torch.Tensor, reduction: str) -> torch.Tensor:
     if reduction == "none":

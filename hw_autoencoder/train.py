@@ -23,13 +23,14 @@ from torch.utils.data import DataLoader, Dataset
 from core import cli
 from core.data import DataSource, resolve_data_root
 from core.device import echo
+from core.inference import count_parameters
 from core.plots import image_grid, plot_history
 from core.trainer import Trainer
 
 from .data import ImageSet, builtin_digits, load_digits, load_faces, make_faces, split_indices
 from .evaluate import reconstruction_figure, score
 from .latent import MODEL_FILE, decode, encode, fit_code_gaussian, sample_codes, save_model
-from .models import MODEL_NAMES, build_model, count_parameters
+from .models import MODEL_NAMES, build_model
 from .task import AutoencoderTask, VAETask
 
 DATASET_OF = {"ae": "faces", "denoise": "faces", "vae": "digits", "cvae": "digits"}
