@@ -81,6 +81,24 @@ class WaitingPredictor(Predictor):
 
 
 @pytest.fixture(scope="module")
+def classify_run(tmp_path_factory) -> Path:
+    """A small ``hw_classify.train`` run: one epoch on the built-in shapes (5 classes) at 32 px."""
+    from hw_classify import train
+
+    run_dir = tmp_path_factory.mktemp("classify") / "shapes"
+    train.main(["--size", "32", "--n-per-class", "12", "--epochs", "1", "--width", "8", "--batch-size", "16",
+                "--run-dir", str(run_dir)])
+    return run_dir
+
+
+def shape_image(path: Path, seed: int = 0) -> Path:
+    from hw_classify.data import make_shapes
+
+    Image.fromarray(make_shapes(1, 45, seed=seed).test_images[0]).save(path)
+    return path
+
+
+@pytest.fixture(scope="module")
 def segment_client(segment_run):
     with TestClient(create_app([load_predictor(segment_run)])) as client:
         yield client
@@ -114,6 +132,24 @@ def test_segment_prediction_equals_the_predict_command(segment_client, segment_r
     assert response.json() == command
     mask = decode_png(response.json()["mask_png"])
     assert mask.shape == (60, 90) and response.json()["area"] == (mask > 0).sum()
+
+
+def test_classification_prediction_equals_the_predict_command(classify_run, tmp_path):
+    from hw_classify import predict
+
+    path = shape_image(tmp_path / "shape.png")
+    predict.main(["--run", str(classify_run), str(path), "--run-dir", str(tmp_path / "out")])
+    command = json.loads((tmp_path / "out" / "predictions.json").read_text())[str(path)]
+    with TestClient(create_app([load_predictor(classify_run)])) as client:
+        (model,) = client.get("/models").json()["models"]
+        assert (model["name"], model["homework"], model["kind"]) == ("shapes", "hw_classify", "classification")
+        assert model["classes"] == ["circle", "square", "triangle", "cross", "ring"]
+        assert model["metrics"] == json.loads((classify_run / "metrics.json").read_text())
+        response = upload(client, "shapes", path.read_bytes(), "shape.png")
+    assert response.status_code == 200 and response.json() == command
+    probabilities = [c["probability"] for c in command["classes"]]
+    assert len(probabilities) == 5 and probabilities == sorted(probabilities, reverse=True)
+    assert sum(probabilities) == pytest.approx(1, abs=1e-5) and command["label"] == command["classes"][0]["label"]
 
 
 @pytest.mark.parametrize("name, data, status, message", [
@@ -235,7 +271,7 @@ def test_bounded_load_on_loopback(segment_run):
           f"p95 {latencies[189] * 1000:.1f} ms (shared CPU)")
 
 
-def test_the_page_in_a_real_browser(segment_run, tmp_path):
+def test_the_page_in_a_real_browser(segment_run, classify_run, tmp_path):
     if CHROMIUM is None:
         if os.environ.get("CI"):
             pytest.fail("chromium is not installed: .ci/run should have installed it")
@@ -245,9 +281,11 @@ def test_the_page_in_a_real_browser(segment_run, tmp_path):
     path = tmp_path / "lesion.png"
     Image.fromarray(lesion_image(120, 90, seed=4)).save(path)
     (tmp_path / "notes.txt").write_text("not an image")
-    predictor = load_predictor(segment_run)
+    predictor, classifier = load_predictor(segment_run), load_predictor(classify_run)
     expected = predictor.predict(Image.open(path).convert("RGB"))
-    with running_server(create_app([predictor])) as url, sync_playwright() as p:
+    shape = shape_image(tmp_path / "shape.png", seed=1)
+    top5 = classifier.predict(Image.open(shape).convert("RGB"))["classes"][:5]
+    with running_server(create_app([predictor, classifier])) as url, sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
         try:
             page = browser.new_page(viewport={"width": 1100, "height": 620})
@@ -271,6 +309,15 @@ def test_the_page_in_a_real_browser(segment_run, tmp_path):
             page.set_input_files("#file", str(tmp_path / "notes.txt"))
             page.wait_for_function("() => $('error').textContent.length > 0")
             assert "not an image" in page.text_content("#error")
+            # the classifier: its top-5 classes as bars, most likely first
+            page.select_option("#model", "shapes")
+            assert "circle, square, triangle, cross, ring" in page.text_content("#info")
+            page.set_input_files("#file", str(shape))
+            page.wait_for_selector("#summary[data-kind=classification]")
+            bars = page.eval_on_selector_all("#bars .bar", "rows => rows.map(r => [r.querySelector('.name')"
+                                             ".textContent, r.querySelector('.value').textContent])")
+            assert bars == [[c["label"], f"{100 * c['probability']:.1f} %"] for c in top5]
+            page.screenshot(path=str(tmp_path / "classification.png"))
         finally:
             browser.close()
     assert (tmp_path / "page.png").stat().st_size > 10_000
