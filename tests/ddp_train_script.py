@@ -2,6 +2,7 @@
 
 Usage: python ddp_train_script.py RUN_DIR BATCH_SIZE_PER_PROCESS
        python ddp_train_script.py --run-folder REPORT_DIR   (a timestamped run folder; each rank reports it)
+       python ddp_train_script.py --taken-folder REPORT_DIR RUN_DIR   (each rank reports the refusal)
 The homework-side code has no DDP in it: the Trainer adds the sampler and the wrapper.
 """
 import sys
@@ -67,8 +68,30 @@ def make_run_folder(report_dir: str) -> None:
     barrier()
 
 
+def refuse_taken_folder(report_dir: str, taken: str) -> None:
+    """Every rank asks for ``taken``, a folder that holds a run: each must get rank 0's refusal
+    (none may wait forever on the broadcast, none may use the folder)."""
+    import argparse
+    import os
+    from pathlib import Path
+
+    from core.cli import RunDir
+    from core.device import barrier
+    from core.errors import UserError
+
+    try:
+        RunDir.reserve("ddp_demo", argparse.Namespace(run_dir=taken, run_name=None, overwrite=False, resume=None))
+        outcome = "accepted"
+    except UserError as exc:
+        outcome = str(exc)
+    Path(report_dir, f"rank{os.environ.get('RANK')}.txt").write_text(outcome + "\n")
+    barrier()
+
+
 if __name__ == "__main__" and sys.argv[1] == "--run-folder":
     make_run_folder(sys.argv[2])
+elif __name__ == "__main__" and sys.argv[1] == "--taken-folder":
+    refuse_taken_folder(sys.argv[2], sys.argv[3])
 elif __name__ == "__main__":
     run_dir, batch_size = sys.argv[1], int(sys.argv[2])
     train = DataLoader(dataset(64, 0), batch_size=batch_size, shuffle=False)

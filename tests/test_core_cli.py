@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 import threading
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -287,3 +290,22 @@ def test_args_json_is_written_when_fit_starts_and_not_by_a_failed_resume(tmp_pat
     # the same model resumes, and args.json now says 3 epochs
     fit(["--run-dir", str(run_dir), "--epochs", "3", "--resume", str(run_dir / "last.pt")], Line())
     assert json.loads((run / "args.json").read_text())["epochs"] == 3
+
+
+@pytest.mark.slow
+def test_under_torchrun_every_rank_gets_rank_0s_refusal(tmp_path):
+    taken, reports = tmp_path / "taken", tmp_path / "reports"
+    taken.mkdir()
+    reports.mkdir()
+    (taken / "args.json").write_text("{}")
+    here = Path(__file__).parent
+    env = {**os.environ, "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(here.parent), os.environ.get("PYTHONPATH")]))}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           str(here / "ddp_train_script.py"), "--taken-folder", str(reports), str(taken)]
+    result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    outcomes = {p.stem: p.read_text().strip() for p in reports.iterdir()}
+    assert sorted(outcomes) == ["rank0", "rank1"] and outcomes["rank0"] == outcomes["rank1"]
+    assert outcomes["rank0"].startswith(f"--run-dir {taken}: the folder already holds a run")
+    assert sorted(p.name for p in taken.iterdir()) == ["args.json"]
