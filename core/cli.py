@@ -59,6 +59,7 @@ from .errors import UserError
 
 RUNS_ROOT_ENV = "DLS_RUNS"
 ARGS_FILE = "args.json"
+_unstarted: set[Path] = set()  # run folders this process created and has not started yet
 
 
 def run_command(main: Callable[..., object], argv: list[str] | None = None) -> None:
@@ -66,8 +67,9 @@ def run_command(main: Callable[..., object], argv: list[str] | None = None) -> N
 
     A :class:`~core.errors.UserError` (bad input or option; :class:`core.data.DataError` is
     one) is printed as one line, ``error: <message>``, with exit status 2; Ctrl-C exits with
-    status 130. ``main`` is called with ``argv`` when it is given (tests), else with no
-    argument. Use it as::
+    status 130. Either way, a run folder the command created but never started (no file in
+    it yet) is removed again. ``main`` is called with ``argv`` when it is given (tests), else
+    with no argument. Use it as::
 
         if __name__ == "__main__":
             cli.run_command(main)
@@ -75,12 +77,22 @@ def run_command(main: Callable[..., object], argv: list[str] | None = None) -> N
     try:
         main() if argv is None else main(argv)
     except UserError as exc:
+        _remove_unstarted()
         print(f"error: {exc}", file=sys.stderr, flush=True)
         raise SystemExit(2) from None
     except KeyboardInterrupt:
+        _remove_unstarted()
         print("interrupted", file=sys.stderr, flush=True)
         raise SystemExit(130) from None
     raise SystemExit(0)
+
+
+def _remove_unstarted() -> None:
+    """Delete the run folders this process created and never started, if still without files."""
+    while _unstarted:
+        path = _unstarted.pop()
+        if path.is_dir() and not _holds_files(path):
+            shutil.rmtree(path, ignore_errors=True)
 
 
 # -- option checks: argparse `type=` functions ------------------------------------------------
@@ -427,7 +439,10 @@ class RunDir:
         decision = (None, None)
         if is_main_process():
             try:
-                decision = (str(_claim(homework, args, name, parent, prefix)), None)
+                path, created = _claim(homework, args, name, parent, prefix)
+                decision = (str(path), None)
+                if created:
+                    _unstarted.add(path)
             except UserError as exc:
                 decision = (None, str(exc))
         path, error = broadcast_object(decision, device)
@@ -448,6 +463,7 @@ class RunDir:
     def start(self, args: argparse.Namespace) -> Path:
         """The run really starts: save the final arguments as ``args.json`` (rank 0 only), with
         ``"homework"`` (which package wrote the run: see :mod:`core.predictor`) and the command."""
+        _unstarted.discard(self.path)
         return self.save_json(ARGS_FILE, {**vars(args), "homework": self.homework, "command": " ".join(sys.argv)})
 
     def start_callback(self, args: argparse.Namespace):
@@ -513,8 +529,9 @@ class RunDir:
             print("  metrics: " + "  ".join(f"{k}={_fmt(v)}" for k, v in metrics.items()))
 
 
-def _claim(homework: str, args, name: str | None, parent, prefix: str) -> Path:
-    """Rank 0's half of :meth:`RunDir.reserve`: pick, check and create the folder."""
+def _claim(homework: str, args, name: str | None, parent, prefix: str) -> tuple[Path, bool]:
+    """Rank 0's half of :meth:`RunDir.reserve`: pick, check and create the folder; also
+    whether it was created now."""
     root = Path(parent) if parent is not None else runs_root() / homework
     run_dir = getattr(args, "run_dir", None)
     chosen = getattr(args, "run_name", None) or name
@@ -523,10 +540,11 @@ def _claim(homework: str, args, name: str | None, parent, prefix: str) -> Path:
     elif chosen:
         path, flag = root / chosen, f"--run-name {chosen} ({root / chosen})"
     else:
-        return _claim_unique(root, prefix)
+        return _claim_unique(root, prefix), True
     _check_named(path, flag, getattr(args, "resume", None), bool(getattr(args, "overwrite", False)))
+    created = not path.exists()
     _make_folder(path, flag, exist_ok=True)
-    return path
+    return path, created
 
 
 def _claim_unique(root: Path, prefix: str) -> Path:

@@ -215,6 +215,21 @@ def test_a_folder_that_is_not_a_run_is_never_emptied(tmp_path, cli_error):
     assert demo_main(["--run-dir", str(empty)]).path == empty
 
 
+def test_a_run_that_fails_before_it_starts_leaves_no_folder(tmp_path, runs_root, cli_error):
+    def fails_after_reserving(argv):
+        args = cli.parse_args(make_parser(), argv)
+        cli.RunDir.reserve("hw_demo", args)
+        raise UserError("bad.pt: a checkpoint of another model")
+
+    assert cli_error(fails_after_reserving, []) == "error: bad.pt: a checkpoint of another model"
+    assert cli_error(fails_after_reserving, ["--run-name", "named"]).endswith("another model")
+    assert list((runs_root / "hw_demo").iterdir()) == []
+    mine = tmp_path / "mine"
+    mine.mkdir()  # a folder that existed before is the user's: kept
+    cli_error(fails_after_reserving, ["--run-dir", str(mine)])
+    assert mine.is_dir()
+
+
 def test_unwritable_output_folder_is_one_line(tmp_path, cli_error):
     blocker = tmp_path / "file"
     blocker.write_text("x")
