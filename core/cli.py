@@ -39,7 +39,8 @@ atomic ``mkdir``; under ``torchrun`` rank 0 decides and every rank gets its answ
 unless ``--resume`` reads a checkpoint inside it (the run continues there) or ``--overwrite``
 is given (the folder must hold a run, i.e. an ``args.json``; it is emptied first).
 ``--config FILE`` (JSON or YAML) sets defaults; flags given on the command line still win, and
-the final arguments are saved as ``args.json`` (as in timm's train.py).
+the final arguments are saved as ``args.json`` (as in timm's train.py), which works as a
+``--config`` for a new run (give it a new ``--run-name``).
 """
 from __future__ import annotations
 
@@ -59,6 +60,7 @@ from .errors import UserError
 
 RUNS_ROOT_ENV = "DLS_RUNS"
 ARGS_FILE = "args.json"
+RECORD_KEYS = ("homework", "command")  # written into args.json beside the options
 _unstarted: set[Path] = set()  # run folders this process created and has not started yet
 
 
@@ -382,6 +384,9 @@ def parse_args(parser: argparse.ArgumentParser, argv: list[str] | None = None) -
         except UserError as exc:
             parser.error(str(exc))
         actions = {action.dest: action for action in parser._actions if action.dest != "help"}
+        for key in RECORD_KEYS:  # a run's args.json works as a config: what start() adds is not an option
+            if key not in actions:
+                config.pop(key, None)
         unknown = sorted(set(config) - set(actions))
         if unknown:
             parser.error(f"--config {pre.config}: unknown option(s) {', '.join(unknown)}")

@@ -104,6 +104,13 @@ def test_config_values_are_converted_like_typed_values(tmp_path):
     assert (args.lr, args.precision, args.batch_size, args.deterministic, args.grad_clip) == (1e-3, "32", 6, True, None)
 
 
+def test_a_runs_args_json_is_a_config_for_the_next_run(runs_root):
+    first = demo_main(["--run-name", "first", "--lr", "0.5", "--loss", "bce"])
+    args = cli.parse_args(make_parser(), ["--config", str(first / "args.json"), "--run-name", "second"])
+    assert (args.lr, args.loss, args.run_name) == (0.5, "bce", "second")
+    assert cli.RunDir.create("hw_demo", args).path == runs_root / "hw_demo" / "second"
+
+
 def test_missing_or_broken_config_is_one_line(tmp_path, cli_error):
     assert cli_error(demo_main, ["--config", str(tmp_path / "no.yaml")]).endswith("no.yaml: file not found")
     broken = tmp_path / "b.json"
