@@ -225,6 +225,16 @@ def test_short_unet_run_on_real_ph2_beats_trivial_predictions(dls_data, tmp_path
 
 
 # -- commands end to end ---------------------------------------------------------------------
+def _model_of(checkpoint, name: str, width: int) -> torch.nn.Module:
+    """``name`` at ``width`` with the weights of a training checkpoint, built without the commands."""
+    from core.trainer import inference_weights, load_checkpoint
+
+    model = build_model(name, width)
+    weights = inference_weights(load_checkpoint(checkpoint))
+    model.load_state_dict({k.removeprefix("model."): v for k, v in weights.items() if k.startswith("model.")})
+    return model.eval()
+
+
 def test_train_and_evaluate_commands_write_their_reports(tmp_path, monkeypatch):
     monkeypatch.delenv("DLS_DATA", raising=False)
     from hw_segment import evaluate, train
@@ -239,14 +249,28 @@ def test_train_and_evaluate_commands_write_their_reports(tmp_path, monkeypatch):
     assert saved == metrics
     for key in ("val_iou", "test_iou", "val_dice", "test_score", "epochs", "seconds_per_epoch"):
         assert key in saved
-    assert 0.0 <= saved["test_iou"] <= 1.0 and saved["epochs"] == 1
+    assert saved["epochs"] == 1
+    # the reported IoUs are those of the run's model (last.pt) on its test and val cases, recomputed here
+    from core.inference import predict
+    from hw_segment.task import score_logits
+    from hw_segment.train import split_data
+
+    _, val, test = split_data(make_lesions(24, 32, seed=0), 0)
+    model = _model_of(run_dir / "last.pt", "unet2", 4)
+    for name, split in (("test", test), ("val", val)):
+        scores = score_logits(predict(model, split.images), split.masks)
+        assert saved[f"{name}_iou"] == pytest.approx(scores["iou"].mean().item(), abs=2e-4)
+        assert saved[f"{name}_dice"] == pytest.approx(scores["dice"].mean().item(), abs=2e-4)
 
     fake = _fake_ph2(tmp_path / "other")
     out = tmp_path / "eval"
     scores = evaluate.main(["--run", str(run_dir), "--data-dir", str(tmp_path / "other"), "--run-dir", str(out)])
     saved = json.loads((out / "metrics.json").read_text())
     assert saved == scores and saved["cases"] == 4
-    assert 0.0 <= saved["iou"] <= 1.0 and 0.0 <= saved["score"] <= 1.0
+    fake_data = load_ph2(tmp_path / "other", size=32)
+    scores = score_logits(predict(model, fake_data.images), fake_data.masks)
+    assert saved["iou"] == pytest.approx(scores["iou"].mean().item(), abs=2e-4)
+    assert saved["score"] == pytest.approx(scores["score"].mean().item(), abs=2e-4)
     rows = (out / "per_case.csv").read_text().splitlines()
     assert rows[0].startswith("case,") and len(rows) == 5 and rows[1].startswith("IMD001,")
     assert fake.is_dir()
