@@ -58,7 +58,21 @@ checkpoints under their ``state_key`` (the class name by default), never by posi
 ``None`` otherwise (only ``last.pt`` is written, no early stopping).
 
 Checkpoints hold tensors and plain Python values only, and are read with
-``torch.load(weights_only=True)``: a file that would run code when loaded is refused.
+``torch.load(weights_only=True)``: a file that would run code when loaded is refused, and so
+are a missing file and a checkpoint of another model (:class:`core.errors.UserError`, one line
+naming the file). A resume continues the same run: changed optimiser settings (``--lr``, ...)
+are refused, and so are ``--epochs`` or batch options that no longer match an LR schedule
+sized to the run; ``--patience``, ``--device``, ``--threads``, ``--num-workers`` may change.
+``history.csv`` is written after the epoch's checkpoint, atomically. Ctrl-C during ``fit``
+prints the last checkpoint and the command that resumes from it.
+
+``time_limit`` (``--time-limit MINUTES``) fits the number of epochs, and the length of a
+``OneCycleLR`` or ``CosineAnnealingLR``, to the budget from the measured epoch time, and
+ends the run inside it, saving as a normal end does.
+
+Under DDP (``torchrun``) each process reads its shard (a user's sampler, e.g.
+``WeightedRandomSampler``, is sharded, not replaced); parameters registered on the task
+itself are refused (DDP could not synchronise them).
 """
 from __future__ import annotations
 
