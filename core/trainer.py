@@ -318,10 +318,11 @@ class Trainer:
         threads: CPU threads for PyTorch's kernels (``None``: leave PyTorch's setting).
         time_limit: minutes the fit may take. After the first epoch the number of epochs is
             fitted to the budget from that epoch's wall time, and length-dependent LR schedules
-            (``OneCycleLR``, ``CosineAnnealingLR``) are resized to match; later epochs only
-            shrink the plan if they run slower. ``max_epochs`` then only sizes the first epoch's
-            schedule. If the budget runs out inside an epoch, that epoch ends early and the run
-            ends as a normal one does (validation, checkpoints).
+            (``OneCycleLR``, ``CosineAnnealingLR``) are resized to match; the second epoch
+            may correct the plan either way, later epochs only shrink it if they run slower.
+            ``max_epochs`` then only sizes the first epoch's schedule. If the budget runs out
+            inside an epoch, that epoch ends early and the run ends as a normal one does
+            (validation, checkpoints).
     """
 
     def __init__(self, max_epochs: int = 10, run_dir: str | os.PathLike | None = None,
@@ -782,16 +783,17 @@ class Trainer:
 
     def _fit_to_time_limit(self) -> None:
         """Fit ``max_epochs`` to what is left of the budget, from the recent epochs' wall time
-        (start to start, so checkpoint writing counts). After the first epoch the plan may grow
-        or shrink; later it only shrinks (a busy machine), so the LR never jumps back up."""
+        (start to start, so checkpoint writing counts). After the first and second epochs the
+        plan may grow or shrink; later it only shrinks (a busy machine), so the LR of a one-cycle
+        schedule's decay never jumps back up."""
         now = _clock()
         window = self._epoch_starts[-3:] + [now]
         recent = [b - a for a, b in zip(window, window[1:])]
         epoch_seconds = sorted(recent)[len(recent) // 2]
         remaining = self._deadline - now
         fitted = self.epoch + max(0, math.floor(0.95 * remaining / epoch_seconds))
-        first_fit = len(self._epoch_starts) == 1
-        planned = fitted if first_fit else min(self.max_epochs, fitted)
+        early = len(self._epoch_starts) <= 2  # the first epoch carries one-time costs: the second may correct it
+        planned = fitted if early else min(self.max_epochs, fitted)
         if planned != self.max_epochs:
             self.log(f"time limit: {planned} epochs fit in {self.time_limit:g} min "
                      f"({epoch_seconds:.1f} s per epoch, {remaining / 60:.1f} min left); the LR schedule follows")
