@@ -381,6 +381,10 @@ class Trainer:
         self._batch_index = 0
         self._deadline: float | None = None   # perf_counter() by which fit must end (time_limit)
         self._epoch_starts: list[float] = []
+        self._train_end: float | None = None
+        self._tail_seconds = 0.0     # time an epoch spends after its training batches
+        self._batch_start: float | None = None
+        self._batch_seconds = 0.0
         self._optimizer_settings: list[list[dict]] = []
 
     @classmethod
@@ -541,12 +545,15 @@ class Trainer:
         epoch = self.epoch + 1
         start = _clock()
         self._epoch_starts.append(start)
+        if self._train_end is not None:  # validation, checkpoints and logging of the last epoch
+            self._tail_seconds = start - self._train_end
         sampler = getattr(train_loader, "sampler", None)
         if hasattr(sampler, "set_epoch"):
             sampler.set_epoch(epoch)
         for cb in self.callbacks:
             cb.on_train_epoch_start(self, task)
         metrics = {f"train_{k}": v for k, v in self._train_epoch(task, train_loader, epoch).items()}
+        self._train_end = _clock()
         if val_loader is not None:
             for cb in self.callbacks:
                 cb.on_validation_start(self, task)
@@ -582,6 +589,7 @@ class Trainer:
         n_batches = self._num_batches(loader)
         if n_batches == 0:
             raise ValueError("the training loader is empty (no batches): check the dataset size and batch size")
+        self._batch_start = None
         batch_hooks = [cb for cb in self.callbacks if type(cb).on_train_batch_end is not Callback.on_train_batch_end]
         sums: dict[str, float] = {}
         count = 0
@@ -590,9 +598,9 @@ class Trainer:
         for i, batch in enumerate(loader):
             if i >= n_batches:
                 break
-            if self._deadline is not None and _clock() > self._deadline:
-                self.log(f"time limit: the budget of {self.time_limit:g} min ran out after {i} batches of epoch "
-                         f"{epoch}; ending the run")
+            if self._deadline is not None and self._out_of_time():
+                self.log(f"time limit: the budget of {self.time_limit:g} min ends after {i} batches of epoch "
+                         f"{epoch} (time kept for validation and checkpoints); ending the run")
                 self.should_stop = True
                 break
             self._batch_index = i
@@ -780,6 +788,16 @@ class Trainer:
                                 f"({saved_steps} optimiser steps), these options give {self.max_epochs} epochs "
                                 f"({self.estimated_stepping_batches} steps); resume with --epochs {saved_epochs} "
                                 "and the run's batch options, or start a new run")
+
+    def _out_of_time(self) -> bool:
+        """Whether one more batch (as long as the previous one) and the epoch's validation and
+        checkpoints (as long as the last epoch's) would end past the deadline. The batches it
+        skips are the last of a one-cycle schedule, at an LR near zero."""
+        now = _clock()
+        if self._batch_start is not None:
+            self._batch_seconds = now - self._batch_start
+        self._batch_start = now
+        return now + self._batch_seconds + self._tail_seconds > self._deadline
 
     def _fit_to_time_limit(self) -> None:
         """Fit ``max_epochs`` to what is left of the budget, from the recent epochs' wall time

@@ -264,17 +264,17 @@ class TwoPlayers(Task):
 def test_manual_optimisation_two_optimisers(tmp_path):
     data = TensorDataset(torch.randn(64, 2) + 3.0)
     task = TwoPlayers()
-    before = {k: v.clone() for k, v in task.state_dict().items()}
+    keys = set(task.state_dict())
     trainer = Trainer(max_epochs=2, run_dir=tmp_path, monitor=None, device="cpu", progress=False,
                       log_every_epoch=False)
     history = trainer.fit(task, DataLoader(data, batch_size=16), DataLoader(data, batch_size=32))
     assert trainer.global_step == 8  # 4 batches x 2 epochs, counted on the first optimiser
     assert {"train_loss_d", "train_loss_g", "val_d_real", "lr", "lr1"} <= set(history[-1])
-    for key, value in task.state_dict().items():
-        assert not torch.equal(value, before[key]), f"{key} was not updated"
+    # the updates themselves are checked against a hand computation in
+    # test_discriminator_update_comes_from_its_own_loss_alone; here: both Adam states are saved
     checkpoint = load_checkpoint(tmp_path / "last.pt")
-    assert len(checkpoint["optimizers"]) == 2
-    assert set(checkpoint["task"]) == set(before)
+    assert [state["state"][0]["step"].item() for state in checkpoint["optimizers"]] == [8, 8]
+    assert set(checkpoint["task"]) == keys
 
 
 def test_non_finite_loss_raises():
@@ -933,6 +933,7 @@ def test_time_limit_shrinks_the_plan_when_epochs_slow_down(monkeypatch):
 
 
 def test_time_limit_ends_inside_an_epoch_that_overruns(monkeypatch):
-    """A 2-minute epoch in a 0.1-minute budget: the epoch stops at the first batch past 6 s."""
+    """4 s batches in a 0.1-minute (6 s) budget: after the first batch (4 s) a second would end
+    at 8 s, so the epoch ends there and the run ends inside the budget."""
     trainer, clock = fit_against_clock(monkeypatch, lambda epoch: 4.0, minutes=0.1)
-    assert trainer.epoch == 1 and trainer.global_step == 2 and clock.now - 1000.0 == 8.0
+    assert (trainer.epoch, trainer.global_step, clock.now - 1000.0) == (1, 1, 4.0)
