@@ -708,7 +708,7 @@ class Trainer:
             "rng": rng_state(),
             "monitor": self.monitor,
             "best_score": self.best_score,
-            "estimated_stepping_batches": self.estimated_stepping_batches,
+            "estimated_stepping_batches": self.estimated_stepping_batches if self.train_loader is not None else None,
             "optimizer_settings": self._optimizer_settings,
         }
         for cb in self.callbacks:
