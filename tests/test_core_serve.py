@@ -20,7 +20,8 @@ import torch
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from core.predictor import Predictor, classification_result, decode_png, generation_result, load_predictor
+from core.predictor import (Predictor, classification_result, decode_png, detection_result, generation_result,
+                            load_predictor)
 from core.serve import create_app, running_server
 from test_core_predictor import lesion_image, png_bytes, png_header
 
@@ -63,6 +64,16 @@ class NoiseGenerator(Predictor):
 
     def generate(self, seed=0, count=16):
         return generation_result(torch.rand(count, 3, 4, 4, generator=torch.Generator().manual_seed(seed)), seed)
+
+
+class FixedBoxes(Predictor):
+    """One helmet at (10, 10)-(60, 50) in every image."""
+
+    def __init__(self, run_dir):
+        super().__init__(run_dir, "detection", classes=["helmet", "head"])
+
+    def predict(self, image):
+        return detection_result([[10, 10, 60, 50]], [0.9], ["helmet"], image.width, image.height)
 
 
 class WaitingPredictor(Predictor):
@@ -285,7 +296,8 @@ def test_the_page_in_a_real_browser(segment_run, classify_run, tmp_path):
     expected = predictor.predict(Image.open(path).convert("RGB"))
     shape = shape_image(tmp_path / "shape.png", seed=1)
     top5 = classifier.predict(Image.open(shape).convert("RGB"))["classes"][:5]
-    with running_server(create_app([predictor, classifier])) as url, sync_playwright() as p:
+    others = [FixedBoxes(fake_run(tmp_path, "boxes")), NoiseGenerator(fake_run(tmp_path, "noise"))]
+    with running_server(create_app([predictor, classifier, *others])) as url, sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
         try:
             page = browser.new_page(viewport={"width": 1100, "height": 620})
@@ -318,6 +330,25 @@ def test_the_page_in_a_real_browser(segment_run, classify_run, tmp_path):
                                              ".textContent, r.querySelector('.value').textContent])")
             assert bars == [[c["label"], f"{100 * c['probability']:.1f} %"] for c in top5]
             page.screenshot(path=str(tmp_path / "classification.png"))
+            # a detector: the boxes drawn on the image
+            page.select_option("#model", "boxes")
+            page.set_input_files("#file", str(path))
+            page.wait_for_selector("#summary[data-kind=detection]")
+            assert page.text_content("#summary") == "1 box(es); helmet 0.90"
+            edge = page.evaluate("() => Array.from($('view').getContext('2d').getImageData(10, 30, 1, 1).data)")
+            assert edge[:3] == [255, 42, 42]                          # the box's left side, #ff2a2a
+            page.screenshot(path=str(tmp_path / "detection.png"))
+            # a generator: a seed in, the grid of samples out
+            page.select_option("#model", "noise")
+            assert page.is_hidden("#uploader") and page.is_visible("#generator")
+            page.fill("#seed", "5")
+            page.fill("#count", "4")
+            page.click("#generate")
+            page.wait_for_selector("#summary[data-kind=generation]")
+            assert page.text_content("#summary") == "4 samples from seed 5"
+            grid = others[1].generate(5, 4)["grid_png"]
+            assert page.get_attribute("#grid", "src") == "data:image/png;base64," + grid
+            page.screenshot(path=str(tmp_path / "generation.png"))
         finally:
             browser.close()
     assert (tmp_path / "page.png").stat().st_size > 10_000
