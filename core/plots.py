@@ -202,5 +202,39 @@ def embedding_scatter(points, labels: Sequence, path: str | os.PathLike, title: 
     ax.set_xticks([])
     ax.set_yticks([])
     ax.set_title(title)
+
+
+def box_overlays(images: Sequence, truths: Sequence[dict] | None, preds: Sequence[dict], path: str | os.PathLike,
+                 class_names: Sequence[str], titles: Sequence[str] | None = None, ncols: int = 3,
+                 score_threshold: float = 0.3) -> Path:
+    """Images with true boxes (dashed green) and predicted boxes scoring at least
+    ``score_threshold`` (solid, one colour per class, labelled with class and score).
+
+    Boxes are dicts ``{"boxes": (N, 4) x1 y1 x2 y2, "labels": (N,)[, "scores": (N,)]}`` in
+    the image's pixels; ``truths`` may be ``None`` (predictions only)."""
+    n = len(images)
+    ncols = max(1, min(ncols, n))
+    nrows = max(1, (n + ncols - 1) // ncols)
+    colours = plt.get_cmap("tab10")
+    fig, axes = plt.subplots(nrows, ncols, figsize=(4.2 * ncols, 4.2 * nrows), squeeze=False)
+    for i, ax in enumerate(axes.flat):
+        ax.axis("off")
+        if i >= n:
+            continue
+        ax.imshow(to_image_array(images[i]))
+        for box in (np.asarray(truths[i]["boxes"]) if truths is not None else []):
+            ax.add_patch(plt.Rectangle(box[:2], box[2] - box[0], box[3] - box[1], fill=False,
+                                       edgecolor="lime", linestyle="--", linewidth=1.2))
+        pred = {k: np.asarray(v) for k, v in preds[i].items()}
+        keep = pred["scores"] >= score_threshold
+        for box, label, score in zip(pred["boxes"][keep], pred["labels"][keep], pred["scores"][keep]):
+            colour = colours(int(label) % 10)
+            ax.add_patch(plt.Rectangle(box[:2], box[2] - box[0], box[3] - box[1], fill=False,
+                                       edgecolor=colour, linewidth=1.2))
+            ax.text(box[0], box[1] - 2, f"{class_names[int(label)]} {score:.2f}", color=colour, fontsize=6)
+        if titles is not None:
+            ax.set_title(str(titles[i]), fontsize=8)
+    fig.suptitle("dashed green: true boxes; solid: predictions" if truths is not None else "predictions",
+                 fontsize=9)
     fig.tight_layout()
     return save_figure(fig, path)

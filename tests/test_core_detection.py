@@ -1,0 +1,242 @@
+"""core.detection: boxes, augmentation, CenterNet targets / loss / decoding, mAP, learning."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from core.detection.augment import DetectionDataset, DetectionSample, collate
+from core.detection.boxes import clip_boxes, to_cxcywh, to_xyxy
+from core.detection.centernet import (CenterNet, CenterNetTask, ModulatedDeformConv, centernet_loss, decode,
+                                      encode_targets, gaussian_focal_loss, gaussian_radius, predict)
+from core.detection.evaluate import detection_metrics, mean_average_precision, precision_recall_f1
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _target(boxes, labels):
+    return {"boxes": torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4), "labels": torch.tensor(labels)}
+
+
+# -- boxes ------------------------------------------------------------------------------------
+def test_box_conversions_and_clipping():
+    boxes = torch.tensor([[10.0, 20.0, 50.0, 40.0], [-5.0, 0.0, 30.0, 120.0]])
+    assert to_cxcywh(boxes)[0].tolist() == [30.0, 30.0, 40.0, 20.0]
+    assert torch.equal(to_xyxy(to_cxcywh(boxes)), boxes)
+    clipped, changed = clip_boxes(boxes, width=100, height=100)
+    assert clipped[1].tolist() == [0.0, 0.0, 30.0, 100.0] and changed == 1
+
+
+# -- augmentation -----------------------------------------------------------------------------
+def _bright_box(image: torch.Tensor) -> list[int]:
+    ys, xs = torch.where(image.mean(0) > 0.5)
+    return [xs.min().item(), ys.min().item(), xs.max().item() + 1, ys.max().item() + 1]
+
+
+def test_augmentation_keeps_the_box_on_a_drawn_rectangle():
+    image = np.zeros((300, 400, 3), np.uint8)
+    image[50:120, 100:220] = 255                       # the object: x 100..220, y 50..120
+    sample = DetectionSample(image, np.array([[100, 50, 220, 120]], np.float32), np.array([1]))
+    train = DetectionDataset([sample], size=256, train=True)
+    torch.manual_seed(0)
+    moved = 0
+    for _ in range(20):
+        x, target = train[0]
+        assert x.shape == (3, 256, 256) and x.dtype == torch.float32
+        if len(target["boxes"]) == 0:                  # cropped away: the box must go with it
+            assert (x.mean(0) > 0.5).sum() < 10
+            continue
+        box = target["boxes"][0].tolist()
+        assert target["labels"].tolist() == [1]
+        assert box == pytest.approx(_bright_box(x), abs=1.5)   # bilinear edges: within 1.5 px
+        moved += abs(box[0] - 100 * 256 / 400) > 3
+    assert moved >= 10                                  # the augmentation did move things
+    x, target = DetectionDataset([sample], size=256)[0]    # no augmentation: a plain resize
+    assert target["boxes"][0].tolist() == pytest.approx([64.0, 42.667, 140.8, 102.4], abs=1e-3)
+
+
+# -- CenterNet targets, loss, decoding ---------------------------------------------------------
+def test_gaussian_radius_follows_the_three_cases():
+    # 10 x 10 box, IoU 0.7: shrink (10-2r)^2/100 = 0.7 gives the smallest r = (10 - sqrt 70) / 2
+    assert gaussian_radius(10, 10) == pytest.approx((10 - math.sqrt(70)) / 2)
+    h, w = 12.0, 30.0
+    r = gaussian_radius(h, w)
+    cases = [(w - r) * (h - r) / (2 * w * h - (w - r) * (h - r)),   # both corners shifted
+             (w - 2 * r) * (h - 2 * r) / (w * h),                     # shrunk
+             w * h / ((w + 2 * r) * (h + 2 * r))]                     # grown
+    assert min(cases, key=lambda iou: abs(iou - 0.7)) == pytest.approx(0.7)
+    assert all(iou >= 0.7 - 1e-9 for iou in cases)
+
+
+def test_encoding_puts_a_unit_peak_at_each_centre_and_decodes_back_exactly():
+    boxes = [[8.0, 8.0, 168.0, 168.0], [181.0, 30.0, 221.0, 90.5], [60.0, 190.0, 68.0, 196.0]]
+    target = _target(boxes, [0, 1, 1])
+    enc = encode_targets([target], num_classes=2, output_size=(64, 64), stride=4)
+    heat = enc["heatmap"][0]
+    assert heat[0, 22, 22] == 1.0 and heat[1, 15, 50] == 1.0 and heat[1, 48, 16] == 1.0
+    assert int(enc["mask"].sum()) == 3 and int((heat == 1).sum()) == 3
+    radius = int(gaussian_radius(40, 40))                         # first box: 40 x 40 cells -> 3
+    assert radius == int((40 - math.sqrt(1120)) / 2) == 3
+    sigma = (2 * radius + 1) / 6
+    assert heat[0, 22, 23].item() == pytest.approx(math.exp(-1 / (2 * sigma ** 2)), rel=1e-5)
+    assert heat[0, 24, 25].item() == pytest.approx(math.exp(-13 / (2 * sigma ** 2)), rel=1e-5)
+    assert heat[0, 22, 26].item() == 0.0                          # outside the radius
+    assert enc["size"][0, :, 15, 50].tolist() == pytest.approx([10.0, 15.125])
+    assert enc["offset"][0, :, 15, 50].tolist() == pytest.approx([0.25, 0.0625])
+    outputs = {"heatmap": torch.logit(heat[None].clamp(1e-6, 1 - 1e-6)), "size": enc["size"],
+               "offset": enc["offset"]}
+    found = decode(outputs, stride=4, topk=3)[0]
+    order = found["boxes"][:, 0].argsort()
+    assert found["boxes"][order].flatten().tolist() == pytest.approx(sum(sorted(boxes), []), abs=1e-4)
+    assert found["labels"][order].tolist() == [0, 1, 1]
+    assert found["scores"].tolist() == pytest.approx([1.0, 1.0, 1.0], abs=1e-5)
+
+
+def test_gaussian_focal_loss_against_a_hand_computation():
+    logits = torch.tensor([[[[2.0, -1.0], [0.5, -3.0]]]])
+    target = torch.tensor([[[[1.0, 0.5], [0.0, 0.9]]]])
+    p = torch.sigmoid(logits).flatten().tolist()
+    pos = -(1 - p[0]) ** 2 * math.log(p[0])
+    neg = -sum((1 - y) ** 4 * q ** 2 * math.log(1 - q) for y, q in zip([0.5, 0.0, 0.9], p[1:]))
+    assert gaussian_focal_loss(logits, target).item() == pytest.approx(pos + neg, rel=1e-6)
+    # no positive location: the sum is divided by 1
+    assert gaussian_focal_loss(logits, target * 0.5).item() == pytest.approx(
+        -sum((1 - y) ** 4 * q ** 2 * math.log(1 - q) for y, q in zip([0.5, 0.25, 0.0, 0.45], p)), rel=1e-6)
+
+
+def test_centernet_loss_weights_l1_terms_per_object():
+    enc = encode_targets([_target([[0, 0, 16, 8], [32, 32, 48, 64]], [0, 0])], 1, (16, 16), stride=4)
+    outputs = {"heatmap": torch.full((1, 1, 16, 16), -20.0), "size": enc["size"] + 1.0, "offset": enc["offset"]}
+    outputs["heatmap"][enc["heatmap"] == 1] = 20.0
+    terms = centernet_loss(outputs, enc)
+    assert terms["size"].item() == pytest.approx(2.0)          # |1| + |1| per object
+    assert terms["offset"].item() == pytest.approx(0.0)
+    assert terms["heatmap"].item() < 1e-6
+    assert terms["loss"].item() == pytest.approx(terms["heatmap"].item() + 0.2, abs=1e-6)
+
+
+def test_deformable_conv_starts_as_half_a_plain_convolution():
+    conv = ModulatedDeformConv(3, 4)                # zero offsets, mask sigmoid(0) = 0.5
+    x = torch.randn(2, 3, 9, 11)
+    assert torch.allclose(conv(x), 0.5 * F.conv2d(x, conv.weight, padding=1), atol=1e-5)
+
+
+@pytest.mark.parametrize("dcn", [False, True])
+def test_centernet_output_shapes(dcn):
+    model = CenterNet(num_classes=3, dcn=dcn).eval()
+    with torch.no_grad():
+        out = model(torch.rand(2, 3, 128, 96))
+    assert out["heatmap"].shape == (2, 3, 32, 24) and out["size"].shape == out["offset"].shape == (2, 2, 32, 24)
+    with pytest.raises(ValueError, match="multiples of 32"):
+        model(torch.rand(1, 3, 100, 96))
+
+
+# -- metrics ----------------------------------------------------------------------------------
+def test_map_on_hand_built_cases():
+    truth = [_target([[10, 10, 50, 50], [60, 60, 90, 100]], [0, 0]), _target([[5, 5, 40, 30]], [1])]
+    perfect = [dict(t, scores=torch.tensor([0.9] * len(t["labels"]))) for t in truth]
+    scores = mean_average_precision(perfect, truth, ["a", "b"])
+    assert scores["map50"] == pytest.approx(1.0) and scores["map"] == pytest.approx(1.0)
+    # class a: one of its two boxes missed -> precision 1 up to recall 0.5: 51 of COCO's 101
+    # recall points; class b perfect -> mean (51/101 + 1) / 2
+    missed = [{"boxes": truth[0]["boxes"][:1], "labels": torch.tensor([0]), "scores": torch.tensor([0.9])}, perfect[1]]
+    scores = mean_average_precision(missed, truth, ["a", "b"])
+    assert scores["ap50_a"] == pytest.approx(51 / 101) and scores["ap50_b"] == pytest.approx(1.0)
+    assert scores["map50"] == pytest.approx((51 / 101 + 1) / 2)
+
+
+def test_map_matches_pycocotools_on_a_random_case():
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    rng = np.random.default_rng(0)
+    truth, preds, images, annotations, detections = [], [], [], [], []
+    all_scores = rng.permutation(np.linspace(0.1, 0.95, 24))      # no ties: both sort the same way
+    for image_id in range(6):
+        xy = rng.uniform(0, 150, (4, 2))
+        boxes = np.round(np.concatenate([xy, xy + rng.uniform(10, 60, (4, 2))], 1))
+        labels = rng.integers(0, 2, 4)
+        noisy = np.round(boxes + rng.normal(0, 6, boxes.shape))
+        noisy = np.concatenate([np.minimum(noisy[:, :2], noisy[:, 2:] - 1), np.maximum(noisy[:, 2:], noisy[:, :2] + 1)], 1)
+        scores = all_scores[4 * image_id:4 * image_id + 4]
+        truth.append(_target(boxes.tolist(), labels.tolist()))
+        preds.append({**_target(noisy.tolist(), labels.tolist()), "scores": torch.tensor(scores, dtype=torch.float32)})
+        images.append({"id": image_id})
+        for box, label in zip(boxes, labels):
+            annotations.append({"id": len(annotations) + 1, "image_id": image_id, "category_id": int(label),
+                                "bbox": [*box[:2], *(box[2:] - box[:2])], "area": float(np.prod(box[2:] - box[:2])),
+                                "iscrowd": 0})
+        for box, label, score in zip(noisy, labels, scores):
+            detections.append({"image_id": image_id, "category_id": int(label), "score": float(score),
+                               "bbox": [*box[:2], *(box[2:] - box[:2])]})
+    gt = COCO()
+    gt.dataset = {"images": images, "annotations": annotations, "categories": [{"id": 0}, {"id": 1}]}
+    gt.createIndex()
+    evaluator = COCOeval(gt, gt.loadRes(detections), "bbox")
+    evaluator.evaluate(), evaluator.accumulate(), evaluator.summarize()
+    ours = mean_average_precision(preds, truth)
+    assert 0.05 < ours["map"] < 0.95
+    assert ours["map"] == pytest.approx(evaluator.stats[0], abs=1e-4)
+    assert ours["map50"] == pytest.approx(evaluator.stats[1], abs=1e-4)
+
+
+def test_precision_recall_f1_by_hand():
+    truth = [_target([[0, 0, 10, 10], [20, 20, 30, 30], [40, 40, 50, 50]], [0, 0, 1])]
+    preds = [{"boxes": torch.tensor([[0, 0, 10, 10], [1, 1, 11, 11], [20, 20, 29, 30], [40, 40, 50, 50],
+                                     [60, 60, 70, 70]], dtype=torch.float32),
+              "labels": torch.tensor([0, 0, 0, 0, 1]), "scores": torch.tensor([0.9, 0.8, 0.7, 0.6, 0.1])}]
+    counts = precision_recall_f1(preds, truth, 2, score_threshold=0.3)
+    # class 0: a hit, a duplicate (fp), a hit, a wrong-class box on the class-1 object (fp)
+    assert counts["tp"].tolist() == [2, 0] and counts["fp"].tolist() == [2, 0] and counts["fn"].tolist() == [0, 1]
+    assert counts["precision"].tolist() == pytest.approx([0.5, 0.0])
+    assert counts["recall"].tolist() == pytest.approx([1.0, 0.0])
+    assert counts["f1"].tolist() == pytest.approx([2 / 3, 0.0])
+    metrics = detection_metrics(preds, truth, ["a", "b"], score_threshold=0.3)
+    assert metrics["precision"] == pytest.approx(0.5) and metrics["recall"] == pytest.approx(2 / 3)
+
+
+# -- learning -----------------------------------------------------------------------------------
+def _squares(n: int, size: int = 96, seed: int = 0):
+    """Bright squares (class 0) and bars (class 1) on a dark background."""
+    rng = np.random.default_rng(seed)
+    images, targets = [], []
+    for _ in range(n):
+        image = np.full((size, size, 3), 30, np.uint8)
+        boxes, labels = [], []
+        for label, (w, h) in enumerate([(20, 20), (36, 12)]):
+            x, y = rng.integers(4, size - w - 4), rng.integers(4, size // 2 - h) + (size // 2 if label else 0)
+            image[y:y + h, x:x + w] = (230, 200, 40) if label == 0 else (40, 120, 230)
+            boxes.append([x, y, x + w, y + h])
+            labels.append(label)
+        images.append(torch.from_numpy(image).permute(2, 0, 1).float() / 255)
+        targets.append(_target(boxes, labels))
+    return torch.stack(images), targets
+
+
+def test_centernet_overfits_a_few_images_until_decoding_finds_their_boxes():
+    torch.manual_seed(0)
+    images, targets = _squares(4)
+    task = CenterNetTask(CenterNet(num_classes=2, neck_channels=(64, 64, 32)), lr=2e-3)
+    optimizer = task.configure_optimizers()
+    first = None
+    for step in range(80):
+        task.train()
+        loss = task.training_step((images, targets))["loss"]
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        first = first if first is not None else loss.item()
+    assert loss.item() < 0.2 * first
+    found = predict(task.model, images)
+    assert mean_average_precision(found, targets)["map50"] > 0.9
+    best = [f["boxes"][f["scores"].argmax()] for f in found]
+    assert max(f["scores"].max().item() for f in found) > 0.3 and len(best) == 4
