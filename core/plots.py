@@ -202,6 +202,8 @@ def embedding_scatter(points, labels: Sequence, path: str | os.PathLike, title: 
     ax.set_xticks([])
     ax.set_yticks([])
     ax.set_title(title)
+    fig.tight_layout()
+    return save_figure(fig, path)
 
 
 def box_overlays(images: Sequence, truths: Sequence[dict] | None, preds: Sequence[dict], path: str | os.PathLike,

@@ -128,24 +128,33 @@ class CenterNet(nn.Module):
 
 
 # -- targets -------------------------------------------------------------------------------
-def gaussian_radius(height: float, width: float, min_overlap: float = 0.7) -> float:
-    """The largest shift ``r`` of a box's corners that keeps its IoU with the true box at
-    least ``min_overlap`` (CornerNet, Law and Deng 2018, Sec. 3.2; CenterNet Sec. 3).
+def gaussian_radius(height: float, width: float, min_overlap: float = 0.7, exact: bool = False) -> float:
+    """The Gaussian radius of a ``height x width`` box (CornerNet, Law and Deng 2018, Sec. 3.2;
+    CenterNet Sec. 3): how far a corner may move while the box keeps IoU ``min_overlap``.
 
-    Three cases, each a quadratic in ``r`` solved exactly; the radius is the smallest:
+    Three cases, each a quadratic ``a r^2 + b r + c = 0`` in ``r``:
 
     1. both corners shifted the same way: ``(w-r)(h-r) / (2wh - (w-r)(h-r)) = o``;
     2. box shrunk by ``r`` on every side: ``(w-2r)(h-2r) / (wh) = o``;
     3. box grown by ``r`` on every side: ``wh / ((w+2r)(h+2r)) = o``.
 
-    (The reference code's closed forms drop the ``1/(2a)`` factor of the quadratic formula and
-    so give larger radii; this follows the paper's definition.)
+    By default this is the rule of the papers' code (and of MMDetection's ``gaussian_radius``),
+    ``r_i = (b_i + sqrt(b_i^2 - 4 a_i c_i)) / 2`` with the coefficients written as there, the
+    smallest of the three: it drops the ``1/a`` of the quadratic formula, and gives radii about
+    ``0.27 * min(h, w)`` for small boxes, softer targets than the exact roots. The native and
+    the MMDetection backend train on the same targets this way. ``exact=True`` returns the
+    smallest exact root instead (for a 10 x 10 box, ``(10 - sqrt 70) / 2``).
     """
     h, w, o = float(height), float(width), float(min_overlap)
     s, p = h + w, h * w
-    r1 = (s - math.sqrt(s * s - 4 * p * (1 - o) / (1 + o))) / 2
-    r2 = (2 * s - math.sqrt(4 * s * s - 16 * (1 - o) * p)) / 8
-    r3 = (-2 * o * s + math.sqrt(4 * o * o * s * s + 16 * o * (1 - o) * p)) / (8 * o)
+    if exact:
+        r1 = (s - math.sqrt(s * s - 4 * p * (1 - o) / (1 + o))) / 2
+        r2 = (2 * s - math.sqrt(4 * s * s - 16 * (1 - o) * p)) / 8
+        r3 = (-2 * o * s + math.sqrt(4 * o * o * s * s + 16 * o * (1 - o) * p)) / (8 * o)
+        return max(0.0, min(r1, r2, r3))
+    r1 = (s + math.sqrt(s * s - 4 * p * (1 - o) / (1 + o))) / 2
+    r2 = (2 * s + math.sqrt(4 * s * s - 16 * (1 - o) * p)) / 2
+    r3 = (-2 * o * s + math.sqrt(4 * o * o * s * s + 16 * o * (1 - o) * p)) / 2
     return max(0.0, min(r1, r2, r3))
 
 
@@ -167,7 +176,8 @@ def encode_targets(targets: list[dict], num_classes: int, output_size: tuple[int
                    stride: int = STRIDE) -> dict[str, torch.Tensor]:
     """Dense training targets for a batch at the output resolution ``(h, w)``.
 
-    Returns ``heatmap`` (B, C, h, w) with a Gaussian (peak exactly 1) per object, ``size``
+    Returns ``heatmap`` (B, C, h, w) with a Gaussian (peak exactly 1, radius
+    ``int(gaussian_radius(h, w))`` in output cells) per object, ``size``
     (B, 2, h, w) = box (w, h) / stride and ``offset`` (B, 2, h, w) = centre / stride minus its
     integer cell, both set only where ``mask`` (B, h, w) is True (the centre cells). Two
     objects with the same centre cell keep the larger one's size.
@@ -260,15 +270,15 @@ class CenterNetTask(Task):
 
     A batch is ``(images (B, 3, H, W), targets)`` as :func:`core.detection.augment.collate`
     makes it. Validation logs the loss terms and, over the whole epoch, ``map50`` and ``map``
-    (torchmetrics / pycocotools). AdamW with a one-cycle schedule over ``total_steps``
-    optimiser steps (per batch), or a constant LR when ``total_steps`` is None.
+    (torchmetrics / pycocotools). AdamW with a one-cycle schedule stepped per batch over the
+    Trainer's ``estimated_stepping_batches``, or a constant LR with ``one_cycle=False``.
     """
 
     def __init__(self, model: CenterNet, lr: float = 2e-3, weight_decay: float = 1e-4,
-                 total_steps: int | None = None, topk: int = 100, loss_weights: dict | None = None):
+                 one_cycle: bool = True, topk: int = 100, loss_weights: dict | None = None):
         super().__init__()
         self.model = model
-        self.lr, self.weight_decay, self.total_steps, self.topk = lr, weight_decay, total_steps, topk
+        self.lr, self.weight_decay, self.one_cycle, self.topk = lr, weight_decay, one_cycle, topk
         self.loss_weights = loss_weights or dict(LOSS_WEIGHTS)
         self._predictions: list[dict] = []
         self._targets: list[dict] = []
@@ -301,10 +311,10 @@ class CenterNetTask(Task):
 
     def configure_optimizers(self):
         optimizer = torch.optim.AdamW(self.model.parameters(), lr=self.lr, weight_decay=self.weight_decay)
-        if not self.total_steps:
+        if not self.one_cycle:
             return optimizer
-        scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=self.lr, total_steps=self.total_steps,
-                                                        pct_start=0.1)
+        scheduler = torch.optim.lr_scheduler.OneCycleLR(
+            optimizer, max_lr=self.lr, total_steps=self.trainer.estimated_stepping_batches, pct_start=0.1)
         return {"optimizer": optimizer, "scheduler": scheduler, "interval": "step"}
 
 

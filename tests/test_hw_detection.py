@@ -1,0 +1,156 @@
+"""hw_detection: VOC parsing and bad input, built-in scenes, the train / evaluate / predict
+commands end to end, and short real-data runs."""
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from core.data import DataError
+from hw_detection.data import load_voc, make_scenes, parse_voc, split_indices
+from hw_detection.train import main as train_main
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _xml(filename: str, objects: list[tuple], width: int = 100, height: int = 80) -> str:
+    parts = [f"<annotation><filename>{filename}</filename>"
+             f"<size><width>{width}</width><height>{height}</height><depth>3</depth></size>"]
+    for name, box, difficult in objects:
+        parts.append(f"<object><name>{name}</name><difficult>{difficult}</difficult><bndbox>"
+                     f"<xmin>{box[0]}</xmin><ymin>{box[1]}</ymin><xmax>{box[2]}</xmax><ymax>{box[3]}</ymax>"
+                     "</bndbox></object>")
+    return "".join(parts) + "</annotation>"
+
+
+def write_voc(root: Path, files: dict[str, list[tuple]]) -> Path:
+    """A VOC folder: ``files`` maps an image stem to its objects ``(name, box, difficult)``."""
+    (root / "annotations").mkdir(parents=True)
+    (root / "images").mkdir()
+    rng = np.random.default_rng(0)
+    for stem, objects in files.items():
+        Image.fromarray(rng.integers(0, 255, (80, 100, 3), dtype=np.uint8)).save(root / "images" / f"{stem}.png")
+        (root / "annotations" / f"{stem}.xml").write_text(_xml(f"{stem}.png", objects))
+    return root
+
+
+SAMPLE = {
+    "hard_hat_workers0": [("helmet", (10, 12, 30, 40), 0), ("Head", (50, 5, 70, 25), 0),
+                          ("head", (60, 50, 80, 70), 1), ("person", (0, 0, 90, 80), 0),
+                          ("helmet", (85, 60, 120, 95), 0)],     # reaches outside the 100 x 80 image
+    "hard_hat_workers1": [],                                      # an image without objects
+}
+
+
+# -- VOC parsing -------------------------------------------------------------------------------
+def test_voc_boxes_difficult_flags_class_filter_and_empty_images(tmp_path):
+    data = load_voc(write_voc(tmp_path / "voc", SAMPLE))
+    first, empty = data.samples
+    assert first.boxes.tolist() == [[10, 12, 30, 40], [50, 5, 70, 25], [85, 60, 100, 80]]  # last one clipped
+    assert first.labels.tolist() == [0, 1, 0] and first.name == "hard_hat_workers0"
+    assert empty.boxes.shape == (0, 4) and empty.labels.shape == (0,)
+    assert data.counts == {"difficult boxes left out": 1, "person boxes skipped (class not selected)": 1,
+                           "boxes clipped to the image": 1, "images without objects": 1}
+    report = data.report()
+    assert report.startswith("2 images; 2 helmet, 1 head") and "1 boxes clipped to the image" in report
+    # another class choice: indices follow the order given, person kept, helmet skipped
+    data = load_voc(tmp_path / "voc", ("person", "head"))
+    assert data.samples[0].labels.tolist() == [1, 0] and data.counts["helmet boxes skipped (class not selected)"] == 2
+
+
+def test_voc_bad_input_names_the_file(tmp_path):
+    root = write_voc(tmp_path / "missing", {"a": [("helmet", (1, 1, 5, 5), 0)]})
+    (root / "images" / "a.png").unlink()
+    with pytest.raises(DataError, match=r"a\.xml: its image .*a(\.png)? not found"):
+        load_voc(root)
+    root = write_voc(tmp_path / "unknown", {"b": [("hardhat", (1, 1, 5, 5), 0)]})
+    with pytest.raises(DataError, match=r"b\.xml: unknown class 'hardhat' \(this data set has helmet, head, person\)"):
+        load_voc(root)
+    root = write_voc(tmp_path / "empty", {})
+    with pytest.raises(DataError, match=r"annotations: no \.xml annotation files"):
+        load_voc(root)
+    with pytest.raises(DataError, match="annotations folder"):
+        load_voc(tmp_path / "nowhere")
+    root = write_voc(tmp_path / "broken", {"c": []})
+    (root / "annotations" / "c.xml").write_text("<annotation><object>")
+    with pytest.raises(DataError, match=r"c\.xml: not valid XML"):
+        load_voc(root)
+
+
+def test_box_with_no_area_inside_the_image_is_dropped_and_counted(tmp_path):
+    root = write_voc(tmp_path / "voc", {"a": [("helmet", (120, 10, 140, 30), 0), ("head", (5, 5, 9, 9), 0)]})
+    counts = Counter()
+    sample = parse_voc(root / "annotations" / "a.xml", root / "images", counts=counts)
+    assert sample.boxes.tolist() == [[5, 5, 9, 9]] and counts["boxes with no area inside the image dropped"] == 1
+
+
+# -- built-in scenes ----------------------------------------------------------------------------
+def test_scenes_have_both_classes_with_boxes_on_the_drawn_heads():
+    data = make_scenes(30, size=128, seed=3)
+    labels = np.concatenate([s.labels for s in data.samples])
+    assert set(labels.tolist()) == {0, 1} and 0.3 < (labels == 0).mean() < 0.85   # about 60 % helmets
+    for sample in data.samples:
+        assert len(sample.boxes) >= 1
+        assert (sample.boxes[:, :2] >= 0).all() and (sample.boxes[:, 2:] <= 128).all()
+        assert ((sample.boxes[:, 2:] - sample.boxes[:, :2]) >= 8).all()
+    # same seed, same scenes
+    again = make_scenes(30, size=128, seed=3)
+    assert np.array_equal(again.samples[7].image, data.samples[7].image)
+    assert split_indices(20, 0.15, 0) == split_indices(20, 0.15, 0) and len(split_indices(20, 0.15, 0)[1]) == 3
+
+
+# -- commands -----------------------------------------------------------------------------------
+TINY = ["--n-images", "12", "--size", "64", "--epochs", "1", "--batch-size", "4", "--limit-batches", "2"]
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--size", "100"], "--size: expected a multiple of 32"),
+    (["--classes", "helmet,hat"], "--classes: expected distinct names among helmet, head, person"),
+    (["--val-fraction", "1.5"], "--val-fraction"),
+    (["--epochs", "0"], "--epochs"),
+])
+def test_train_refuses_bad_options_in_one_line(argv, message, runs_root, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        train_main(argv)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert message in err[-1] and not runs_root.exists()
+
+
+def test_train_evaluate_predict_end_to_end(tmp_path, runs_root, monkeypatch):
+    from hw_detection.evaluate import main as evaluate_main
+    from hw_detection.predict import main as predict_main
+
+    monkeypatch.delenv("DLS_DATA", raising=False)
+    run = tmp_path / "run"
+    metrics = train_main(TINY + ["--run-dir", str(run)])
+    for name in ("args.json", "history.csv", "best.pt", "last.pt", "model.pt", "metrics.json",
+                 "plots/history.png", "plots/predictions.png"):
+        assert (run / name).is_file(), name
+    saved = json.loads((run / "metrics.json").read_text())
+    assert saved == metrics and 0 <= saved["map50"] <= 1 and saved["val_images"] == 2
+    assert {"map", "ap50_helmet", "precision_head", "recall_helmet", "f1"} <= set(saved)
+
+    voc = write_voc(tmp_path / "voc", SAMPLE)
+    scores = evaluate_main(["--run", str(run), "--data-dir", str(voc), "--run-dir", str(tmp_path / "eval")])
+    assert scores["images"] == 2 and (tmp_path / "eval" / "plots" / "boxes.png").is_file()
+
+    image = voc / "images" / "hard_hat_workers0.png"
+    predict_main(["--run", str(run), str(image), "--run-dir", str(tmp_path / "pred")])
+    result = json.loads((tmp_path / "pred" / "predictions.json").read_text())[str(image)]
+    assert result["kind"] == "detection" and (result["width"], result["height"]) == (100, 80)
+    assert all(b["score"] >= 0.3 and b["label"] in ("helmet", "head") for b in result["boxes"])
+    with pytest.raises(DataError, match="model weights not found"):
+        (run / "model.pt").unlink()
+        evaluate_main(["--run", str(run), "--data-dir", str(voc)])
