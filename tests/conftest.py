@@ -43,6 +43,18 @@ def real_dataset(dls_data: Path, name: str) -> Path:
 
 
 @pytest.fixture
+def one_thread():
+    """Run the test with one intra-op thread (tiny models on a busy CPU: a second thread costs
+    more than it gives). Use with ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
 def runs_root(tmp_path, monkeypatch) -> Path:
     """Send every run folder of the test to a temporary directory."""
     monkeypatch.setenv("DLS_RUNS", str(tmp_path / "runs"))

@@ -15,12 +15,7 @@ from core.detection.centernet import (CenterNet, CenterNetTask, ModulatedDeformC
 from core.detection.evaluate import detection_metrics, mean_average_precision, precision_recall_f1
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _target(boxes, labels):

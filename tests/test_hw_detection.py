@@ -16,12 +16,7 @@ from hw_detection.data import load_voc, make_scenes, parse_voc, split_indices
 from hw_detection.train import main as train_main
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _xml(filename: str, objects: list[tuple], width: int = 100, height: int = 80) -> str:
