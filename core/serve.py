@@ -17,8 +17,8 @@ Each ``--run`` is loaded once at start (:func:`core.predictor.load_predictor`, w
 inference runs in a thread pool, one image per call, so the server keeps answering while a
 model works. Errors are JSON ``{"error": "..."}`` with a 4xx status: 404 unknown model, 413
 upload or image too large, 415 not an image, 400 truncated or corrupt image, 422 missing field.
-Uploads are read into memory (never saved under a name from the request) up to
-``--max-upload-mb``; images are decoded only below ``--max-pixels``. The server binds to
+Uploads are held in memory (never written to disk, never under a name from the request) up
+to ``--max-upload-mb``; images are decoded only below ``--max-pixels``. The server binds to
 127.0.0.1 unless ``--host`` says otherwise.
 """
 from __future__ import annotations
@@ -39,6 +39,7 @@ from fastapi import FastAPI, File, Form, UploadFile
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse
 from starlette.exceptions import HTTPException
+from starlette.formparsers import MultiPartParser
 
 from . import cli
 from .errors import UserError
@@ -114,6 +115,8 @@ def create_app(predictors: Sequence[Predictor], max_upload_mb: float = 10, max_p
     models = unique_names(predictors)
     executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="inference")
     max_bytes = int(max_upload_mb * MB)
+    # an upload within the limit stays in memory: Starlette would spool parts over 1 MB to a temporary file
+    MultiPartParser.spool_max_size = max(MultiPartParser.spool_max_size, max_bytes + MULTIPART_OVERHEAD)
     page = PAGE.read_text(encoding="utf-8")
 
     @contextlib.asynccontextmanager
@@ -222,7 +225,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = cli.make_parser("core.serve", "A web page and an HTTP API over trained runs of the image homeworks.")
     parser.add_argument("--run", action="append", required=True,
                         help="run folder of an image homework (repeat for several models)")
-    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (another than loopback "
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (any other than loopback "
                                                             "exposes the models to the network)")
     parser.add_argument("--port", type=cli.nonneg_int, default=8000, help="TCP port (0: any free port)")
     parser.add_argument("--max-upload-mb", type=cli.positive_float, default=10, help="largest upload accepted, in MB")

@@ -190,6 +190,14 @@ def test_unknown_models_and_missing_fields_are_4xx_json(segment_client):
     assert segment_client.get("/nothing/here").json() == {"error": "Not Found"}
 
 
+def test_a_large_upload_within_the_limit_is_answered(segment_client):
+    noise = np.random.default_rng(0).integers(0, 256, (900, 1000, 3), dtype=np.uint8)
+    data = png_bytes(noise)
+    assert 2_000_000 < len(data) < 10 * 1024 * 1024           # over Starlette's 1 MB spool, under 10 MB
+    response = upload(segment_client, "lesions", data)
+    assert response.status_code == 200 and (response.json()["width"], response.json()["height"]) == (1000, 900)
+
+
 def test_upload_size_limit(segment_run, tmp_path):
     limit = 20_000
     with TestClient(create_app([load_predictor(segment_run)], max_upload_mb=limit / 1024 / 1024)) as client:
