@@ -163,6 +163,27 @@ def test_classification_prediction_equals_the_predict_command(classify_run, tmp_
     assert sum(probabilities) == pytest.approx(1, abs=1e-5) and command["label"] == command["classes"][0]["label"]
 
 
+def test_detection_prediction_equals_the_predict_command(tmp_path):
+    """A tiny hw_detection run (one short epoch; score threshold 0: every top-k box is kept)."""
+    from hw_detection import predict, train
+
+    run = tmp_path / "hardhats"
+    train.main(["--n-images", "12", "--size", "64", "--epochs", "1", "--batch-size", "4", "--limit-batches", "2",
+                "--score-threshold", "0", "--run-dir", str(run)])
+    path = tmp_path / "site.png"
+    Image.fromarray(lesion_image(100, 80, seed=5)).save(path)
+    predict.main(["--run", str(run), str(path), "--run-dir", str(tmp_path / "out")])
+    command = json.loads((tmp_path / "out" / "predictions.json").read_text())[str(path)]
+    with TestClient(create_app([load_predictor(run)])) as client:
+        (model,) = client.get("/models").json()["models"]
+        assert (model["homework"], model["kind"], model["classes"]) == ("hw_detection", "detection", ["helmet", "head"])
+        response = upload(client, "hardhats", path.read_bytes(), "site.png")
+    assert response.status_code == 200 and response.json() == command
+    boxes = command["boxes"]
+    assert len(boxes) > 0 and [b["score"] for b in boxes] == sorted((b["score"] for b in boxes), reverse=True)
+    assert all(0 <= b["box"][0] <= b["box"][2] <= 100 and 0 <= b["box"][1] <= b["box"][3] <= 80 for b in boxes)
+
+
 @pytest.mark.parametrize("name, data, status, message", [
     ("notes.txt", b"id,value\n1,2\n", 415, "upload 'notes.txt': not an image"),
     ("empty.png", b"", 415, "upload 'empty.png': not an image (no image format recognised in 0 bytes)"),
