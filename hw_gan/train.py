@@ -1,0 +1,147 @@
+"""Train a DCGAN on faces (the course's FFHQ thumbnails, the shared LFW faces, any image folder).
+
+    python -m hw_gan.train                                  # $DLS_DATA/faces/lfw_gan, else built-in faces
+    python -m hw_gan.train --data-dir faces_dataset_small --width 64 --batch-size 128 --epochs 100
+
+The course's recipe is ``--width 64 --batch-size 128 --lr 1e-4`` for 100 epochs on a GPU. The
+defaults here are sized for a CPU: half-width networks, batch 32, lr 2e-4, so that the 500
+training faces get about 15 minutes of training on 2 cores (see bench/gan.py for step times).
+``--holdout`` faces (drawn with ``--split-seed``) are never trained on; their names go to
+``split.json`` and ``hw_gan.evaluate`` compares the samples with them by default.
+
+The run folder gets history.csv (discriminator and generator losses, mean real and fake
+scores per epoch), last.pt, plots/samples/epoch_NNN.png (the same fixed noise every epoch),
+plots/progress.gif, plots/history.png and metrics.json.
+"""
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from core import cli
+from core.data import DataError, resolve_data_root
+from core.device import echo
+from core.errors import UserError
+from core.plots import plot_history
+from core.trainer import Trainer
+
+from .data import Faces, builtin_faces, load_faces, split_holdout
+from .models import Discriminator, Generator, check_image_size, count_parameters
+from .sampling import SampleGrids, TimeLimit
+from .task import LOSSES, GANTask
+
+DATASET = "faces/lfw_gan"
+
+
+class FaceDataset(Dataset):
+    """Images in memory, each flipped left-right with probability 0.5 when ``flip``."""
+
+    def __init__(self, images: torch.Tensor, flip: bool = True):
+        self.images, self.flip = images, flip
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i):
+        image = self.images[i]
+        if self.flip and torch.rand(()) < 0.5:
+            image = image.flip(-1)
+        return image
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = cli.make_parser("hw_gan.train", __doc__.split("\n")[0])
+    cli.add_data_args(parser)
+    cli.add_training_args(parser, epochs=120, batch_size=32, lr=2e-4)
+    group = parser.add_argument_group("GAN")
+    group.add_argument("--image-size", type=int, default=64, help="image side: a power of two (32, 64, 128)")
+    group.add_argument("--latent", type=int, default=128, help="size of the generator's latent vector")
+    group.add_argument("--width", type=int, default=32, help="channels of the networks' image-side block "
+                       "(the course's: 64, 2.77 M discriminator parameters at 64 px)")
+    group.add_argument("--beta1", type=float, default=0.5, help="Adam's beta1 (beta2 is 0.999)")
+    group.add_argument("--loss", choices=LOSSES, default="bce",
+                       help="bce: the course's (non-saturating), saturating: the minimax log(1-D(G(z))), hinge")
+    group.add_argument("--label-smoothing", type=float, default=0.0, help="real target 1 - this in D's BCE")
+    group.add_argument("--instance-noise", type=float, default=0.0,
+                       help="std of the noise added to D's inputs, annealed to 0 over the epochs")
+    group.add_argument("--spectral-norm", action="store_true", help="spectral norm instead of BatchNorm in D")
+    group.add_argument("--no-flip", action="store_true", help="no random left-right flips of the faces")
+    group.add_argument("--holdout", type=int, default=100, help="faces held back from training for evaluate")
+    group.add_argument("--split-seed", type=int, default=0, help="seed of the held-out draw")
+    group.add_argument("--max-minutes", type=float, default=None, help="stop after the epoch that passes this")
+    return parser
+
+
+def check_args(args: argparse.Namespace) -> None:
+    """Refuse bad option values before any work, in one line naming the option."""
+    try:
+        check_image_size(args.image_size)
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+    for name in ("epochs", "batch_size", "latent", "width"):
+        if getattr(args, name) < 1:
+            raise UserError(f"--{name.replace('_', '-')} {getattr(args, name)}: must be at least 1")
+    if not 0 <= args.label_smoothing < 1:
+        raise UserError(f"--label-smoothing {args.label_smoothing}: must be in [0, 1)")
+    if args.lr <= 0 or args.instance_noise < 0 or not 0 <= args.beta1 < 1:
+        raise UserError("--lr must be > 0, --instance-noise >= 0 and --beta1 in [0, 1)")
+
+
+def load_data(args: argparse.Namespace) -> tuple[Faces, Faces, object]:
+    """The training faces and the held-out ones; the data source."""
+    source = resolve_data_root(DATASET, args.data_dir, builtin="100 built-in faces (scikit-image lfw_subset)")
+    faces = builtin_faces(args.image_size) if source.builtin else load_faces(source.root, args.image_size)
+    try:
+        train_ix, holdout_ix = split_holdout(len(faces), min(args.holdout, len(faces) // 5) if source.builtin
+                                             else args.holdout, args.split_seed)
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+    train, held = faces.subset(train_ix), faces.subset(holdout_ix)
+    echo(f"dataset: {faces.description}; {len(train)} for training, {len(held)} held out (split seed "
+         f"{args.split_seed})")
+    if len(train) < args.batch_size:
+        raise DataError(f"{source.root or 'built-in data'}: {len(train)} training images, fewer than "
+                        f"--batch-size {args.batch_size}")
+    return train, held, source
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = cli.parse_args(build_parser(), argv)
+    check_args(args)
+    train, held, source = load_data(args)
+    loader = DataLoader(FaceDataset(train.images, flip=not args.no_flip), batch_size=args.batch_size,
+                        shuffle=True, drop_last=True, num_workers=args.num_workers)
+
+    torch.manual_seed(args.seed)
+    generator = Generator(args.image_size, args.latent, args.width)
+    discriminator = Discriminator(args.image_size, args.width, spectral=args.spectral_norm)
+    echo(f"models: generator {count_parameters(generator):,} and discriminator "
+         f"{count_parameters(discriminator):,} parameters at {args.image_size} px, width {args.width}")
+    task = GANTask(generator, discriminator, lr=args.lr, betas=(args.beta1, 0.999), loss=args.loss,
+                   label_smoothing=args.label_smoothing, instance_noise=args.instance_noise,
+                   total_epochs=args.epochs, seed=args.seed)
+    run = cli.RunDir.create("hw_gan", args)
+    run.save_json("split.json", {"data": str(source.root) if source.root else "built-in",
+                                 "holdout": held.names, "train": train.names})
+    callbacks = [SampleGrids(run.plots)] + ([TimeLimit(args.max_minutes)] if args.max_minutes else [])
+    trainer = Trainer.from_args(args, run_dir=run.path, monitor=None, callbacks=callbacks)
+    if trainer.device.type == "cpu":  # bench/gan.py: channels-last convolutions on the CPU
+        task.to(memory_format=torch.channels_last)
+    start = time.perf_counter()
+    history = trainer.fit(task, loader, resume=args.resume)
+    last = history[-1]
+    metrics = {"epochs": len(history), "train_seconds": round(time.perf_counter() - start, 1),
+               "steps": trainer.global_step, "generator_parameters": count_parameters(generator),
+               "discriminator_parameters": count_parameters(discriminator),
+               **{k.removeprefix("train_"): round(v, 4) for k, v in last.items() if k.startswith("train_")}}
+    run.save_metrics(metrics)
+    plot_history(run / "history.csv", run.plots / "history.png", title="DCGAN: losses and mean D scores")
+    run.summary(metrics)
+    return metrics
+
+
+if __name__ == "__main__":
+    cli.run_command(lambda: main() and 0)   # main returns the metrics (for tests); the exit status is 0
