@@ -5,6 +5,7 @@ every epoch's, and the GIF at the end is those grids in order.
 """
 from __future__ import annotations
 
+import json
 import os
 import time
 from pathlib import Path
@@ -12,12 +13,14 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
-from torchvision.utils import make_grid
 
 from core.callbacks import Callback
 from core.device import is_main_process
+from core.errors import UserError
+from core.predictor import load_weights, task_weights
 
 from .data import to_unit
+from .models import Generator
 
 
 def to_pil(image: torch.Tensor) -> Image.Image:
@@ -26,9 +29,18 @@ def to_pil(image: torch.Tensor) -> Image.Image:
     return Image.fromarray(array.permute(1, 2, 0).numpy())
 
 
-def grid_image(images: torch.Tensor, ncols: int = 8) -> Image.Image:
-    """Images (N, 3, H, W) in [-1, 1] as one grid with 2-pixel gaps (the course's show_images)."""
-    return to_pil(make_grid(images.detach().float().cpu(), nrow=ncols, padding=2, pad_value=1.0))
+def grid_image(images: torch.Tensor, ncols: int = 8, gap: int = 2) -> Image.Image:
+    """Images (N, 3, H, W) in [-1, 1] as one grid, ``ncols`` wide, with white ``gap``-pixel
+    borders (the course's ``show_images``; no torchvision import, which is slow to load)."""
+    images = images.detach().float().cpu()
+    n, c, h, w = images.shape
+    ncols = max(1, min(ncols, n))
+    nrows = -(-n // ncols)
+    grid = torch.ones(c, gap + nrows * (h + gap), gap + ncols * (w + gap))
+    for i, image in enumerate(images):
+        top, left = gap + (i // ncols) * (h + gap), gap + (i % ncols) * (w + gap)
+        grid[:, top:top + h, left:left + w] = image
+    return to_pil(grid)
 
 
 def save_grid(images: torch.Tensor, path: str | os.PathLike, ncols: int = 8) -> Path:
@@ -97,6 +109,30 @@ class TimeLimit(Callback):
             trainer.log(f"time limit: stopping after epoch {trainer.epoch} ({self.seconds / 60:.1f} min)")
 
 
-def pixel_array(images: torch.Tensor) -> np.ndarray:
-    """Images in [-1, 1] as a float64 array (N, D) of their pixels in [0, 1] (for the metrics)."""
-    return to_unit(images.detach().float().cpu()).clamp(0, 1).reshape(len(images), -1).double().numpy()
+def load_generator(run: str | os.PathLike) -> tuple[Generator, dict]:
+    """The generator of a ``hw_gan.train`` run (its ``args.json`` and ``last.pt``, read
+    weights-only) in eval mode on the CPU, and the run's arguments."""
+    run = Path(run)
+    args_path = run / "args.json"
+    if not args_path.is_file():
+        raise UserError(f"{run}: no args.json (is this a hw_gan.train run folder?)")
+    args = json.loads(args_path.read_text())
+    if "latent" not in args or "image_size" not in args:
+        raise UserError(f"{args_path}: not written by hw_gan.train (no latent / image_size)")
+    generator = Generator(args["image_size"], args["latent"], args["width"])
+    checkpoint = load_weights(run / "last.pt")
+    weights = task_weights(checkpoint, "generator.")
+    try:
+        generator.load_state_dict(weights)
+    except RuntimeError as exc:
+        raise UserError(f"{run / 'last.pt'}: does not match the generator of args.json "
+                        f"({str(exc).splitlines()[0]})") from None
+    return generator.eval(), args
+
+
+@torch.no_grad()
+def generate(generator: Generator, n: int, seed: int = 0, batch_size: int = 256) -> torch.Tensor:
+    """``n`` images in [-1, 1] from latents drawn with ``seed`` (the same seed, the same images)."""
+    g = torch.Generator().manual_seed(seed)
+    z = torch.randn(n, generator.latent, generator=g)
+    return torch.cat([generator(z[i:i + batch_size]).float() for i in range(0, n, batch_size)])

@@ -7,6 +7,10 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from PIL import Image
+
+from core.data import DataError
+from core.errors import UserError
 
 from hw_gan.metrics import gradient_magnitude, gradient_magnitude_ratio, loo_1nn_accuracy, two_sample_test
 from hw_gan.models import Discriminator, Generator, check_image_size, count_parameters
@@ -116,3 +120,194 @@ def test_two_sample_test_is_near_half_for_one_distribution_and_near_one_for_blur
     blur = two_sample_test(real, blurred, epochs=20)
     assert blur["accuracy"] > 0.9, blur
     assert blur["p_value"] < 1e-10
+
+
+# -- the GAN task --------------------------------------------------------------------------------
+def tiny_gan(size: int = 16, latent: int = 8, width: int = 8, seed: int = 0, **options):
+    from hw_gan.task import GANTask
+
+    torch.manual_seed(seed)
+    return GANTask(Generator(size, latent, width), Discriminator(size, width), lr=2e-3, **options)
+
+
+def test_generator_loss_never_reaches_the_discriminators_next_step():
+    """Each discriminator step uses exactly the gradient of its own loss, replayed from the same
+    weights, batch and random state; and when the generator steps, the discriminator holds no
+    gradient at all."""
+    import copy
+
+    from core.trainer import Trainer
+    from hw_gan.task import GANTask
+
+    recorded, g_step_d_grads = [], []
+
+    class Recording(GANTask):
+        def configure_optimizers(self):
+            opt_d, opt_g = super().configure_optimizers()
+            opt_d.register_step_pre_hook(lambda opt, *_: recorded[-1].update(
+                grads=[p.grad.clone() for p in self.discriminator.parameters()]))
+            opt_g.register_step_pre_hook(lambda opt, *_: g_step_d_grads.extend(
+                p.grad for p in self.discriminator.parameters()))
+            return [opt_d, opt_g]
+
+        def training_step(self, batch):
+            recorded.append({"state": copy.deepcopy(self.state_dict()), "rng": torch.get_rng_state(),
+                             "batch": batch.clone()})
+            return super().training_step(batch)
+
+    torch.manual_seed(0)
+    task = Recording(Generator(16, 8, 8), Discriminator(16, 8), lr=1e-2)
+    data = torch.utils.data.DataLoader(two_mode_images(24), batch_size=8, shuffle=True)
+    Trainer(max_epochs=2, monitor=None, progress=False, log_every_epoch=False).fit(task, data)
+    assert len(recorded) == 6
+
+    for step in recorded:
+        replay = GANTask(Generator(16, 8, 8), Discriminator(16, 8))
+        replay.load_state_dict(step["state"])
+        torch.set_rng_state(step["rng"])
+        fake = replay.generator(replay.noise(len(step["batch"])))
+        loss, _ = replay.discriminator_step_loss(step["batch"], fake)
+        loss.backward()
+        for p, seen in zip(replay.discriminator.parameters(), step["grads"]):
+            torch.testing.assert_close(seen, p.grad, rtol=1e-4, atol=1e-6)
+    assert len(g_step_d_grads) == 6 * len(list(task.discriminator.parameters()))
+    assert all(grad is None for grad in g_step_d_grads)
+
+
+def two_mode_images(n: int, seed: int = 0) -> torch.Tensor:
+    from hw_gan.data import two_mode_points
+
+    return two_mode_points(n, seed=seed, size=16)
+
+
+def nearest_distance(samples: torch.Tensor, data: torch.Tensor) -> float:
+    """Mean Euclidean distance (per pixel, RMS) from each sample to its nearest data image."""
+    return (torch.cdist(samples.flatten(1), data.flatten(1)).min(1).values / samples[0].numel() ** 0.5).mean().item()
+
+
+def test_short_run_moves_samples_towards_a_two_mode_set():
+    from core.trainer import Trainer
+
+    data = two_mode_images(64)                        # 32 of each mode; RMS 0.05 around its mode
+    task = tiny_gan()
+    before = nearest_distance(task.sample(), data)    # 0.60: grey noise
+    loader = torch.utils.data.DataLoader(data, batch_size=16, shuffle=True, drop_last=True)
+    Trainer(max_epochs=40, monitor=None, progress=False, log_every_epoch=False, seed=0).fit(task, loader)
+    samples = task.sample()
+    after = nearest_distance(samples, data)           # measured 0.43 after 160 steps
+    assert after < 0.8 * before, (before, after)
+    mode_of_nearest = torch.cdist(samples.flatten(1), data.flatten(1)).argmin(1) >= 32
+    assert 0.1 < mode_of_nearest.float().mean() < 0.9  # both modes drawn
+
+
+# -- commands end to end ---------------------------------------------------------------------------
+def write_faces(folder, n: int = 40, size: int = 20, seed: int = 0) -> None:
+    """``n`` two-mode PNG images of ``size`` px (resized to --image-size when read)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    images = two_mode_points_at(n, seed, size)
+    for i, image in enumerate(images):
+        array = ((image.permute(1, 2, 0).numpy() * 0.5 + 0.5) * 255).round().astype(np.uint8)
+        Image.fromarray(array).save(folder / f"face_{i:03d}.png")
+
+
+def two_mode_points_at(n: int, seed: int, size: int) -> torch.Tensor:
+    from hw_gan.data import two_mode_points
+
+    return two_mode_points(n, seed=seed, size=size)
+
+
+TINY = ["--image-size", "16", "--width", "4", "--latent", "8", "--batch-size", "8", "--holdout", "8",
+        "--device", "cpu"]
+
+
+@pytest.fixture
+def face_folder(tmp_path):
+    root = tmp_path / "faces_dataset_small"
+    write_faces(root / "faces")                      # the course's ImageFolder layout
+    return root
+
+
+def test_resumed_run_reproduces_the_uninterrupted_one(face_folder, tmp_path, runs_root):
+    from core.predictor import load_weights
+    from hw_gan.train import main
+
+    common = ["--data-dir", str(face_folder), *TINY, "--deterministic"]
+    main([*common, "--epochs", "3", "--run-dir", str(tmp_path / "full")])
+    main([*common, "--epochs", "1", "--run-dir", str(tmp_path / "part")])
+    main([*common, "--epochs", "3", "--run-dir", str(tmp_path / "resumed"), "--resume", str(tmp_path / "part/last.pt")])
+    full, resumed = (load_weights(tmp_path / name / "last.pt") for name in ("full", "resumed"))
+    assert full["epoch"] == resumed["epoch"] == 3
+    for key, value in full["task"].items():
+        torch.testing.assert_close(resumed["task"][key], value, rtol=0, atol=0, msg=key)
+    assert full["optimizers"][1]["state"][0]["step"] == resumed["optimizers"][1]["state"][0]["step"] == 12
+
+
+def test_train_sample_evaluate_end_to_end(face_folder, tmp_path, runs_root, capsys):
+    import json
+
+    from hw_gan import evaluate, sample, train
+
+    run = tmp_path / "run"
+    metrics = train.main(["--data-dir", str(face_folder), *TINY, "--epochs", "2", "--run-dir", str(run)])
+    assert metrics["epochs"] == 2 and metrics["steps"] == 2 * (32 // 8)
+    for name in ("args.json", "history.csv", "last.pt", "metrics.json", "split.json", "plots/history.png",
+                 "plots/progress.gif", "plots/samples/epoch_001.png", "plots/samples/epoch_002.png"):
+        assert (run / name).is_file(), name
+    history = (run / "history.csv").read_text().splitlines()[0].split(",")
+    assert {"train_loss_d", "train_loss_g", "train_real_score", "train_fake_score"} <= set(history)
+    split = json.loads((run / "split.json").read_text())
+    assert len(split["holdout"]) == 8 and len(split["train"]) == 32 and not set(split["holdout"]) & set(split["train"])
+
+    files = sample.main(["--run", str(run), "--n", "5", "--out", str(tmp_path / "pngs"), "--grid", str(tmp_path / "g.png")])
+    assert len(files) == 6 and Image.open(files[0]).size == (16, 16)
+    again = sample.main(["--run", str(run), "--n", "5", "--out", str(tmp_path / "pngs2")])
+    assert [np.asarray(Image.open(a)).tolist() for a in files[:5]] == [np.asarray(Image.open(b)).tolist() for b in again]
+
+    scores = evaluate.main(["--run", str(run), "--no-tsne", "--folds", "2", "--baseline"])
+    assert scores["n"] == 8                          # the held-out faces
+    assert "data: the run's 8 held-out faces" in capsys.readouterr().out
+    assert 0 <= scores["loo_1nn_accuracy"] <= 1 and scores["gradient_ratio"] > 0
+    assert "pca_gaussian_loo_1nn_accuracy" in scores
+    with pytest.raises(UserError, match=r"--n 9: larger than the 8 real images available"):
+        evaluate.main(["--run", str(run), "--n", "9", "--no-tsne"])
+
+
+# -- bad input -------------------------------------------------------------------------------------
+def test_empty_folder_is_a_clear_error(tmp_path):
+    from hw_gan.train import main
+
+    (tmp_path / "empty" / "faces").mkdir(parents=True)
+    with pytest.raises(DataError, match=r"empty: no image files .* in it or its sub-folders"):
+        main(["--data-dir", str(tmp_path / "empty"), *TINY])
+
+
+def test_grey_and_rgba_images_are_converted_and_corrupt_ones_named(tmp_path, capsys):
+    from hw_gan.data import load_faces
+
+    folder = tmp_path / "flat"
+    write_faces(folder, n=4)
+    Image.new("L", (30, 20), 128).save(folder / "grey.png")
+    Image.new("RGBA", (20, 30), (255, 0, 0, 128)).save(folder / "rgba.png")
+    (folder / "broken.png").write_bytes(b"not a png")
+    faces = load_faces(folder, 16)
+    out = capsys.readouterr().out
+    assert len(faces) == 6 and faces.images.shape == (6, 3, 16, 16)
+    assert "converted 2 non-RGB image(s) to RGB: grey.png (L), rgba.png (RGBA)" in out
+    assert "skipped 1 unreadable file(s):" in out and "broken.png" in out
+    grey = faces.images[faces.names.index("grey.png")]
+    torch.testing.assert_close(grey, torch.full_like(grey, 128 / 127.5 - 1))
+    (folder / "grey.png").unlink()
+    for path in folder.glob("*.png"):
+        path.write_bytes(b"broken")
+    with pytest.raises(DataError, match=r"none of its 6 image file\(s\) could be read"):
+        load_faces(folder, 16)
+
+
+def test_bad_options_are_refused_before_any_work(tmp_path):
+    from hw_gan.train import main
+
+    with pytest.raises(UserError, match=r"--image-size 48: must be a power of two"):
+        main(["--image-size", "48", "--run-dir", str(tmp_path / "never")])
+    with pytest.raises(UserError, match=r"--label-smoothing 1.5"):
+        main(["--label-smoothing", "1.5", "--run-dir", str(tmp_path / "never")])
+    assert not (tmp_path / "never").exists()
