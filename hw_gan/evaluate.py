@@ -11,12 +11,11 @@ samples of a Gaussian fitted to the run's training faces in a 50-component PCA b
 faces that pixel-space 1-NN rates well and the other two checks do not.
 
 Writes ``metrics.json`` and ``plots/`` (t-SNE, generated and real grids) into
-``<run>/eval-<timestamp>/`` (or ``--run-dir``).
+``<run>/eval-<data>-<timestamp>/`` (or ``--run-dir``).
 """
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
 import torch
@@ -34,9 +33,10 @@ def build_parser():
     parser = cli.make_parser("hw_gan.evaluate", __doc__.split("\n")[0])
     parser.add_argument("--run", required=True, help="run folder written by hw_gan.train")
     parser.add_argument("--data-dir", default=None, help="real faces; default: the run's held-out faces")
-    parser.add_argument("--n", type=int, default=None, help="images of each kind (default: all real ones)")
+    parser.add_argument("--n", type=cli.int_at_least(2), default=None,
+                        help="images of each kind (default: all real ones)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the latents and of the real subset")
-    parser.add_argument("--folds", type=int, default=5, help="folds of the two-sample test")
+    parser.add_argument("--folds", type=cli.int_at_least(2), default=5, help="folds of the two-sample test")
     parser.add_argument("--baseline", action="store_true", help="also score a PCA-Gaussian's samples")
     parser.add_argument("--no-tsne", action="store_true", help="skip the t-SNE figure")
     cli.add_run_args(parser)
@@ -78,12 +78,7 @@ def score(real: torch.Tensor, fake: torch.Tensor, folds: int, seed: int, prefix:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = build_parser()
-    args = cli.parse_args(parser, argv)
-    if args.n is not None and args.n < 2:
-        parser.error(f"--n {args.n}: must be at least 2")
-    if args.folds < 2:
-        parser.error(f"--folds {args.folds}: must be at least 2")
+    args = cli.parse_args(build_parser(), argv)
     run_path = Path(args.run)
     generator, train_args = load_generator(run_path)
     real, train = real_faces(run_path, args.data_dir, train_args["image_size"])
@@ -95,11 +90,8 @@ def main(argv: list[str] | None = None) -> dict:
     fake_images = generate(generator, n, args.seed)
     echo(f"comparing {n} real and {n} generated images at {train_args['image_size']} px")
 
-    if args.run_dir is None:
-        stamp = run_path / f"eval-{time.strftime('%Y%m%d-%H%M%S')}"
-        args.run_dir = str(next(p for i in range(1, 1000) if not (p := stamp.with_name(
-            stamp.name + (f"-{i}" if i > 1 else ""))).exists()))  # never over an earlier evaluation
-    run = cli.RunDir.create("hw_gan", args)
+    data_name = Path(args.data_dir).resolve().name if args.data_dir else "holdout"
+    run = cli.RunDir.create("hw_gan", args, parent=run_path, prefix=f"eval-{data_name}-")  # a new folder each time
     metrics = {"n": n, **score(real_images, fake_images, args.folds, args.seed)}
     if args.baseline and train is not None:
         pca = pca_gaussian_samples(train.images, n, seed=args.seed)
@@ -121,4 +113,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    cli.run_command(lambda: main() and 0)
+    cli.run_command(main)

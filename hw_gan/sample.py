@@ -18,19 +18,17 @@ from .sampling import generate, load_generator, save_grid, save_pngs
 def build_parser():
     parser = cli.make_parser("hw_gan.sample", __doc__.split("\n")[0])
     parser.add_argument("--run", required=True, help="run folder written by hw_gan.train")
-    parser.add_argument("--n", type=int, default=64, help="number of images")
+    parser.add_argument("--n", type=cli.positive_int, default=64, help="number of images")
     parser.add_argument("--seed", type=int, default=0, help="seed of the latent vectors")
     parser.add_argument("--out", default=None, help="folder for one PNG per image")
     parser.add_argument("--grid", default=None, help="one PNG file with all images in a grid")
-    parser.add_argument("--ncols", type=int, default=8, help="columns of the grid")
+    parser.add_argument("--ncols", type=cli.positive_int, default=8, help="columns of the grid")
     return parser
 
 
 def main(argv: list[str] | None = None) -> list[Path]:
     parser = build_parser()
     args = cli.parse_args(parser, argv)
-    if args.n < 1:
-        parser.error(f"--n {args.n}: must be at least 1")
     if args.out is None and args.grid is None:
         parser.error("give --out DIR (PNG files) and/or --grid FILE")
     if args.out and Path(args.out).exists() and any(Path(args.out).glob("sample_*.png")):
@@ -52,4 +50,4 @@ def main(argv: list[str] | None = None) -> list[Path]:
 
 
 if __name__ == "__main__":
-    cli.run_command(lambda: main() and 0)
+    cli.run_command(main)

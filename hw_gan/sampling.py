@@ -5,19 +5,20 @@ every epoch's, and the GIF at the end is those grids in order.
 """
 from __future__ import annotations
 
+import copy
 import json
 import os
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
 
-from core.callbacks import Callback
+from core.callbacks import EMA, Callback
 from core.device import is_main_process
 from core.errors import UserError
-from core.predictor import load_weights, task_weights
+from core.predictor import task_weights
+from core.trainer import load_checkpoint, unwrap
 
 from .data import to_unit
 from .models import Generator
@@ -76,37 +77,28 @@ def save_gif(frames: list[str | os.PathLike], path: str | os.PathLike, seconds_p
 
 class SampleGrids(Callback):
     """After every epoch, a grid of the generator's images from the task's fixed noise
-    (``plots/samples/epoch_NNN.png``); at the end of ``fit``, all of them as ``plots/progress.gif``."""
+    (``plots/samples/epoch_NNN.png``); at the end of ``fit``, all of them as ``plots/progress.gif``.
+    With a :class:`core.callbacks.EMA` callback, the grids show the averaged generator."""
 
     def __init__(self, plots_dir: str | os.PathLike):
         self.folder = Path(plots_dir) / "samples"
         self.gif = Path(plots_dir) / "progress.gif"
 
     def on_epoch_end(self, trainer, task, metrics):
-        if is_main_process():
-            save_grid(task.sample(), self.folder / f"epoch_{trainer.epoch:03d}.png")
+        if not is_main_process():
+            return
+        ema = next((cb for cb in trainer.callbacks if isinstance(cb, EMA)), None)
+        generator = unwrap(task.generator)
+        if ema is not None:
+            generator = copy.deepcopy(generator)
+            averaged = ema.averaged_state_dict(task)
+            generator.load_state_dict({k.removeprefix("generator."): v for k, v in averaged.items()
+                                       if k.startswith("generator.")})
+        save_grid(task.sample(generator=generator), self.folder / f"epoch_{trainer.epoch:03d}.png")
 
     def on_fit_end(self, trainer, task):
         if is_main_process():
             save_gif(sorted(self.folder.glob("epoch_*.png")), self.gif)
-
-
-class TimeLimit(Callback):
-    """Stop training after the epoch in which ``minutes`` of training time have passed."""
-
-    order = 5
-
-    def __init__(self, minutes: float):
-        self.seconds = minutes * 60
-        self.start = time.perf_counter()
-
-    def on_fit_start(self, trainer, task):
-        self.start = time.perf_counter()
-
-    def on_epoch_end(self, trainer, task, metrics):
-        if time.perf_counter() - self.start >= self.seconds and trainer.epoch < trainer.max_epochs:
-            trainer.should_stop = True
-            trainer.log(f"time limit: stopping after epoch {trainer.epoch} ({self.seconds / 60:.1f} min)")
 
 
 def load_generator(run: str | os.PathLike) -> tuple[Generator, dict]:
@@ -120,8 +112,7 @@ def load_generator(run: str | os.PathLike) -> tuple[Generator, dict]:
     if "latent" not in args or "image_size" not in args:
         raise UserError(f"{args_path}: not written by hw_gan.train (no latent / image_size)")
     generator = Generator(args["image_size"], args["latent"], args["width"])
-    checkpoint = load_weights(run / "last.pt")
-    weights = task_weights(checkpoint, "generator.")
+    weights = task_weights(load_checkpoint(run / "last.pt"), "generator.")   # the EMA's, if the run kept one
     try:
         generator.load_state_dict(weights)
     except RuntimeError as exc:

@@ -72,7 +72,7 @@ class GANTask(Task):
         loss: ``bce`` (the course's), ``saturating`` or ``hinge``.
         label_smoothing: real target ``1 - label_smoothing`` in the discriminator's BCE.
         instance_noise: std of Gaussian noise added to the discriminator's inputs (real and
-            fake), annealed linearly to 0 over ``total_epochs`` (Sønderby et al. 2017).
+            fake), annealed linearly to 0 over the Trainer's epochs (Sønderby et al. 2017).
         n_fixed: size of the fixed noise batch the per-epoch sample grids are drawn from.
     """
 
@@ -80,13 +80,13 @@ class GANTask(Task):
 
     def __init__(self, generator: nn.Module, discriminator: nn.Module, lr: float = 1e-4,
                  betas: tuple[float, float] = (0.5, 0.999), loss: str = "bce", label_smoothing: float = 0.0,
-                 instance_noise: float = 0.0, total_epochs: int = 1, n_fixed: int = 64, seed: int = 0):
+                 instance_noise: float = 0.0, n_fixed: int = 64, seed: int = 0):
         super().__init__()
         if loss not in LOSSES:
             raise ValueError(f"--loss {loss}: expected one of {', '.join(LOSSES)}")
         self.generator, self.discriminator = generator, discriminator
         self.lr, self.betas, self.loss = lr, tuple(betas), loss
-        self.label_smoothing, self.instance_noise, self.total_epochs = label_smoothing, instance_noise, total_epochs
+        self.label_smoothing, self.instance_noise = label_smoothing, instance_noise
         self.latent = unwrap(generator).latent
         fixed = torch.randn(n_fixed, self.latent, generator=torch.Generator().manual_seed(seed))
         self.register_buffer("fixed_noise", fixed)
@@ -100,8 +100,8 @@ class GANTask(Task):
 
     def noisy(self, images: torch.Tensor) -> torch.Tensor:
         """Instance noise: ``images + sigma * N(0, 1)``, sigma falling linearly to 0 over training."""
-        epochs_done = self._trainer.epoch if self._trainer is not None else 0
-        sigma = self.instance_noise * max(0.0, 1.0 - epochs_done / max(self.total_epochs, 1))
+        total = self.trainer.max_epochs if self._trainer is not None else 1
+        sigma = self.instance_noise * max(0.0, 1.0 - self.current_epoch / total)
         return images + sigma * torch.randn_like(images) if sigma > 0 else images
 
     def discriminator_step_loss(self, real: torch.Tensor, fake: torch.Tensor) -> tuple[torch.Tensor, dict]:
@@ -133,10 +133,11 @@ class GANTask(Task):
         return {"loss_d": loss_d.detach(), "loss_g": loss_g.detach(), **scores}
 
     @torch.no_grad()
-    def sample(self, n: int | None = None, noise: torch.Tensor | None = None) -> torch.Tensor:
+    def sample(self, n: int | None = None, noise: torch.Tensor | None = None,
+               generator: nn.Module | None = None) -> torch.Tensor:
         """Generated images in [-1, 1] from ``noise`` (default: the fixed batch, or ``n`` fresh
-        draws), with the generator in eval mode (BatchNorm's running statistics)."""
-        generator = unwrap(self.generator)
+        draws) by ``generator`` (default: the task's) in eval mode (BatchNorm's running statistics)."""
+        generator = generator if generator is not None else unwrap(self.generator)
         was_training = generator.training
         generator.eval()
         if noise is None:

@@ -24,13 +24,14 @@ from torch.utils.data import DataLoader, Dataset
 from core import cli
 from core.data import DataError, resolve_data_root
 from core.device import echo
+from core.callbacks import EMA
 from core.errors import UserError
 from core.plots import plot_history
 from core.trainer import Trainer
 
 from .data import Faces, builtin_faces, load_faces, split_holdout
 from .models import Discriminator, Generator, check_image_size, count_parameters
-from .sampling import SampleGrids, TimeLimit
+from .sampling import SampleGrids
 from .task import LOSSES, GANTask
 
 DATASET = "faces/lfw_gan"
@@ -52,42 +53,45 @@ class FaceDataset(Dataset):
         return image
 
 
+def image_size(text: str) -> int:
+    """``--image-size``: a power of two the DCGAN can halve down to 4x4 (16 to 256)."""
+    try:
+        return check_image_size(int(text))
+    except ValueError as exc:
+        message = str(exc).removeprefix(f"--image-size {text}: ") if text.isdigit() else "expected an integer"
+        raise argparse.ArgumentTypeError(f"{message}, got {text!r}") from None
+
+
+def probability_below_1(text: str) -> float:
+    value = cli.probability(text)
+    if value >= 1:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1), got {text!r}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = cli.make_parser("hw_gan.train", __doc__.split("\n")[0])
     cli.add_data_args(parser)
     cli.add_training_args(parser, epochs=120, batch_size=32, lr=2e-4)
     group = parser.add_argument_group("GAN")
-    group.add_argument("--image-size", type=int, default=64, help="image side: a power of two (32, 64, 128)")
-    group.add_argument("--latent", type=int, default=128, help="size of the generator's latent vector")
-    group.add_argument("--width", type=int, default=32, help="channels of the networks' image-side block "
-                       "(the course's: 64, 2.77 M discriminator parameters at 64 px)")
-    group.add_argument("--beta1", type=float, default=0.5, help="Adam's beta1 (beta2 is 0.999)")
+    group.add_argument("--image-size", type=image_size, default=64, help="image side: a power of two (32, 64, 128)")
+    group.add_argument("--latent", type=cli.positive_int, default=128, help="size of the generator's latent vector")
+    group.add_argument("--width", type=cli.positive_int, default=32, help="channels of the networks' image-side "
+                       "block (the course's: 64, 2.77 M discriminator parameters at 64 px)")
+    group.add_argument("--beta1", type=probability_below_1, default=0.5, help="Adam's beta1 (beta2 is 0.999)")
     group.add_argument("--loss", choices=LOSSES, default="bce",
                        help="bce: the course's (non-saturating), saturating: the minimax log(1-D(G(z))), hinge")
-    group.add_argument("--label-smoothing", type=float, default=0.0, help="real target 1 - this in D's BCE")
-    group.add_argument("--instance-noise", type=float, default=0.0,
+    group.add_argument("--label-smoothing", type=probability_below_1, default=0.0,
+                       help="real target 1 - this in D's BCE (one-sided label smoothing)")
+    group.add_argument("--instance-noise", type=cli.nonneg_float, default=0.0,
                        help="std of the noise added to D's inputs, annealed to 0 over the epochs")
     group.add_argument("--spectral-norm", action="store_true", help="spectral norm instead of BatchNorm in D")
+    group.add_argument("--ema", type=probability_below_1, default=None, metavar="DECAY",
+                       help="keep an exponential moving average of the weights (e.g. 0.999) and sample from it")
     group.add_argument("--no-flip", action="store_true", help="no random left-right flips of the faces")
-    group.add_argument("--holdout", type=int, default=100, help="faces held back from training for evaluate")
+    group.add_argument("--holdout", type=cli.nonneg_int, default=100, help="faces held back from training for evaluate")
     group.add_argument("--split-seed", type=int, default=0, help="seed of the held-out draw")
-    group.add_argument("--max-minutes", type=float, default=None, help="stop after the epoch that passes this")
     return parser
-
-
-def check_args(args: argparse.Namespace) -> None:
-    """Refuse bad option values before any work, in one line naming the option."""
-    try:
-        check_image_size(args.image_size)
-    except ValueError as exc:
-        raise UserError(str(exc)) from None
-    for name in ("epochs", "batch_size", "latent", "width"):
-        if getattr(args, name) < 1:
-            raise UserError(f"--{name.replace('_', '-')} {getattr(args, name)}: must be at least 1")
-    if not 0 <= args.label_smoothing < 1:
-        raise UserError(f"--label-smoothing {args.label_smoothing}: must be in [0, 1)")
-    if args.lr <= 0 or args.instance_noise < 0 or not 0 <= args.beta1 < 1:
-        raise UserError("--lr must be > 0, --instance-noise >= 0 and --beta1 in [0, 1)")
 
 
 def load_data(args: argparse.Namespace) -> tuple[Faces, Faces, object]:
@@ -110,7 +114,6 @@ def load_data(args: argparse.Namespace) -> tuple[Faces, Faces, object]:
 
 def main(argv: list[str] | None = None) -> dict:
     args = cli.parse_args(build_parser(), argv)
-    check_args(args)
     train, held, source = load_data(args)
     loader = DataLoader(FaceDataset(train.images, flip=not args.no_flip), batch_size=args.batch_size,
                         shuffle=True, drop_last=True, num_workers=args.num_workers)
@@ -121,14 +124,13 @@ def main(argv: list[str] | None = None) -> dict:
     echo(f"models: generator {count_parameters(generator):,} and discriminator "
          f"{count_parameters(discriminator):,} parameters at {args.image_size} px, width {args.width}")
     task = GANTask(generator, discriminator, lr=args.lr, betas=(args.beta1, 0.999), loss=args.loss,
-                   label_smoothing=args.label_smoothing, instance_noise=args.instance_noise,
-                   total_epochs=args.epochs, seed=args.seed)
-    run = cli.RunDir.create("hw_gan", args)
+                   label_smoothing=args.label_smoothing, instance_noise=args.instance_noise, seed=args.seed)
+    run = cli.RunDir.reserve("hw_gan", args)
     run.save_json("split.json", {"data": str(source.root) if source.root else "built-in",
                                  "holdout": held.names, "train": train.names})
-    callbacks = [SampleGrids(run.plots)] + ([TimeLimit(args.max_minutes)] if args.max_minutes else [])
-    trainer = Trainer.from_args(args, run_dir=run.path, monitor=None, callbacks=callbacks)
-    if trainer.device.type == "cpu":  # bench/gan.py: channels-last convolutions on the CPU
+    callbacks = [run.start_callback(args), SampleGrids(run.plots)] + ([EMA(args.ema)] if args.ema else [])
+    trainer = Trainer.from_args(args, run_dir=run.path, callbacks=callbacks)
+    if trainer.device.type == "cpu":  # bench/gan.py: channels-last convolutions are faster on the CPU
         task.to(memory_format=torch.channels_last)
     start = time.perf_counter()
     history = trainer.fit(task, loader, resume=args.resume)
@@ -144,4 +146,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    cli.run_command(lambda: main() and 0)   # main returns the metrics (for tests); the exit status is 0
+    cli.run_command(main)
