@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from core.data import IMAGE_EXTENSIONS, DataError, require_dir
+from core.data import IMAGE_EXTENSIONS, DataError, require_dir, to_rgb
 from core.device import echo
 
 
@@ -67,7 +67,8 @@ def find_images(root: str | os.PathLike) -> list[Path]:
 def load_faces(root: str | os.PathLike, size: int) -> Faces:
     """Every image under ``root`` as a :class:`Faces` set at ``size`` x ``size``.
 
-    Greyscale, palette and RGBA images are converted to RGB (counted and printed); files that
+    Greyscale, palette and RGBA images are converted to RGB (:func:`core.data.to_rgb`:
+    transparency composited on white; counted and printed); files that
     cannot be read are skipped, named and counted; if none can be read, :class:`DataError`.
     """
     root = Path(root)
@@ -79,8 +80,7 @@ def load_faces(root: str | os.PathLike, size: int) -> Faces:
                 img.load()
                 if img.mode != "RGB":
                     converted.append(f"{path.name} ({img.mode})")
-                    img = img.convert("RGB")
-                images.append(prepare_image(img, size))
+                images.append(prepare_image(to_rgb(img), size))
         except Exception as exc:  # PIL raises several types for broken files
             broken.append(f"{path} ({type(exc).__name__}: {exc})")
             continue

@@ -26,11 +26,12 @@ from core.data import DataError, resolve_data_root
 from core.device import echo
 from core.callbacks import EMA
 from core.errors import UserError
+from core.inference import count_parameters
 from core.plots import plot_history
 from core.trainer import Trainer
 
 from .data import Faces, builtin_faces, load_faces, split_holdout
-from .models import Discriminator, Generator, check_image_size, count_parameters
+from .models import Discriminator, Generator, check_image_size
 from .sampling import SampleGrids
 from .task import LOSSES, GANTask
 
@@ -57,9 +58,8 @@ def image_size(text: str) -> int:
     """``--image-size``: a power of two the DCGAN can halve down to 4x4 (16 to 256)."""
     try:
         return check_image_size(int(text))
-    except ValueError as exc:
-        message = str(exc).removeprefix(f"--image-size {text}: ") if text.isdigit() else "expected an integer"
-        raise argparse.ArgumentTypeError(f"{message}, got {text!r}") from None
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a power of two from 16 to 256 (32, 64, 128), got {text!r}") from None
 
 
 def probability_below_1(text: str) -> float:

@@ -13,7 +13,8 @@ from core.data import DataError
 from core.errors import UserError
 
 from hw_gan.metrics import gradient_magnitude, gradient_magnitude_ratio, loo_1nn_accuracy, two_sample_test
-from hw_gan.models import Discriminator, Generator, check_image_size, count_parameters
+from core.inference import count_parameters
+from hw_gan.models import Discriminator, Generator, check_image_size
 
 
 @pytest.fixture(autouse=True)
@@ -94,6 +95,16 @@ def test_gradient_magnitude_of_ramps_and_of_blurred_images():
     blurred = F.avg_pool2d(noise, 3, 1, 1, count_include_pad=False)
     assert gradient_magnitude_ratio(noise, noise) == pytest.approx(1.0)
     assert gradient_magnitude_ratio(noise, blurred) < 0.5
+
+
+def test_sample_grid_is_torchvisions_make_grid():
+    from torchvision.utils import make_grid
+
+    from hw_gan.sampling import grid_image, to_pil
+
+    images = torch.rand(10, 3, 5, 7) * 2 - 1
+    expected = to_pil(make_grid(images, nrow=4, padding=2, pad_value=1.0))
+    assert np.array_equal(np.asarray(grid_image(images, ncols=4)), np.asarray(expected))
 
 
 # -- classifier two-sample test ----------------------------------------------------------------------
@@ -263,6 +274,13 @@ def test_train_sample_evaluate_end_to_end(face_folder, tmp_path, runs_root, caps
     again = sample.main(["--run", str(run), "--n", "5", "--out", str(tmp_path / "pngs2")])
     assert [np.asarray(Image.open(a)).tolist() for a in files[:5]] == [np.asarray(Image.open(b)).tolist() for b in again]
 
+    from core.predictor import load_predictor, render
+
+    result = load_predictor(run).generate(seed=0, count=5)   # the web service's view of the run
+    assert result["kind"] == "generation" and result["count"] == 5
+    first = np.asarray(render(result))[2:18, 2:18]             # the grid's first image, as sample wrote it
+    assert first.tolist() == np.asarray(Image.open(files[0])).tolist()
+
     scores = evaluate.main(["--run", str(run), "--no-tsne", "--folds", "2", "--baseline"])
     assert scores["n"] == 8                          # the held-out faces
     assert "data: the run's 8 held-out faces" in capsys.readouterr().out
@@ -303,11 +321,14 @@ def test_grey_and_rgba_images_are_converted_and_corrupt_ones_named(tmp_path, cap
         load_faces(folder, 16)
 
 
-def test_bad_options_are_refused_before_any_work(tmp_path):
+def test_bad_options_are_refused_before_any_work(tmp_path, capsys):
     from hw_gan.train import main
 
-    with pytest.raises(UserError, match=r"--image-size 48: must be a power of two"):
-        main(["--image-size", "48", "--run-dir", str(tmp_path / "never")])
-    with pytest.raises(UserError, match=r"--label-smoothing 1.5"):
-        main(["--label-smoothing", "1.5", "--run-dir", str(tmp_path / "never")])
+    for option, value, message in (("--image-size", "48", "expected a power of two from 16 to 256 (32, 64, 128)"),
+                                   ("--label-smoothing", "1.0", "expected a number in [0, 1)"),
+                                   ("--width", "0", "expected an integer >= 1")):
+        with pytest.raises(SystemExit) as exit_info:
+            main([option, value, "--run-dir", str(tmp_path / "never")])
+        assert exit_info.value.code == 2
+        assert f"argument {option}: {message}, got '{value}'" in capsys.readouterr().err
     assert not (tmp_path / "never").exists()
