@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import torch
 from PIL import Image
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
@@ -334,6 +335,24 @@ def decode_images(files: Sequence[Path], size: int | None = None, on_corrupt: st
         if keep:
             arrays.append(array)
     return arrays, good, skipped
+
+
+class InMemoryImages(Dataset):
+    """Images held in one tensor (N, C, H, W): each item is the image, or ``(image, label)``
+    when ``labels`` are given; with ``flip``, mirrored left-right with probability 0.5 (drawn
+    from torch's global generator, so a resumed run draws the same flips)."""
+
+    def __init__(self, images: torch.Tensor, labels=None, flip: bool = False):
+        self.images, self.labels, self.flip = images, labels, flip
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i):
+        image = self.images[i]
+        if self.flip and torch.rand(()) < 0.5:
+            image = image.flip(-1)
+        return image if self.labels is None else (image, self.labels[i])
 
 
 class ImageClassificationDataset(Dataset):

@@ -18,10 +18,10 @@ import argparse
 import time
 
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 
 from core import cli
-from core.data import DataSource, resolve_data_root
+from core.data import DataSource, InMemoryImages, resolve_data_root
 from core.device import echo
 from core.inference import count_parameters
 from core.plots import image_grid, plot_history
@@ -94,20 +94,9 @@ def load_dataset(kind: str, data_dir=None, n_images: int = 600, announce: bool =
     return (builtin_digits() if source.builtin else load_digits(source.root)), source
 
 
-class Images(Dataset):
+def Images(data: ImageSet, flip: bool = False) -> InMemoryImages:
     """``(image, label)`` pairs, randomly flipped left-right when ``flip``."""
-
-    def __init__(self, data: ImageSet, flip: bool = False):
-        self.images, self.labels, self.flip = data.images, data.labels, flip
-
-    def __len__(self) -> int:
-        return len(self.images)
-
-    def __getitem__(self, i):
-        image = self.images[i]
-        if self.flip and torch.rand(()) < 0.5:
-            image = image.flip(-1)
-        return image, self.labels[i]
+    return InMemoryImages(data.images, data.labels, flip)
 
 
 def make_task(args, model):

@@ -19,10 +19,10 @@ import argparse
 import time
 
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 
 from core import cli
-from core.data import DataError, resolve_data_root
+from core.data import DataError, InMemoryImages, resolve_data_root
 from core.device import echo
 from core.callbacks import EMA
 from core.errors import UserError
@@ -36,22 +36,6 @@ from .sampling import SampleGrids
 from .task import LOSSES, GANTask
 
 DATASET = "faces/lfw_gan"
-
-
-class FaceDataset(Dataset):
-    """Images in memory, each flipped left-right with probability 0.5 when ``flip``."""
-
-    def __init__(self, images: torch.Tensor, flip: bool = True):
-        self.images, self.flip = images, flip
-
-    def __len__(self) -> int:
-        return len(self.images)
-
-    def __getitem__(self, i):
-        image = self.images[i]
-        if self.flip and torch.rand(()) < 0.5:
-            image = image.flip(-1)
-        return image
 
 
 def image_size(text: str) -> int:
@@ -115,7 +99,7 @@ def load_data(args: argparse.Namespace) -> tuple[Faces, Faces, object]:
 def main(argv: list[str] | None = None) -> dict:
     args = cli.parse_args(build_parser(), argv)
     train, held, source = load_data(args)
-    loader = DataLoader(FaceDataset(train.images, flip=not args.no_flip), batch_size=args.batch_size,
+    loader = DataLoader(InMemoryImages(train.images, flip=not args.no_flip), batch_size=args.batch_size,
                         shuffle=True, drop_last=True, num_workers=args.num_workers)
 
     torch.manual_seed(args.seed)

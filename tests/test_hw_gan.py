@@ -17,13 +17,7 @@ from core.inference import count_parameters
 from hw_gan.models import Discriminator, Generator, check_image_size
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Small models on a shared CPU: one intra-op thread is faster than two."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # -- models ------------------------------------------------------------------------------------
@@ -281,8 +275,10 @@ def test_train_sample_evaluate_end_to_end(face_folder, tmp_path, runs_root, caps
     first = np.asarray(render(result))[2:18, 2:18]             # the grid's first image, as sample wrote it
     assert first.tolist() == np.asarray(Image.open(files[0])).tolist()
 
-    scores = evaluate.main(["--run", str(run), "--no-tsne", "--folds", "2", "--baseline"])
+    scores = evaluate.main(["--run", str(run), "--folds", "2", "--baseline", "--run-name", "eval"])
     assert scores["n"] == 8                          # the held-out faces
+    for name in ("metrics.json", "plots/tsne.png", "plots/generated.png", "plots/real.png", "plots/pca_gaussian.png"):
+        assert (run / "eval" / name).is_file(), name
     assert "data: the run's 8 held-out faces" in capsys.readouterr().out
     assert 0 <= scores["loo_1nn_accuracy"] <= 1 and scores["gradient_ratio"] > 0
     assert "pca_gaussian_loo_1nn_accuracy" in scores
