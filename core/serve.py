@@ -16,7 +16,8 @@ its area, the boxes with class and score, or a grid of samples from a seed. The 
 Each ``--run`` is loaded once at start (:func:`core.predictor.load_predictor`, weights-only);
 inference runs in a thread pool, one image per call, so the server keeps answering while a
 model works. Errors are JSON ``{"error": "..."}`` with a 4xx status: 404 unknown model, 413
-upload or image too large, 415 not an image, 400 truncated or corrupt image, 422 missing field.
+upload or image too large, 415 not an image, 400 truncated or corrupt image, 422 a missing or
+bad field or an image the homework refuses; 500 (JSON too) for a fault, logged by the server.
 Uploads are held in memory (never written to disk, never under a name from the request) up
 to ``--max-upload-mb``; images are decoded only below ``--max-pixels``. The server binds to
 127.0.0.1 unless ``--host`` says otherwise.
@@ -138,6 +139,10 @@ def create_app(predictors: Sequence[Predictor], max_upload_mb: float = 10, max_p
         problems = "; ".join(f"{'.'.join(map(str, e['loc'][1:])) or 'request'}: {e['msg']}" for e in exc.errors())
         return JSONResponse({"error": f"bad request: {problems}"}, status_code=422)
 
+    @app.exception_handler(Exception)
+    async def internal_error(request, exc: Exception):  # the traceback goes to the server's log
+        return JSONResponse({"error": f"internal error ({type(exc).__name__}); see the server's log"}, status_code=500)
+
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     async def index():
         return page
@@ -152,7 +157,7 @@ def create_app(predictors: Sequence[Predictor], max_upload_mb: float = 10, max_p
 
     @app.post("/predict/{model}")
     async def predict(model: str, file: UploadFile | None = File(None, description="the image"),
-                      seed: int = Form(0, description="generators: seed of the samples"),
+                      seed: int = Form(0, ge=0, lt=2 ** 63, description="generators: seed of the samples"),
                       count: int = Form(16, ge=1, le=64, description="generators: number of samples")) -> dict:
         predictor = models.get(model)
         if predictor is None:
@@ -170,6 +175,8 @@ def create_app(predictors: Sequence[Predictor], max_upload_mb: float = 10, max_p
             return await loop.run_in_executor(executor, lambda: predictor.predict(open_image(data, max_pixels, what)))
         except ImageError as exc:
             raise ServeError(IMAGE_ERROR_STATUS[exc.reason], str(exc)) from None
+        except UserError as exc:  # the homework refuses this image (and says why)
+            raise ServeError(422, str(exc)) from None
 
     return app
 

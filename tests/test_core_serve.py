@@ -20,6 +20,7 @@ import torch
 from fastapi.testclient import TestClient
 from PIL import Image
 
+from core.errors import UserError
 from core.predictor import (Predictor, classification_result, decode_png, detection_result, generation_result,
                             load_predictor)
 from core.serve import create_app, running_server
@@ -254,6 +255,30 @@ def test_classification_and_generation_answers(tmp_path):
         assert grid.shape == (2 + 2 * 6, 2 + 2 * 6, 3) and first["count"] == 4
         response = client.post("/predict/noise", data={"count": "1000"})
         assert response.status_code == 422 and response.json()["error"].startswith("bad request: count:")
+        response = client.post("/predict/noise", data={"seed": "-1"})
+        assert response.status_code == 422 and response.json()["error"].startswith("bad request: seed:")
+
+
+class Refusing(Predictor):
+    """Refuses images narrower than 10 px (a homework's own check); fails on wider ones."""
+
+    def __init__(self, run_dir):
+        super().__init__(run_dir, "classification", classes=["a"])
+
+    def predict(self, image):
+        if image.width < 10:
+            raise UserError(f"image is {image.width} px wide; this model needs at least 10")
+        raise ZeroDivisionError("a fault in the model code")
+
+
+def test_a_homeworks_refusal_is_422_and_a_fault_is_500_json(tmp_path):
+    with TestClient(create_app([Refusing(fake_run(tmp_path, "picky"))]), raise_server_exceptions=False) as client:
+        response = upload(client, "picky", png_bytes(np.zeros((5, 5, 3), np.uint8)))
+        assert response.status_code == 422
+        assert response.json() == {"error": "image is 5 px wide; this model needs at least 10"}
+        response = upload(client, "picky", png_bytes(np.zeros((20, 20, 3), np.uint8)))
+        assert response.status_code == 500
+        assert response.json() == {"error": "internal error (ZeroDivisionError); see the server's log"}
 
 
 def test_duplicate_run_names_get_suffixes(tmp_path):
