@@ -84,7 +84,9 @@ def segment_run(tmp_path_factory) -> Path:
 
     run_dir = tmp_path_factory.mktemp("segment") / "lesions"
     torch.set_num_threads(1)
-    train.main(["--size", "32", "--width", "8", "--n-images", "120", "--epochs", "8", "--run-dir", str(run_dir)])
+    with pytest.MonkeyPatch.context() as env:
+        env.delenv("DLS_DATA", raising=False)  # the built-in images, also where CI sets DLS_DATA
+        train.main(["--size", "32", "--width", "8", "--n-images", "120", "--epochs", "8", "--run-dir", str(run_dir)])
     return run_dir
 
 

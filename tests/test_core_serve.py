@@ -98,8 +98,10 @@ def classify_run(tmp_path_factory) -> Path:
     from hw_classify import train
 
     run_dir = tmp_path_factory.mktemp("classify") / "shapes"
-    train.main(["--size", "32", "--n-per-class", "12", "--epochs", "1", "--width", "8", "--batch-size", "16",
-                "--run-dir", str(run_dir)])
+    with pytest.MonkeyPatch.context() as env:
+        env.delenv("DLS_DATA", raising=False)  # the built-in shapes, also where CI sets DLS_DATA
+        train.main(["--size", "32", "--n-per-class", "12", "--epochs", "1", "--width", "8", "--batch-size", "16",
+                    "--run-dir", str(run_dir)])
     return run_dir
 
 
@@ -164,9 +166,11 @@ def test_classification_prediction_equals_the_predict_command(classify_run, tmp_
     assert sum(probabilities) == pytest.approx(1, abs=1e-5) and command["label"] == command["classes"][0]["label"]
 
 
-def test_detection_prediction_equals_the_predict_command(tmp_path):
+def test_detection_prediction_equals_the_predict_command(tmp_path, monkeypatch):
     """A tiny hw_detection run (one short epoch; score threshold 0: every top-k box is kept)."""
     from hw_detection import predict, train
+
+    monkeypatch.delenv("DLS_DATA", raising=False)  # built-in scenes
 
     run = tmp_path / "hardhats"
     train.main(["--n-images", "12", "--size", "64", "--epochs", "1", "--batch-size", "4", "--limit-batches", "2",
@@ -183,6 +187,26 @@ def test_detection_prediction_equals_the_predict_command(tmp_path):
     boxes = command["boxes"]
     assert len(boxes) > 0 and [b["score"] for b in boxes] == sorted((b["score"] for b in boxes), reverse=True)
     assert all(0 <= b["box"][0] <= b["box"][2] <= 100 and 0 <= b["box"][1] <= b["box"][3] <= 80 for b in boxes)
+
+
+def test_generation_equals_the_predict_command(tmp_path, monkeypatch):
+    """A tiny hw_gan run: the grid for a seed through the API equals the command's, another seed differs."""
+    from hw_gan import predict, train
+
+    monkeypatch.delenv("DLS_DATA", raising=False)  # built-in faces
+    run = tmp_path / "faces"
+    train.main(["--image-size", "16", "--width", "4", "--latent", "8", "--batch-size", "8", "--holdout", "8",
+                "--epochs", "1", "--limit-batches", "2", "--run-dir", str(run)])
+    predict.main(["--run", str(run), "--seed", "3", "--count", "4", "--run-dir", str(tmp_path / "out")])
+    command = json.loads((tmp_path / "out" / "predictions.json").read_text())["seed 3"]
+    with TestClient(create_app([load_predictor(run)])) as client:
+        (model,) = client.get("/models").json()["models"]
+        assert (model["homework"], model["kind"], model["input_size"]) == ("hw_gan", "generation", [16, 16])
+        answer = client.post("/predict/faces", data={"seed": "3", "count": "4"}).json()
+        other = client.post("/predict/faces", data={"seed": "4", "count": "4"}).json()
+    assert answer == command and (command["seed"], command["count"]) == (3, 4)
+    assert decode_png(answer["grid_png"]).shape == (2 + 2 * 18, 2 + 2 * 18, 3)     # 2 x 2 samples of 16 px
+    assert other["grid_png"] != answer["grid_png"]
 
 
 @pytest.mark.parametrize("name, data, status, message", [
