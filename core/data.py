@@ -265,6 +265,16 @@ def stratified_split(labels: Sequence[int], val_fraction: float = 0.2,
     return np.sort(np.concatenate([train, single])), np.sort(val)
 
 
+def stratified_folds(labels: Sequence[int], folds: int = 5, seed: int = 0) -> list[tuple[np.ndarray, np.ndarray]]:
+    """``(train, val)`` index pairs of a shuffled stratified K-fold split (scikit-learn's
+    ``StratifiedKFold(folds, shuffle=True, random_state=seed)``): each image validates once."""
+    from sklearn.model_selection import StratifiedKFold
+
+    labels = np.asarray(labels)
+    splitter = StratifiedKFold(folds, shuffle=True, random_state=seed)
+    return [(train, val) for train, val in splitter.split(np.zeros(len(labels)), labels)]
+
+
 def to_rgb(image: Image.Image, background: tuple[int, int, int] = (255, 255, 255)) -> Image.Image:
     """Any PIL image as RGB: greyscale and palette images are expanded; transparency (RGBA, LA,
     a palette with a transparent colour) is composited onto ``background`` rather than dropped,

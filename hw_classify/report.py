@@ -50,13 +50,15 @@ def worst_mistakes(probs: torch.Tensor, labels: np.ndarray, n: int = 16) -> np.n
 
 
 def evaluate_and_report(run: cli.RunDir, model: nn.Module, val_set: ImageClassificationDataset,
-                        classes: list[str], device, tta: bool = False, title: str = "") -> dict:
-    """Score ``model`` on the validation set; write per_class.csv and the plots; return
-    ``val_*`` metrics and ``f1_<class>`` per class."""
+                        classes: list[str], device, title: str = "") -> dict:
+    """Score ``model`` on the validation set, without and with flip TTA; write per_class.csv
+    and the plots (without TTA, as ``submit`` predicts by default); return ``val_*`` metrics
+    (``val_*_tta`` with TTA) and ``f1_<class>`` per class."""
     loader = DataLoader(val_set, batch_size=64)
-    probs = predict(model, loader, device=device, tta_flip=tta, activation="softmax",
-                    channels_last=device.type == "cpu")
+    probs, probs_tta = (predict(model, loader, device=device, tta_flip=tta, activation="softmax",
+                                channels_last=device.type == "cpu") for tta in (False, True))
     labels = np.asarray(val_set.labels)
+    with_tta = classification_scores(labels, probs_tta.argmax(1).numpy(), len(classes))
     scores = classification_scores(labels, probs.argmax(1).numpy(), len(classes))
     table = per_class_table(scores, classes)
     if is_main_process():
@@ -74,6 +76,7 @@ def evaluate_and_report(run: cli.RunDir, model: nn.Module, val_set: ImageClassif
     if (run / "history.csv").is_file():
         plot_history(run / "history.csv", run.plots / "history.png", title=title)
     metrics = {"val_f1_macro": round(scores["f1_macro"], 4), "val_f1_micro": round(scores["f1_micro"], 4),
-               "val_accuracy": round(scores["accuracy"], 4)}
+               "val_accuracy": round(scores["accuracy"], 4), "val_f1_macro_tta": round(with_tta["f1_macro"], 4),
+               "val_accuracy_tta": round(with_tta["accuracy"], 4)}
     metrics.update({f"f1_{name}": round(float(f), 4) for name, f in zip(classes, scores["f1"])})
     return metrics

@@ -159,6 +159,21 @@ def test_train_submit_predict_on_builtin_shapes(tmp_path, runs_root):
     assert printed[str(image)]["classes"] == single["classes"]
 
 
+def test_compare_writes_a_row_per_architecture(tmp_path, runs_root):
+    from hw_classify import compare
+
+    out = tmp_path / "cmp"
+    compare.main(["--archs", "simple_cnn,small_resnet", "--epochs", "1", "--size", "96", "--run-dir", str(out),
+                  "--extra", "--n-per-class 6 --width 8"])
+    table = pd.read_csv(out / "compare.csv")
+    assert table["arch"].tolist() == ["simple_cnn", "small_resnet"]
+    assert table["parameters"].tolist() == [
+        sum(p.numel() for p in build_model(a, 5, size=96, width=8).model.parameters()) for a in table["arch"]]
+    assert "| simple_cnn |" in (out / "report.md").read_text() and (out / "plots" / "compare.png").is_file()
+    with pytest.raises(SystemExit):
+        compare.main(["--archs", "resnet9000"])
+
+
 def test_tta_of_a_flip_invariant_model_equals_plain(tmp_path):
     from argparse import Namespace
 
