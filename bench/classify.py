@@ -106,7 +106,7 @@ def main() -> None:
     pil, tv = interleaved(lambda: [read_rgb(f, LOAD) for f in files], lambda: [decode_tv(f) for f in files],
                           args.repeats)
     arrays = [read_rgb(f, LOAD) for f in files]
-    tensors = [torch.from_numpy(a).permute(2, 0, 1).contiguous() for a in arrays]
+    tensors = [torch.from_numpy(np.array(a)).permute(2, 0, 1).contiguous() for a in arrays]
     albu, tv2 = build_transform(224, "strong"), torchvision_strong(224)
     t_albu, t_tv2 = interleaved(lambda: [albu(a) for a in arrays], lambda: [tv2(t) for t in tensors], args.repeats)
     plain, last = train_step_fn(False, args.batch), train_step_fn(True, args.batch)

@@ -165,36 +165,49 @@ def load_backbone_weights(model: nn.Module, state: dict[str, torch.Tensor], head
     model.load_state_dict(backbone, strict=False)
 
 
-def build_model(arch: str, num_classes: int, weights: str = "none", size: int = 224,
-                width: int = 32, dropout: float = 0.2) -> Classifier:
+def pretrained_state(arch: str, weights: str = "none") -> dict[str, torch.Tensor] | None:
+    """The state dict ``--weights`` asks for: ``None`` for ``"none"``, torchvision's ImageNet
+    weights for ``"imagenet"`` (downloaded once into torch's cache), else a file's.
+
+    Raises:
+        UserError: the weights cannot be downloaded (offline) or read, or ``arch`` has none.
+    """
+    if weights in ("none", None):
+        return None
+    if arch in OWN_MODELS:
+        raise UserError(f"--weights {weights}: {arch} has no pretrained weights; use --weights none")
+    if weights != "imagenet":
+        return read_state_dict(weights)
+    enum = imagenet_weights(arch)
+    try:
+        return enum.get_state_dict(progress=False, check_hash=True)
+    except Exception as exc:  # offline: URLError, socket errors, HTTP errors
+        raise UserError(f"--weights imagenet: cannot download {enum.url} ({type(exc).__name__}); download "
+                        f"it elsewhere and pass the file with --weights PATH") from None
+
+
+def build_model(arch: str, num_classes: int, weights: str = "none", size: int = 224, width: int = 32,
+                dropout: float = 0.2, state: dict[str, torch.Tensor] | None = None) -> Classifier:
     """A classifier for ``num_classes``: ``simple_cnn``, ``small_resnet`` or a torchvision model.
 
     Args:
         arch: model name (see :data:`OWN_MODELS` and :func:`torchvision_names`).
-        weights: ``"none"``, ``"imagenet"`` (torchvision's weights API) or a state-dict path.
+        weights: ``"none"``, ``"imagenet"`` (torchvision's weights API) or a state-dict path
+            (see :func:`pretrained_state`); its name is used in messages when ``state`` is given.
         size: input side in pixels (``simple_cnn``'s head depends on it).
         width: ``small_resnet``'s first-stage channels.
         dropout: dropout before the last Linear layer (the course's 0.2).
+        state: backbone weights already read with :func:`pretrained_state`.
     """
+    if state is None:
+        state = pretrained_state(arch, weights)
     if arch in OWN_MODELS:
-        if weights not in ("none", None):
-            raise UserError(f"--weights {weights}: {arch} has no pretrained weights; use --weights none")
         model = SimpleCnn(num_classes, size) if arch == "simple_cnn" else SmallResNet(num_classes, width, dropout)
         return Classifier(model, [n for n, _ in model.named_parameters() if n.startswith("classifier")])
     if arch not in torchvision_names():
         raise UserError(f"--arch {arch}: unknown; choose {', '.join(OWN_MODELS)} or a torchvision "
                         "classifier such as resnet18, mobilenet_v2, densenet121, efficientnet_b0")
     model = torchvision.models.get_model(arch, weights=None)
-    state = None
-    if weights == "imagenet":
-        enum = imagenet_weights(arch)
-        try:
-            state = enum.get_state_dict(progress=False, check_hash=True)
-        except Exception as exc:  # offline: URLError, socket errors, HTTP errors
-            raise UserError(f"--weights imagenet: cannot download {enum.url} ({type(exc).__name__}); download "
-                            f"it elsewhere and pass the file with --weights PATH") from None
-    elif weights not in ("none", None):
-        state = read_state_dict(weights)
     head = replace_head(model, arch, num_classes, dropout)
     if state is not None:
         load_backbone_weights(model, state, head, weights)
