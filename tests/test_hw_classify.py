@@ -21,12 +21,7 @@ from hw_classify.task import ClassifyTask, StageSchedule
 QUICK = ["--size", "32", "--n-per-class", "12", "--epochs", "2", "--width", "8", "--batch-size", "16"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _save(path, seed=0, mode="RGB", size=(24, 20)):
