@@ -34,7 +34,7 @@ from .detector import MODEL_FILE, Detector
 
 RECIPES = {
     "built-in": dict(size=256, epochs=12, batch_size=8, lr=2e-3),
-    "hardhat": dict(size=320, epochs=24, batch_size=8, lr=2e-3),
+    "hardhat": dict(size=256, epochs=40, batch_size=8, lr=2e-3),
 }
 
 

@@ -62,18 +62,19 @@ def test_augmentation_keeps_the_box_on_a_drawn_rectangle():
 # -- CenterNet targets, loss, decoding ---------------------------------------------------------
 def test_gaussian_radius_follows_the_three_cases():
     # exact roots: for a 10 x 10 box at IoU 0.7, shrinking, (10-2r)^2/100 = 0.7, gives the smallest
-    assert gaussian_radius(10, 10, exact=True) == pytest.approx((10 - math.sqrt(70)) / 2)
+    assert gaussian_radius(10, 10, 0.7, exact=True) == pytest.approx((10 - math.sqrt(70)) / 2)
     h, w = 12.0, 30.0
-    r = gaussian_radius(h, w, exact=True)
+    r = gaussian_radius(h, w, 0.7, exact=True)
     cases = [(w - r) * (h - r) / (2 * w * h - (w - r) * (h - r)),   # both corners shifted
              (w - 2 * r) * (h - 2 * r) / (w * h),                     # shrunk
              w * h / ((w + 2 * r) * (h + 2 * r))]                     # grown
     assert min(cases, key=lambda iou: abs(iou - 0.7)) == pytest.approx(0.7)
     assert all(iou >= 0.7 - 1e-9 for iou in cases)
     # the papers' code: case 3 written as 4o r^2 - 2o(h+w) r + (o-1)hw, root (-b + sqrt(b^2 - 4ac)) / 2
-    o, s, p = 0.7, 10.0 + 10.0, 100.0
-    reference = (-2 * o * s + math.sqrt((2 * o * s) ** 2 + 4 * 4 * o * (1 - o) * p)) / 2
-    assert gaussian_radius(10, 10) == pytest.approx(reference) == pytest.approx(2.7332, abs=1e-4)
+    for o, expected in ((0.7, 2.7332), (0.3, 4.9545)):
+        s, p = 10.0 + 10.0, 100.0
+        reference = (-2 * o * s + math.sqrt((2 * o * s) ** 2 + 4 * 4 * o * (1 - o) * p)) / 2
+        assert gaussian_radius(10, 10, o) == pytest.approx(reference) == pytest.approx(expected, abs=1e-4)
 
 
 def test_encoding_puts_a_unit_peak_at_each_centre_and_decodes_back_exactly():
@@ -83,12 +84,12 @@ def test_encoding_puts_a_unit_peak_at_each_centre_and_decodes_back_exactly():
     heat = enc["heatmap"][0]
     assert heat[0, 22, 22] == 1.0 and heat[1, 15, 50] == 1.0 and heat[1, 48, 16] == 1.0
     assert int(enc["mask"].sum()) == 3 and int((heat == 1).sum()) == 3
-    radius = int(gaussian_radius(40, 40))                         # first box: 40 x 40 cells -> 10
-    assert radius == 10
+    radius = int(gaussian_radius(40, 40, 0.3))                    # first box: 40 x 40 cells -> 19
+    assert radius == 19
     sigma = (2 * radius + 1) / 6
     assert heat[0, 22, 23].item() == pytest.approx(math.exp(-1 / (2 * sigma ** 2)), rel=1e-5)
     assert heat[0, 24, 25].item() == pytest.approx(math.exp(-13 / (2 * sigma ** 2)), rel=1e-5)
-    assert heat[0, 22, 32].item() > 0.0 and heat[0, 22, 33].item() == 0.0   # radius 10, not 11
+    assert heat[0, 22, 41].item() > 0.0 and heat[0, 22, 42].item() == 0.0   # radius 19, not 20
     assert enc["size"][0, :, 15, 50].tolist() == pytest.approx([10.0, 15.125])
     assert enc["offset"][0, :, 15, 50].tolist() == pytest.approx([0.25, 0.0625])
     outputs = {"heatmap": torch.logit(heat[None].clamp(1e-6, 1 - 1e-6)), "size": enc["size"],

@@ -128,9 +128,10 @@ class CenterNet(nn.Module):
 
 
 # -- targets -------------------------------------------------------------------------------
-def gaussian_radius(height: float, width: float, min_overlap: float = 0.7, exact: bool = False) -> float:
+def gaussian_radius(height: float, width: float, min_overlap: float = 0.3, exact: bool = False) -> float:
     """The Gaussian radius of a ``height x width`` box (CornerNet, Law and Deng 2018, Sec. 3.2;
-    CenterNet Sec. 3): how far a corner may move while the box keeps IoU ``min_overlap``.
+    CenterNet Sec. 3): how far a corner may move while the box keeps IoU ``min_overlap``
+    (``t = 0.3`` in the CornerNet paper and in MMDetection's CenterNet; CenterNet's code uses 0.7).
 
     Three cases, each a quadratic ``a r^2 + b r + c = 0`` in ``r``:
 
@@ -143,7 +144,7 @@ def gaussian_radius(height: float, width: float, min_overlap: float = 0.7, exact
     smallest of the three: it drops the ``1/a`` of the quadratic formula, and gives radii about
     ``0.27 * min(h, w)`` for small boxes, softer targets than the exact roots. The native and
     the MMDetection backend train on the same targets this way. ``exact=True`` returns the
-    smallest exact root instead (for a 10 x 10 box, ``(10 - sqrt 70) / 2``).
+    smallest exact root instead (for a 10 x 10 box at IoU 0.7, ``(10 - sqrt 70) / 2``).
     """
     h, w, o = float(height), float(width), float(min_overlap)
     s, p = h + w, h * w
