@@ -74,7 +74,7 @@ def load_detector(run: str | Path, device="cpu"):
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
         raise DataError(f"{path}: cannot read model weights ({type(exc).__name__}: {exc})") from None
-    model = CenterNet(len(class_names), dcn=args.get("dcn", False))
+    model = CenterNet(len(class_names), dcn=args.get("dcn", False), skips=not args.get("no_skips", False))
     try:
         model.load_state_dict(state)
     except RuntimeError as exc:

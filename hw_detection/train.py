@@ -34,7 +34,7 @@ from .detector import MODEL_FILE, Detector
 
 RECIPES = {
     "built-in": dict(size=256, epochs=12, batch_size=8, lr=2e-3),
-    "hardhat": dict(size=256, epochs=40, batch_size=8, lr=2e-3),
+    "hardhat": dict(size=256, epochs=40, batch_size=4, lr=2e-3),
 }
 
 
@@ -52,6 +52,9 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument("--size", type=cli.int_at_least(64), default=None,
                        help="square input side, a multiple of 32; None: the recipe's")
     group.add_argument("--dcn", action="store_true", help="deformable convolutions (DCNv2) in the neck")
+    group.add_argument("--no-skips", action="store_true",
+                       help="torch backend: no skip connections from the backbone into the neck "
+                            "(MMDetection's CTResNetNeck exactly; learns more slowly from scratch)")
     group.add_argument("--weights", choices=("imagenet",), default=None,
                        help="ImageNet weights for the backbone (a download); default random init")
     group.add_argument("--n-images", type=cli.int_at_least(4), default=240, help="number of built-in scenes")
@@ -94,7 +97,7 @@ def train_native(args, train: DetectionData, val: DetectionData, run: cli.RunDir
     val_loader = DataLoader(DetectionDataset(val.samples, args.size), batch_size=args.batch_size,
                             num_workers=args.num_workers, collate_fn=collate)
     torch.manual_seed(args.seed)
-    model = CenterNet(len(train.class_names), weights=args.weights, dcn=args.dcn)
+    model = CenterNet(len(train.class_names), weights=args.weights, dcn=args.dcn, skips=not args.no_skips)
     if not torch.cuda.is_available():
         model.to(memory_format=torch.channels_last)
     task = CenterNetTask(model, lr=args.lr)  # one-cycle over trainer.estimated_stepping_batches

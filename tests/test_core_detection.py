@@ -130,14 +130,17 @@ def test_deformable_conv_starts_as_half_a_plain_convolution():
     assert torch.allclose(conv(x), 0.5 * F.conv2d(x, conv.weight, padding=1), atol=1e-5)
 
 
-@pytest.mark.parametrize("dcn", [False, True])
-def test_centernet_output_shapes(dcn):
-    model = CenterNet(num_classes=3, dcn=dcn).eval()
+@pytest.mark.parametrize("dcn, skips", [(False, False), (True, False), (False, True)])
+def test_centernet_output_shapes(dcn, skips):
+    model = CenterNet(num_classes=3, dcn=dcn, skips=skips).eval()
     with torch.no_grad():
         out = model(torch.rand(2, 3, 128, 96))
     assert out["heatmap"].shape == (2, 3, 32, 24) and out["size"].shape == out["offset"].shape == (2, 2, 32, 24)
     with pytest.raises(ValueError, match="multiples of 32"):
         model(torch.rand(1, 3, 100, 96))
+    # the skip connections: one 1x1 conv + BN per upsampling stage (256, 128, 64 channels)
+    extra = sum(p.numel() for p in model.skips.parameters())
+    assert extra == (256 * 256 + 2 * 256 + 128 * 128 + 2 * 128 + 64 * 64 + 2 * 64 if skips else 0)
 
 
 # -- metrics ----------------------------------------------------------------------------------

@@ -55,11 +55,13 @@ class ModulatedDeformConv(nn.Module):
 
 
 def _neck_block(in_channels: int, out_channels: int, dcn: bool) -> nn.Sequential:
+    """3x3 conv (or DCNv2) -> BN -> ReLU -> 4x4 transposed conv, stride 2 -> BN (the ReLU
+    follows in :meth:`CenterNet.forward`, after the optional skip connection is added)."""
     conv = ModulatedDeformConv(in_channels, out_channels) if dcn else \
         nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=False)
     return nn.Sequential(conv, nn.BatchNorm2d(out_channels), nn.ReLU(inplace=True),
                          nn.ConvTranspose2d(out_channels, out_channels, 4, stride=2, padding=1, bias=False),
-                         nn.BatchNorm2d(out_channels), nn.ReLU(inplace=True))
+                         nn.BatchNorm2d(out_channels))
 
 
 def _head(in_channels: int, out_channels: int, bias: float = 0.0) -> nn.Sequential:
@@ -99,20 +101,28 @@ class CenterNet(nn.Module):
         dcn: modulated deformable convolutions (DCNv2) in the neck, as the course's
             ``centernet_resnet18_dcnv2`` config.
         neck_channels: output channels of the three upsampling blocks.
+        skips: add the backbone's stride-16, 8 and 4 features (1x1 conv + BN) to the neck's
+            upsampled maps of the same stride, as U-Net / FPN do and as CenterNet's DLA-34
+            aggregates them; the high-resolution features reach the heads directly, which
+            makes a randomly initialised network learn to localise much sooner. ``False`` is
+            MMDetection's ``CTResNetNeck`` exactly.
     """
 
     stride = STRIDE
 
     def __init__(self, num_classes: int, weights: str | None = None, dcn: bool = False,
-                 neck_channels: tuple[int, int, int] = (256, 128, 64)):
+                 neck_channels: tuple[int, int, int] = (256, 128, 64), skips: bool = False):
         super().__init__()
         self.num_classes = num_classes
         self.backbone = resnet18_backbone(weights)
-        blocks, channels = [], 512
-        for out in neck_channels:
+        blocks, laterals, channels = [], [], 512
+        for out, skip_channels in zip(neck_channels, (256, 128, 64)):
             blocks.append(_neck_block(channels, out, dcn))
+            if skips:
+                laterals.append(nn.Sequential(nn.Conv2d(skip_channels, out, 1, bias=False), nn.BatchNorm2d(out)))
             channels = out
-        self.neck = nn.Sequential(*blocks)
+        self.neck = nn.ModuleList(blocks)
+        self.skips = nn.ModuleList(laterals)
         # heatmap bias: every location starts at probability 0.1 (the paper's -2.19)
         self.heatmap = _head(channels, num_classes, bias=-math.log((1 - 0.1) / 0.1))
         self.size = _head(channels, 2)
@@ -123,7 +133,18 @@ class CenterNet(nn.Module):
     def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         if images.shape[-1] % 32 or images.shape[-2] % 32:
             raise ValueError(f"image height and width must be multiples of 32, got {tuple(images.shape[-2:])}")
-        features = self.neck(self.backbone((images - self.mean) / self.std))
+        x = (images - self.mean) / self.std
+        stages = []  # outputs of layer1..layer4 (strides 4, 8, 16, 32)
+        for index, layer in enumerate(self.backbone):
+            x = layer(x)
+            if index >= 4:
+                stages.append(x)
+        features = stages[-1]
+        for i, block in enumerate(self.neck):
+            features = block(features)
+            if self.skips:
+                features = features + self.skips[i](stages[-2 - i])
+            features = F.relu(features)
         return {"heatmap": self.heatmap(features), "size": self.size(features), "offset": self.offset(features)}
 
 
