@@ -9,6 +9,7 @@ import atexit
 import contextlib
 import os
 import random
+from pathlib import Path
 from dataclasses import dataclass
 
 import numpy as np
@@ -85,6 +86,16 @@ def set_rng_state(state: dict) -> None:
     torch.set_rng_state(state["torch"].cpu())
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
+
+
+def process_age() -> float | None:
+    """Seconds since this process started (from ``/proc`` on Linux), or ``None`` elsewhere."""
+    try:
+        fields = Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()
+        uptime = float(Path("/proc/uptime").read_text().split()[0])
+        return max(0.0, uptime - int(fields[19]) / os.sysconf("SC_CLK_TCK"))
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:

@@ -95,8 +95,8 @@ from torch.utils.data import BatchSampler, DataLoader, DistributedSampler, Rando
 from tqdm.auto import tqdm
 
 from .callbacks import Callback, EarlyStopping, HistoryCSV, ModelCheckpoint
-from .device import (DistInfo, autocast, autocast_dtype, barrier, init_distributed, pick_device, rng_state,
-                     seed_everything, set_rng_state)
+from .device import (DistInfo, autocast, autocast_dtype, barrier, init_distributed, pick_device, process_age,
+                     rng_state, seed_everything, set_rng_state)
 from .errors import UserError
 
 
@@ -389,12 +389,18 @@ class Trainer:
 
     @classmethod
     def from_args(cls, args, run_dir=None, **overrides) -> "Trainer":
-        """Build a Trainer from the options of :func:`core.cli.add_training_args`."""
+        """Build a Trainer from the options of :func:`core.cli.add_training_args`.
+
+        ``--time-limit`` counts from the command's start: the time already spent (imports,
+        loading the data) is taken from the training budget."""
+        time_limit = None if getattr(args, "dry_run", False) else getattr(args, "time_limit", None)
+        if time_limit is not None:
+            time_limit = max(time_limit / 20, time_limit - (process_age() or 0.0) / 60)
         kwargs = dict(max_epochs=args.epochs, run_dir=run_dir, device=args.device, precision=args.precision,
                       grad_clip=args.grad_clip, accumulate=args.accumulate, limit_batches=args.limit_batches,
                       seed=args.seed, deterministic=args.deterministic, patience=args.patience,
                       threads=getattr(args, "threads", None),
-                      time_limit=None if getattr(args, "dry_run", False) else getattr(args, "time_limit", None))
+                      time_limit=time_limit)
         kwargs.update(overrides)
         return cls(**kwargs)
 
@@ -599,7 +605,7 @@ class Trainer:
             if i >= n_batches:
                 break
             if self._deadline is not None and self._out_of_time():
-                self.log(f"time limit: the budget of {self.time_limit:g} min ends after {i} batches of epoch "
+                self.log(f"time limit: the budget of {self.time_limit:.1f} min ends after {i} batches of epoch "
                          f"{epoch} (time kept for validation and checkpoints); ending the run")
                 self.should_stop = True
                 break
@@ -813,7 +819,7 @@ class Trainer:
         early = len(self._epoch_starts) <= 2  # the first epoch carries one-time costs: the second may correct it
         planned = fitted if early else min(self.max_epochs, fitted)
         if planned != self.max_epochs:
-            self.log(f"time limit: {planned} epochs fit in {self.time_limit:g} min "
+            self.log(f"time limit: {planned} epochs fit in {self.time_limit:.1f} min "
                      f"({epoch_seconds:.1f} s per epoch, {remaining / 60:.1f} min left); the LR schedule follows")
             self.max_epochs = planned
             for sched in self.schedulers:

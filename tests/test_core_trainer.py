@@ -937,3 +937,16 @@ def test_time_limit_ends_inside_an_epoch_that_overruns(monkeypatch):
     at 8 s, so the epoch ends there and the run ends inside the budget."""
     trainer, clock = fit_against_clock(monkeypatch, lambda epoch: 4.0, minutes=0.1)
     assert (trainer.epoch, trainer.global_step, clock.now - 1000.0) == (1, 1, 4.0)
+
+
+def test_time_limit_of_a_command_counts_from_its_start(monkeypatch):
+    """--time-limit 3 after 30 s of imports and data loading leaves 2.5 minutes for training."""
+    import core.trainer
+    from core import cli
+
+    parser = cli.make_parser("demo", "demo")
+    cli.add_training_args(parser)
+    monkeypatch.setattr(core.trainer, "process_age", lambda: 30.0)
+    trainer = Trainer.from_args(cli.parse_args(parser, ["--time-limit", "3", "--device", "cpu"]))
+    assert trainer.time_limit == pytest.approx(2.5)
+    assert Trainer.from_args(cli.parse_args(parser, ["--time-limit", "3", "--dry-run"])).time_limit is None
