@@ -641,7 +641,7 @@ class Trainer:
                 logs = _as_logs(task.training_step(batch), require_loss=True)
             loss = logs["loss"]
             self._check_finite(loss)
-            self.scaler.scale(loss / group_size).backward()
+            self.scaler.scale(loss if group_size == 1 else loss / group_size).backward()
         if is_last_in_group:
             for opt in self.optimizers:
                 self.optimizer_step(opt, None)
