@@ -216,6 +216,26 @@ def test_weights_file_loads_backbone_weights_only(tmp_path):
     assert net.model.fc.out_features == 4 and net.head == ["fc.weight", "fc.bias"]
 
 
+def test_imagenet_weights_offline_is_one_sentence_naming_weights_path(monkeypatch):
+    import urllib.error
+
+    import torchvision
+
+    def offline(self, *args, **kwargs):
+        raise urllib.error.URLError("no network")
+
+    monkeypatch.setattr(torchvision.models.WeightsEnum, "get_state_dict", offline)
+    with pytest.raises(UserError, match=r"cannot download https://\S+mobilenet_v2\S+\.pth .*--weights PATH"):
+        build_model("mobilenet_v2", 3, "imagenet")
+
+
+def test_balanced_class_weights_by_hand():
+    from hw_classify.task import balanced_class_weights
+
+    # N / (K * n_c): 4 samples, 3 classes (one absent) -> 4/(3*3), 4/(3*1), 0
+    assert balanced_class_weights([0, 0, 0, 1], 3).tolist() == pytest.approx([4 / 9, 4 / 3, 0.0])
+
+
 # -- real data ------------------------------------------------------------------------------------
 @pytest.mark.realdata
 def test_simpsons_short_run_learns_and_submits(dls_data, tmp_path, runs_root):
