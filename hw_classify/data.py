@@ -174,10 +174,12 @@ def make_shapes(n_per_class: int = 60, size: int = 64, seed: int = 0, n_test: in
 
 
 # -- augmentation -------------------------------------------------------------------------------
-def build_transform(size: int, augment: str = "none", mean=IMAGENET_MEAN, std=IMAGENET_STD):
+def build_transform(size: int, augment: str = "none", mean=IMAGENET_MEAN, std=IMAGENET_STD,
+                    center_crop: bool = False):
     """A callable uint8 (H, W, 3) array -> normalised float tensor (3, size, size).
 
-    ``none``: resize only (evaluation). ``light``: random resized crop (70-100% of the area)
+    ``none``: resize only (evaluation), or with ``center_crop`` the central ``size x size`` of
+    the image decoded at the load size (a test-time view, 77% of the area). ``light``: random resized crop (70-100% of the area)
     and horizontal flip. ``strong``: also rotation / shift (Affine), colour jitter without
     much hue change (a character's colours identify it) and coarse dropout (1-3 holes, DeVries
     & Taylor 2017's cutout). Uses albumentations (see bench/classify.py for the choice).
@@ -187,7 +189,7 @@ def build_transform(size: int, augment: str = "none", mean=IMAGENET_MEAN, std=IM
     if augment not in AUGMENTS:
         raise ValueError(f"augment must be one of {AUGMENTS}, got {augment!r}")
     if augment == "none":
-        steps = [A.Resize(size, size)]
+        steps = [A.CenterCrop(size, size) if center_crop else A.Resize(size, size)]
     else:
         steps = [A.RandomResizedCrop((size, size), scale=(0.7, 1.0), ratio=(0.8, 1.25)), A.HorizontalFlip()]
     if augment == "strong":

@@ -74,7 +74,9 @@ class Ensemble:
             model = build_model(p["arch"], len(self.classes), "none", p["size"], p["width"]).model
             model.load_state_dict(p["state_dict"])
             self.models.append(model.to(self.device).eval())
-        self.transforms = [build_transform(p["size"], "none", p["mean"], p["std"]) for p in self.payloads]
+        # test-time views: the whole image, and with TTA also its centre crop (each also mirrored)
+        self.views = [[build_transform(p["size"], "none", p["mean"], p["std"], center_crop=crop)
+                       for crop in ((False, True) if tta else (False,))] for p in self.payloads]
 
     @property
     def id_column(self) -> str:
@@ -88,15 +90,17 @@ class Ensemble:
         return [p["load_size"] for p in self.payloads]
 
     def probabilities(self, images: Sequence[Image.Image | np.ndarray]) -> torch.Tensor:
-        """(N, K) class probabilities, averaged over the runs (and flips with ``tta``).
+        """(N, K) class probabilities, averaged over the runs (and with ``tta`` over the whole
+        image and its centre crop, each as is and mirrored: four views).
 
         ``images`` are PIL images, or uint8 arrays already at the load size of every run."""
         total = torch.zeros(len(images), len(self.classes))
-        for model, transform, load in zip(self.models, self.transforms, self.load_sizes()):
+        for model, views, load in zip(self.models, self.views, self.load_sizes()):
             arrays = [img if isinstance(img, np.ndarray) else rgb_array(img, load) for img in images]
-            x = torch.stack([transform(a) for a in arrays])
-            total += predict(model, x, self.batch_size, self.device, tta_flip=self.tta, activation="softmax",
-                             channels_last=self.device.type == "cpu")
+            for view in views:
+                x = torch.stack([view(a) for a in arrays])
+                total += predict(model, x, self.batch_size, self.device, tta_flip=self.tta, activation="softmax",
+                                 channels_last=self.device.type == "cpu") / len(views)
         return total / len(self.models)
 
 

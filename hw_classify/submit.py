@@ -31,7 +31,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = cli.make_parser("hw_classify.submit", __doc__.split("\n")[0])
     parser.add_argument("--run", nargs="+", required=True, help="run folder(s); several: an ensemble")
     parser.add_argument("--data-dir", default=None, help="dataset root; default $DLS_DATA/simpsons, else built-in")
-    parser.add_argument("--tta", action="store_true", help="average each image with its mirror image")
+    parser.add_argument("--tta", action="store_true",
+                        help="average four views of each image: whole and centre crop, each also mirrored")
     parser.add_argument("--out", default=None, help="output CSV (default: RUN/submission.csv)")
     parser.add_argument("--batch-size", type=cli.positive_int, default=64, help="images per forward pass")
     parser.add_argument("--device", type=cli.device_name, default="auto", help="auto (cuda > mps > cpu), cpu, cuda, mps")
@@ -63,7 +64,7 @@ def main(argv: list[str] | None = None) -> Path:
     args = cli.parse_args(parser, argv)
     predictor = load_ensemble(args.run, args.device, args.tta)
     ids, items, (id_column, label_column) = test_images(args)
-    echo(f"predicting {len(ids)} test images with {len(args.run)} run(s){' and flip TTA' if args.tta else ''}")
+    echo(f"predicting {len(ids)} test images with {len(args.run)} run(s){' and TTA (4 views)' if args.tta else ''}")
     labels = []
     for start in tqdm(range(0, len(items), args.batch_size), desc="predict", leave=False,
                       disable=len(items) <= args.batch_size):

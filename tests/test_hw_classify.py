@@ -10,10 +10,11 @@ import pytest
 import torch
 from PIL import Image
 
-from core.data import DataError
+from core.data import DataError, rgb_array
 from core.errors import UserError
+from core.inference import predict as core_predict
 from core.trainer import Trainer
-from hw_classify.data import detect_layout, load_layout, make_shapes
+from hw_classify.data import build_transform, detect_layout, load_layout, make_shapes
 from hw_classify.models import build_model
 from hw_classify.stages import group_lrs, parse_stages
 from hw_classify.task import ClassifyTask, StageSchedule
@@ -187,9 +188,16 @@ def test_tta_of_a_flip_invariant_model_equals_plain(tmp_path):
     save_model(tmp_path / "model.pt", net.model, args, data)
     images = [Image.fromarray(a) for a in data.test_images[:6]]
     plain = predict.load_ensemble(tmp_path).probabilities(images)
-    tta = predict.load_ensemble(tmp_path, tta=True).probabilities(images)
-    torch.testing.assert_close(tta, plain, atol=1e-6, rtol=1e-5)
-    assert not torch.allclose(plain[0], plain[1])         # and the images do get different answers
+    tta = predict.load_ensemble(tmp_path, tta=True)
+    assert not torch.allclose(plain[0], plain[1])         # the images do get different answers
+    # TTA = mean over (whole image, centre crop) x (as is, mirrored); the mirror changes nothing here
+    arrays = [rgb_array(image, 38) for image in images]    # the load size of 33 px: round(33 * 1.14)
+    crop = torch.stack([build_transform(33, "none", center_crop=True)(a) for a in arrays])
+    with torch.no_grad():
+        cropped = net.model.eval()(crop).softmax(1)
+    torch.testing.assert_close(tta.probabilities(images), (plain + cropped) / 2, atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(core_predict(net.model, crop, tta_flip=True, activation="softmax"), cropped,
+                               atol=1e-6, rtol=1e-5)
 
 
 def test_bad_input_gets_one_clear_message(tmp_path, runs_root):
