@@ -38,7 +38,7 @@ from .detector import MODEL_FILE, Detector
 # (core.Trainer's --time-limit: epochs and LR schedule sized from the first epoch's time)
 REAL_DATA_MINUTES = 17.0
 RECIPES = {
-    "built-in": dict(size=256, epochs=12, batch_size=8, lr=2e-3),
+    "built-in": dict(size=128, epochs=15, batch_size=8, lr=2e-3),
     "hardhat": dict(size=256, epochs=40, batch_size=4, lr=2e-3),
 }
 

@@ -229,7 +229,7 @@ REAL_RUN = ["--size", "256", "--epochs", "4", "--batch-size", "4"]
 
 
 @pytest.mark.realdata
-@pytest.mark.parametrize("backend", ["torch", "mmdet"])
+@pytest.mark.parametrize("backend", ["torch"])
 def test_short_real_run_finds_hard_hats(backend, dls_data, tmp_path, runs_root, request):
     from conftest import real_dataset
 
