@@ -21,7 +21,7 @@ from core.device import echo, pick_device
 from core.plots import image_grid
 
 from .data import ImageSet, add_noise, split_indices
-from .latent import decode, encode, load_model, reconstruct, sample_codes
+from .latent import decode, load_model, reconstruct, sample_codes
 from .models import VAE, elbo_terms
 
 

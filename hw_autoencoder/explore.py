@@ -26,8 +26,7 @@ from core.plots import embedding_scatter, image_grid
 
 from .data import ImageSet, add_noise, crop_and_resize
 from .evaluate import run_data
-from .latent import (attribute_vector, decode, encode, fit_code_gaussian, load_model, nearest, reconstruct,
-                     sample_codes)
+from .latent import attribute_vector, decode, encode, load_model, nearest, reconstruct, sample_codes, sample_images
 from .models import VAE, Autoencoder
 
 SMILE_STEPS = (0.0, 0.5, 1.0, 1.5, 2.0)
@@ -74,18 +73,15 @@ def check_requests(args, config: dict, model) -> None:
         raise UserError(f"--denoise: needs an ae or denoise run; {run} is a {config['name']} run")
 
 
-def samples_figure(model, config: dict, train: ImageSet, path: Path, seed: int) -> Path:
-    """The AE: codes from a Gaussian fitted to the training codes; the VAE: the prior N(0, I)."""
+def samples_figure(model, path: Path, seed: int) -> Path:
+    """The AE: codes from a Gaussian fitted to the training codes; the VAE: the prior N(0, I);
+    the CVAE: one row per digit."""
     if getattr(model, "conditional", False):
-        labels = torch.arange(model.classes).repeat_interleave(8)
-        return image_grid(decode(model, sample_codes(len(labels), model.latent, seed=seed), labels), path, ncols=8,
-                          cell_size=1.2, title="CVAE samples, one row per digit")
-    if isinstance(model, VAE):
-        return image_grid(decode(model, sample_codes(32, model.latent, seed=seed)), path, ncols=8, cell_size=1.2,
-                          title="samples from the prior N(0, I)")
-    mean, std = fit_code_gaussian(encode(model, train.images))
-    return image_grid(decode(model, sample_codes(32, model.latent, mean, std, seed)), path, ncols=8, cell_size=1.2,
-                      title="decoded codes from a Gaussian fitted to the training codes")
+        return image_grid(sample_images(model, 80, seed), path, ncols=10, cell_size=1.2,
+                          title="CVAE samples, one column per digit")
+    title = "samples from the prior N(0, I)" if isinstance(model, VAE) else \
+        "decoded codes from a Gaussian fitted to the training codes"
+    return image_grid(sample_images(model, 32, seed), path, ncols=8, cell_size=1.2, title=title)
 
 
 def smile_figure(model, train: ImageSet, test: ImageSet, attribute: str, group: int, path: Path) -> Path:
@@ -160,7 +156,7 @@ def main(argv: list[str] | None = None) -> list[Path]:
     if train is None:
         train = test
     folder = Path(args.run) / "explore"
-    written = [samples_figure(model, config, train, fresh_path(folder, "samples"), args.seed),
+    written = [samples_figure(model, fresh_path(folder, "samples"), args.seed),
                image_grid(torch.cat([test.images[:8], reconstruct(model, test.images[:8], test.labels[:8])]),
                           fresh_path(folder, "reconstructions"), ncols=8, cell_size=1.4)]
     if args.smile:

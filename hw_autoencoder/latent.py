@@ -56,10 +56,14 @@ def reconstruct(model: nn.Module, images: torch.Tensor, labels: torch.Tensor | N
     return decode(model, encode(model, images, labels), labels)
 
 
-def fit_code_gaussian(codes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mean and standard deviation of each code dimension: the course's hint for sampling an
-    AE, ``z = mean + std * N(0, I)``, so samples look like the codes of real images."""
-    return codes.mean(0), codes.std(0)
+def fit_code_gaussian(model: Autoencoder, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and standard deviation of each code dimension over ``images``, kept in the model
+    (``code_mean``, ``code_std``, saved with its weights): the course's hint for sampling an
+    AE, ``z = mean + std * N(0, I)``, so that samples look like the codes of real images."""
+    codes = encode(model, images)
+    model.code_mean.copy_(codes.mean(0))
+    model.code_std.copy_(codes.std(0) if len(codes) > 1 else torch.ones_like(codes[0]))
+    return model.code_mean, model.code_std
 
 
 def sample_codes(n: int, latent: int, mean: torch.Tensor | None = None, std: torch.Tensor | None = None,
@@ -71,6 +75,18 @@ def sample_codes(n: int, latent: int, mean: torch.Tensor | None = None, std: tor
     if mean is not None:
         z = z + mean
     return z
+
+
+def sample_images(model: nn.Module, n: int, seed: int = 0, digit: int | None = None) -> torch.Tensor:
+    """``n`` decoded samples (N, C, H, W) in [0, 1]: the VAE's codes from its prior N(0, I), the
+    AE's from the Gaussian of its training codes; the CVAE cycles through the digits unless
+    ``digit`` picks one."""
+    if getattr(model, "conditional", False):
+        labels = torch.full((n,), digit) if digit is not None else torch.arange(n) % model.classes
+        return decode(model, sample_codes(n, model.latent, seed=seed), labels)
+    if isinstance(model, VAE):
+        return decode(model, sample_codes(n, model.latent, seed=seed))
+    return decode(model, sample_codes(n, model.latent, model.code_mean.cpu(), model.code_std.cpu(), seed))
 
 
 def attribute_groups(scores, n: int = 15) -> tuple[np.ndarray, np.ndarray]:
@@ -126,12 +142,8 @@ def load_model(run: str | os.PathLike, device: str | torch.device = "cpu") -> tu
         saved = torch.load(path, map_location="cpu", weights_only=True)
         config = saved["config"]
         model = build_model(config["name"], tuple(config["shape"]), config["latent"], config["width"],
-                            config.get("linear", False))
+                            config.get("linear", False), config.get("refine", 0))
         model.load_state_dict(saved["state_dict"])
     except Exception as exc:
         raise DataError(f"{path}: not a hw_autoencoder model ({type(exc).__name__}: {exc})") from None
     return model.to(device).eval(), config
-
-
-def is_autoencoder(model: nn.Module) -> bool:
-    return isinstance(model, Autoencoder)

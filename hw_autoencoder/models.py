@@ -70,6 +70,25 @@ class ConvDecoder(nn.Module):
         return self.features(self.head(z).view(-1, *self.start))
 
 
+class Refiner(nn.Module):
+    """A small full-resolution convolutional net whose output is added to an image: local,
+    shared weights learn sharpening from every patch of every image; starts at zero."""
+
+    def __init__(self, channels: int, width: int, layers: int = 4):
+        super().__init__()
+        blocks, c = [], channels
+        for _ in range(layers - 1):
+            blocks += [nn.Conv2d(c, width, 3, padding=1), nn.ReLU()]
+            c = width
+        blocks.append(nn.Conv2d(c, channels, 3, padding=1))
+        nn.init.zeros_(blocks[-1].weight)
+        nn.init.zeros_(blocks[-1].bias)
+        self.net = nn.Sequential(*blocks)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
 class Autoencoder(nn.Module):
     """Part 1's autoencoder: ``forward(x) -> (reconstruction in [0, 1], code)``.
 
@@ -81,11 +100,15 @@ class Autoencoder(nn.Module):
     """
 
     def __init__(self, shape: tuple[int, int, int] = (3, 64, 64), latent: int = 64, width: int = 32,
-                 linear: bool = False):
+                 linear: bool = False, refine: int = 0):
         super().__init__()
         self.shape, self.latent, self.linear = tuple(shape), latent, linear
         self.encoder = ConvEncoder(shape, latent, width)
         self.decoder = ConvDecoder(latent, shape, width)
+        self.refiner = Refiner(shape[0], refine) if refine else None
+        # the Gaussian of the training codes, for sampling (set by hw_autoencoder.latent.fit_code_gaussian)
+        self.register_buffer("code_mean", torch.zeros(latent))
+        self.register_buffer("code_std", torch.ones(latent))
         if linear:
             pixels = shape[0] * shape[1] * shape[2]
             self.register_buffer("mean", torch.zeros(pixels))
@@ -117,6 +140,8 @@ class Autoencoder(nn.Module):
         if not self.linear:
             return torch.sigmoid(out)
         out = out + (self.mean + code @ self.components).view(-1, *self.shape)
+        if self.refiner is not None:
+            out = out + self.refiner(out)
         return out if self.training else out.clamp(0, 1)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -189,11 +214,11 @@ class CVAE(VAE):
 
 
 def build_model(name: str, shape: tuple[int, int, int], latent: int, width: int = 32,
-                linear: bool = False) -> nn.Module:
+                linear: bool = False, refine: int = 0) -> nn.Module:
     """The model behind ``--model``: ``ae`` and ``denoise`` are :class:`Autoencoder` (with
     PCA's linear parts when ``linear``)."""
     if name in ("ae", "denoise"):
-        return Autoencoder(shape, latent, width, linear)
+        return Autoencoder(shape, latent, width, linear, refine)
     if name == "vae":
         return VAE(shape, latent, width)
     if name == "cvae":

@@ -19,20 +19,7 @@ from core import cli
 from core.device import echo, pick_device
 from core.errors import UserError
 
-from .evaluate import run_data
-from .latent import decode, encode, fit_code_gaussian, load_model, sample_codes
-from .models import VAE
-
-
-def sample_images(model, n: int, seed: int = 0, digit: int | None = None, train_images=None) -> torch.Tensor:
-    """``n`` decoded samples (N, C, H, W) in [0, 1] (see the module docstring)."""
-    if getattr(model, "conditional", False):
-        labels = torch.full((n,), digit) if digit is not None else torch.arange(n) % model.classes
-        return decode(model, sample_codes(n, model.latent, seed=seed), labels)
-    if isinstance(model, VAE):
-        return decode(model, sample_codes(n, model.latent, seed=seed))
-    mean, std = fit_code_gaussian(encode(model, train_images))
-    return decode(model, sample_codes(n, model.latent, mean, std, seed))
+from .latent import load_model, sample_images
 
 
 def write_pngs(images: torch.Tensor, folder: Path, prefix: str = "sample") -> list[Path]:
@@ -65,8 +52,7 @@ def main(argv: list[str] | None = None) -> list[Path]:
             raise UserError(f"--digit: needs a cvae run; {args.run} is a {config['name']} run")
         if not 0 <= args.digit < model.classes:
             raise UserError(f"--digit {args.digit}: unknown digit, expected 0-{model.classes - 1}")
-    train = None if isinstance(model, VAE) else run_data(args.run, config)[0]
-    images = sample_images(model, args.n, args.seed, args.digit, train.images if train is not None else None)
+    images = sample_images(model.cpu(), args.n, args.seed, args.digit)
     paths = write_pngs(images, out)
     echo(f"wrote {len(paths)} samples to {out}/ ({paths[0].name} ... {paths[-1].name})")
     return paths

@@ -29,16 +29,16 @@ from core.trainer import Trainer
 
 from .data import ImageSet, builtin_digits, load_digits, load_faces, make_faces, split_indices
 from .evaluate import reconstruction_figure, score
-from .latent import MODEL_FILE, decode, encode, fit_code_gaussian, sample_codes, save_model
-from .models import MODEL_NAMES, build_model
+from .latent import MODEL_FILE, fit_code_gaussian, sample_images, save_model
+from .models import MODEL_NAMES, Autoencoder, build_model
 from .task import AutoencoderTask, VAETask
 
 DATASET_OF = {"ae": "faces", "denoise": "faces", "vae": "digits", "cvae": "digits"}
 RECIPES = {
-    "ae": dict(epochs=30, batch_size=32, lr=1e-3, latent=64),
-    "denoise": dict(epochs=30, batch_size=32, lr=1e-3, latent=64),
-    "vae": dict(epochs=20, batch_size=64, lr=1e-3, latent=20),
-    "cvae": dict(epochs=20, batch_size=64, lr=1e-3, latent=20),
+    "ae": dict(epochs=12, batch_size=32, lr=1e-3, latent=64, refine=32),
+    "denoise": dict(epochs=12, batch_size=32, lr=1e-3, latent=64, refine=32),
+    "vae": dict(epochs=10, batch_size=64, lr=1e-3, latent=20),
+    "cvae": dict(epochs=10, batch_size=64, lr=1e-3, latent=20),
 }
 
 
@@ -59,6 +59,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="vae/cvae: share of the run over which the KL weight rises from 0 to 1")
     group.add_argument("--no-pca", action="store_true",
                        help="ae/denoise: a plain convolutional AE, without the linear part fixed to PCA's")
+    group.add_argument("--refine", type=cli.nonneg_int, default=None,
+                       help="ae/denoise: channels of the full-resolution refiner after the decoder (0: none); "
+                            "None: the recipe's")
     group.add_argument("--no-flip", action="store_true", help="faces: no random horizontal flips in training")
     group.add_argument("--n-images", type=cli.int_at_least(10), default=600, help="number of generated faces when no faces are found")
     group.add_argument("--split-seed", type=int, default=0, help="seed of the train/val/test split")
@@ -71,6 +74,8 @@ def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Non
     args.dataset = args.dataset or DATASET_OF[args.model]
     if args.model == "cvae" and args.dataset != "digits":
         parser.error("--model cvae: needs the digits' classes (--dataset digits)")
+    if args.model in ("vae", "cvae"):
+        args.refine = 0
     for key, value in RECIPES[args.model].items():
         if getattr(args, key) is None:
             setattr(args, key, value)
@@ -124,7 +129,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     torch.manual_seed(args.seed)
     linear = args.model in ("ae", "denoise") and not args.no_pca
-    model = build_model(args.model, data.shape, args.latent, args.width, linear)
+    model = build_model(args.model, data.shape, args.latent, args.width, linear, args.refine if linear else 0)
     if linear:
         model.init_pca(train.images)
     echo(f"model: {type(model).__name__}, code size {args.latent}, {count_parameters(model):,} parameters")
@@ -136,33 +141,28 @@ def main(argv: list[str] | None = None) -> dict:
     start = time.perf_counter()
     history = trainer.fit(task, train_loader, val_loader, resume=args.resume)
     model = task.model.cpu().eval()
+    if isinstance(model, Autoencoder):
+        fit_code_gaussian(model, train.images)
     config = {"name": args.model, "shape": list(data.shape), "latent": args.latent, "width": args.width,
-              "dataset": args.dataset, "linear": linear, "noise": args.noise if args.model == "denoise" else 0.0}
+              "dataset": args.dataset, "linear": linear, "refine": args.refine if linear else 0, "noise": args.noise if args.model == "denoise" else 0.0}
     save_model(run / MODEL_FILE, model, config)
 
     metrics = {"epochs": len(history), "train_seconds": round(time.perf_counter() - start, 1),
                "parameters": count_parameters(model)}
     metrics.update({f"test_{k}": v for k, v in score(model, config, test, train, args.seed).items()})
     run.save_metrics(metrics)
-    write_plots(run, model, config, train, test)
+    write_plots(run, model, config, test)
     run.summary(metrics)
     return metrics
 
 
-def write_plots(run: cli.RunDir, model, config: dict, train: ImageSet, test: ImageSet) -> None:
+def write_plots(run: cli.RunDir, model, config: dict, test: ImageSet) -> None:
     """Curves, held-out reconstructions and samples (the AE's from a Gaussian fitted to its
     training codes, the VAE's from the prior N(0, I), the CVAE's one row per digit)."""
     plot_history(run / "history.csv", run.plots / "history.png", title=config["name"])
     reconstruction_figure(model, test, run.plots / "reconstructions.png", noise=config["noise"])
-    if getattr(model, "conditional", False):
-        labels = torch.arange(10).repeat_interleave(8)
-        samples = decode(model, sample_codes(80, model.latent), labels)
-    elif config["name"] == "vae":
-        samples = decode(model, sample_codes(64, model.latent))
-    else:
-        mean, std = fit_code_gaussian(encode(model, train.images))
-        samples = decode(model, sample_codes(32, model.latent, mean, std))
-    image_grid(samples, run.plots / "samples.png", ncols=8, cell_size=1.2)
+    n = 80 if getattr(model, "conditional", False) else 32
+    image_grid(sample_images(model, n), run.plots / "samples.png", ncols=10 if n == 80 else 8, cell_size=1.2)
 
 
 if __name__ == "__main__":
