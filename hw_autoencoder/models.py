@@ -49,25 +49,32 @@ class ConvEncoder(nn.Module):
 
 
 class ConvDecoder(nn.Module):
-    """``in_features`` numbers -> image logits (C, H, W), mirroring :class:`ConvEncoder`."""
+    """``in_features`` numbers -> image logits (C, H, W), mirroring :class:`ConvEncoder`. With
+    ``cond > 0`` a condition vector (the CVAE's one-hot class) is joined as constant planes to
+    the input of every transposed convolution too."""
 
-    def __init__(self, in_features: int, shape: tuple[int, int, int], width: int = 32, hidden: int = 512):
+    def __init__(self, in_features: int, shape: tuple[int, int, int], width: int = 32, hidden: int = 512,
+                 cond: int = 0):
         super().__init__()
         channels, size, _ = shape
         n = _downsamplings(size)
         widths = [min(width * 2 ** i, 256) for i in range(n)]
+        self.cond = cond
         self.start = (widths[-1], size // 2 ** n, size // 2 ** n)
         self.head = nn.Sequential(nn.Linear(in_features, hidden), nn.ReLU(),
                                   nn.Linear(hidden, widths[-1] * self.start[1] * self.start[2]), nn.ReLU())
-        layers = []
-        for i in reversed(range(1, n)):
-            layers += [nn.ConvTranspose2d(widths[i], widths[i - 1], 4, 2, 1, bias=False),
-                       nn.BatchNorm2d(widths[i - 1]), nn.ReLU()]
-        layers.append(nn.ConvTranspose2d(widths[0], channels, 4, 2, 1))
-        self.features = nn.Sequential(*layers)
+        self.blocks = nn.ModuleList(
+            nn.Sequential(nn.ConvTranspose2d(widths[i] + cond, widths[i - 1], 4, 2, 1, bias=False),
+                          nn.BatchNorm2d(widths[i - 1]), nn.ReLU()) for i in reversed(range(1, n)))
+        self.blocks.append(nn.ConvTranspose2d(widths[0] + cond, channels, 4, 2, 1))
 
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
-        return self.features(self.head(z).view(-1, *self.start))
+    def forward(self, z: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
+        x = self.head(z).view(-1, *self.start)
+        for block in self.blocks:
+            if self.cond:
+                x = torch.cat([x, cond[:, :, None, None].expand(-1, -1, *x.shape[2:])], dim=1)
+            x = block(x)
+        return x
 
 
 class Refiner(nn.Module):
@@ -113,7 +120,7 @@ class Autoencoder(nn.Module):
             pixels = shape[0] * shape[1] * shape[2]
             self.register_buffer("mean", torch.zeros(pixels))
             self.register_buffer("components", torch.zeros(latent, pixels))
-            for layer in (self.encoder.head[-1], self.decoder.features[-1]):
+            for layer in (self.encoder.head[-1], self.decoder.blocks[-1]):
                 nn.init.zeros_(layer.weight)
                 nn.init.zeros_(layer.bias)
 
@@ -161,7 +168,7 @@ class VAE(nn.Module):
         self.shape, self.latent, self.classes = tuple(shape), latent, classes
         channels, h, w = shape
         self.encoder = ConvEncoder((channels + classes, h, w), 2 * latent, width)
-        self.decoder = ConvDecoder(latent + classes, shape, width)
+        self.decoder = ConvDecoder(latent + classes, shape, width, cond=classes)
 
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         mu, logsigma = self.encoder(x).chunk(2, dim=1)
@@ -186,7 +193,9 @@ class VAE(nn.Module):
 
 class CVAE(VAE):
     """Part 2.3's conditional VAE: the one-hot class is joined to the encoder's input (ten
-    constant planes beside the image) and to the code given to the decoder."""
+    constant planes beside the image), to the code given to the decoder and, as the course
+    allows, to the input of each of the decoder's transposed convolutions, so the decoder
+    finds the class wherever it needs it and the code is left the style."""
 
     conditional = True
 
@@ -203,7 +212,8 @@ class CVAE(VAE):
         return mu, logsigma, class_num
 
     def decode_logits(self, z: torch.Tensor, class_num: torch.Tensor) -> torch.Tensor:
-        return self.decoder(torch.cat([z, self.one_hot(class_num)], dim=1))
+        one_hot = self.one_hot(class_num)
+        return self.decoder(torch.cat([z, one_hot], dim=1), one_hot)
 
     def decode(self, z: torch.Tensor, class_num: torch.Tensor) -> torch.Tensor:
         return torch.sigmoid(self.decode_logits(z, class_num))

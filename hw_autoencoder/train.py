@@ -35,10 +35,10 @@ from .task import AutoencoderTask, VAETask
 
 DATASET_OF = {"ae": "faces", "denoise": "faces", "vae": "digits", "cvae": "digits"}
 RECIPES = {
-    "ae": dict(epochs=12, batch_size=32, lr=1e-3, latent=64, refine=32),
-    "denoise": dict(epochs=12, batch_size=32, lr=1e-3, latent=64, refine=32),
+    "ae": dict(epochs=8, batch_size=32, lr=1e-3, latent=64, refine=32),
+    "denoise": dict(epochs=8, batch_size=32, lr=1e-3, latent=64, refine=32),
     "vae": dict(epochs=10, batch_size=64, lr=1e-3, latent=20),
-    "cvae": dict(epochs=10, batch_size=64, lr=1e-3, latent=20),
+    "cvae": dict(epochs=10, batch_size=64, lr=1e-3, latent=10),
 }
 
 
@@ -52,7 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument("--model", choices=MODEL_NAMES, default="ae", help="ae, vae, cvae or denoise")
     group.add_argument("--dataset", choices=("faces", "digits"), default=None,
                        help="faces for ae/denoise, digits for vae/cvae")
-    group.add_argument("--latent", type=cli.positive_int, default=None, help="code size; None: the recipe's (64 AE, 20 VAE)")
+    group.add_argument("--latent", type=cli.positive_int, default=None, help="code size; None: the recipe's (64 AE, 20 VAE, 10 CVAE)")
     group.add_argument("--width", type=cli.positive_int, default=32, help="channels of the first convolution")
     group.add_argument("--noise", type=cli.nonneg_float, default=0.5, help="denoise: the noise factor of X + f * N(0, 1)")
     group.add_argument("--warmup", type=cli.probability, default=0.0,

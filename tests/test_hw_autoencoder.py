@@ -19,13 +19,7 @@ from hw_autoencoder.latent import attribute_groups, attribute_vector, nearest
 from hw_autoencoder.models import CVAE, VAE, Autoencoder, KL_divergence, elbo_terms, log_likelihood, loss_vae
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Small models: a second intra-op thread costs more than it gives on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # -- the VAE's loss ----------------------------------------------------------------------------
@@ -139,6 +133,18 @@ def test_smile_vector_of_a_hand_built_table():
     assert vector.tolist() == [1.0, 1.0]
     with pytest.raises(DataError, match="needs at least 10 images"):
         attribute_groups(table["Smiling"], n=5)
+
+
+def test_embedding_scatter_embeds_codes_and_checks_its_input(tmp_path):
+    from core.plots import embedding_scatter
+
+    rng = np.random.default_rng(0)
+    codes = np.concatenate([rng.normal(c, 0.1, size=(20, 6)) for c in (0, 3, 6)])
+    labels = np.repeat(["a", "b", "c"], 20)
+    assert embedding_scatter(codes, labels, tmp_path / "tsne.png").stat().st_size > 0
+    assert embedding_scatter(codes[:, :2], labels, tmp_path / "flat.png").stat().st_size > 0
+    with pytest.raises(ValueError, match=r"expected points \(n, d\) and n labels"):
+        embedding_scatter(codes, labels[:10], tmp_path / "bad.png")
 
 
 def test_retrieval_returns_the_query_first():
