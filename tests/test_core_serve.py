@@ -209,6 +209,24 @@ def test_generation_equals_the_predict_command(tmp_path, monkeypatch):
     assert other["grid_png"] != answer["grid_png"]
 
 
+def test_autoencoder_samples_equal_the_predict_command(tmp_path, monkeypatch):
+    """A dry-run hw_autoencoder VAE: its sample grid for a seed through the API equals the command's."""
+    from hw_autoencoder import predict, train
+
+    monkeypatch.delenv("DLS_DATA", raising=False)  # built-in digits
+    run = tmp_path / "vae"
+    train.main(["--model", "vae", "--dry-run", "--width", "8", "--latent", "4", "--run-dir", str(run)])
+    predict.main(["--run", str(run), "--seed", "7", "--count", "9", "--run-dir", str(tmp_path / "out")])
+    command = json.loads((tmp_path / "out" / "predictions.json").read_text())["seed 7"]
+    with TestClient(create_app([load_predictor(run)])) as client:
+        (model,) = client.get("/models").json()["models"]
+        assert (model["homework"], model["kind"]) == ("hw_autoencoder", "generation")
+        answer = client.post("/predict/vae", data={"seed": "7", "count": "9"}).json()
+    assert answer == command and (command["seed"], command["count"]) == (7, 9)
+    side = model["input_size"][-1]
+    assert decode_png(answer["grid_png"]).shape[:2] == (2 + 3 * (side + 2),) * 2     # 3 x 3 samples
+
+
 @pytest.mark.parametrize("name, data, status, message", [
     ("notes.txt", b"id,value\n1,2\n", 415, "upload 'notes.txt': not an image"),
     ("empty.png", b"", 415, "upload 'empty.png': not an image (no image format recognised in 0 bytes)"),
