@@ -93,6 +93,7 @@ class SampleGrids(Callback):
             averaged = ema.averaged_state_dict(task)
             generator.load_state_dict({k.removeprefix("generator."): v for k, v in averaged.items()
                                        if k.startswith("generator.")})
+            refresh_batchnorm(generator)
         save_grid(task.sample(generator=generator), self.folder / f"epoch_{trainer.epoch:03d}.png")
 
     def on_fit_end(self, trainer, task):
@@ -111,13 +112,28 @@ def load_generator(run: str | os.PathLike) -> tuple[Generator, dict]:
     if "latent" not in args or "image_size" not in args:
         raise UserError(f"{args_path}: not written by hw_gan.train (no latent / image_size)")
     generator = Generator(args["image_size"], args["latent"], args["width"])
-    weights = task_weights(load_checkpoint(run / "last.pt"), "generator.")   # the EMA's, if the run kept one
+    checkpoint = load_checkpoint(run / "last.pt")
     try:
-        generator.load_state_dict(weights)
+        generator.load_state_dict(task_weights(checkpoint, "generator."))   # the EMA's, if the run kept one
     except RuntimeError as exc:
         raise UserError(f"{run / 'last.pt'}: does not match the generator of args.json "
                         f"({str(exc).splitlines()[0]})") from None
+    if checkpoint.get("ema"):
+        refresh_batchnorm(generator)
     return generator.eval(), args
+
+
+@torch.no_grad()
+def refresh_batchnorm(generator: Generator, n: int = 2048, batch_size: int = 64, seed: int = 0) -> Generator:
+    """Recompute the BatchNorm running statistics of ``generator`` from ``n`` latents (as
+    ``torch.optim.swa_utils.update_bn`` does for averaged weights). The EMA of the weights
+    comes with the trained network's statistics, which do not fit it: its samples come out
+    washed-out (measured: gradient ratio 0.36 instead of 0.9). Returns it in eval mode."""
+    g = torch.Generator().manual_seed(seed)
+    latents = [torch.randn(batch_size, generator.latent, generator=g) for _ in range(n // batch_size)]
+    device = next(generator.parameters()).device
+    torch.optim.swa_utils.update_bn([z.to(device) for z in latents], generator)
+    return generator.eval()
 
 
 @torch.no_grad()

@@ -205,6 +205,22 @@ def test_short_run_moves_samples_towards_a_two_mode_set():
     assert 0.1 < mode_of_nearest.float().mean() < 0.9  # both modes drawn
 
 
+def test_refreshed_batchnorm_statistics_are_those_of_the_latents():
+    from hw_gan.sampling import refresh_batchnorm
+
+    torch.manual_seed(0)
+    generator = Generator(16, latent=8, width=4)
+    first_bn = generator.net[1]
+    first_bn.running_mean.fill_(5.0)                # stale statistics, as an EMA of weights inherits
+    refresh_batchnorm(generator, n=256, batch_size=64, seed=3)
+    g = torch.Generator().manual_seed(3)
+    latents = torch.cat([torch.randn(64, 8, generator=g) for _ in range(4)])
+    with torch.no_grad():
+        expected = generator.net[0](latents[:, :, None, None]).mean((0, 2, 3))
+    torch.testing.assert_close(first_bn.running_mean, expected, rtol=1e-4, atol=1e-5)
+    assert not generator.training
+
+
 # -- commands end to end ---------------------------------------------------------------------------
 def write_faces(folder, n: int = 40, size: int = 20, seed: int = 0) -> None:
     """``n`` two-mode PNG images of ``size`` px (resized to --image-size when read)."""
@@ -236,14 +252,15 @@ def test_resumed_run_reproduces_the_uninterrupted_one(face_folder, tmp_path, run
     from core.predictor import load_weights
     from hw_gan.train import main
 
-    common = ["--data-dir", str(face_folder), *TINY, "--deterministic"]
+    common = ["--data-dir", str(face_folder), *TINY, "--deterministic", "--ema", "0.9"]
     main([*common, "--epochs", "3", "--run-dir", str(tmp_path / "full")])
     main([*common, "--epochs", "1", "--run-dir", str(tmp_path / "part")])
     main([*common, "--epochs", "3", "--run-dir", str(tmp_path / "resumed"), "--resume", str(tmp_path / "part/last.pt")])
     full, resumed = (load_weights(tmp_path / name / "last.pt") for name in ("full", "resumed"))
     assert full["epoch"] == resumed["epoch"] == 3
-    for key, value in full["task"].items():
-        torch.testing.assert_close(resumed["task"][key], value, rtol=0, atol=0, msg=key)
+    for part in ("task", "ema"):                    # trained and averaged weights alike
+        for key, value in full[part].items():
+            torch.testing.assert_close(resumed[part][key], value, rtol=0, atol=0, msg=key)
     assert full["optimizers"][1]["state"][0]["step"] == resumed["optimizers"][1]["state"][0]["step"] == 12
 
 
