@@ -1,0 +1,85 @@
+"""The reader's task for :class:`core.trainer.Trainer`, CTC loss, and reading crops with a model."""
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from core.trainer import Task
+
+from .models import CRNN
+from .text import decode, levenshtein
+
+
+def ctc_loss(logits: torch.Tensor, texts: Sequence[str], model: CRNN) -> torch.Tensor:
+    """Mean CTC loss per target character (``torch.nn.CTCLoss``'s default ``reduction="mean"``:
+    each sequence's negative log-likelihood divided by its text length, then averaged).
+
+    Args:
+        logits: (T, N, C) frame scores; log-softmax is taken here.
+    """
+    targets, target_lengths = model.alphabet.encode_batch(texts)
+    log_probs = F.log_softmax(logits.float(), dim=-1)
+    input_lengths = torch.full((logits.shape[1],), logits.shape[0], dtype=torch.long)
+    return F.ctc_loss(log_probs, targets.to(logits.device), input_lengths, target_lengths,
+                      blank=0, reduction="mean", zero_infinity=True)
+
+
+class ReaderTask(Task):
+    """CRNN + CTC. AdamW with a one-cycle LR schedule over ``total_steps`` optimiser steps.
+
+    Validation logs ``exact`` (per crop) and ``cer`` (all edits over all true characters,
+    gathered over the epoch), decoded greedily.
+    """
+
+    def __init__(self, model: CRNN, lr: float = 1e-3, weight_decay: float = 1e-4, total_steps: int | None = None):
+        super().__init__()
+        self.model, self.lr, self.weight_decay, self.total_steps = model, lr, weight_decay, total_steps
+        self._edits = self._chars = 0
+
+    def training_step(self, batch):
+        images, texts = batch
+        return ctc_loss(self.model(images), texts, self.model)
+
+    def validation_step(self, batch) -> dict:
+        images, texts = batch
+        logits = self.model(images)
+        predictions = decode(logits, self.model.alphabet)
+        self._edits += sum(levenshtein(p, t) for p, t in zip(predictions, texts))
+        self._chars += sum(len(t) for t in texts)
+        exact = torch.tensor([p == t for p, t in zip(predictions, texts)], dtype=torch.float32)
+        return {"loss": ctc_loss(logits, texts, self.model), "exact": exact}
+
+    def on_validation_epoch_end(self) -> dict:
+        cer = self._edits / max(1, self._chars)
+        self._edits = self._chars = 0
+        return {"cer": cer}
+
+    def configure_optimizers(self):
+        optimizer = torch.optim.AdamW(self.model.parameters(), lr=self.lr, weight_decay=self.weight_decay)
+        if not self.total_steps:
+            return optimizer
+        scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=self.lr, total_steps=self.total_steps,
+                                                        pct_start=0.15)
+        return {"optimizer": optimizer, "scheduler": scheduler, "interval": "step"}
+
+
+def optimizer_steps(n_batches: int, epochs: int, limit_batches: int | None = None, accumulate: int = 1) -> int:
+    """How many optimiser steps a Trainer run takes (the length of the one-cycle schedule)."""
+    per_epoch = min(n_batches, limit_batches) if limit_batches else n_batches
+    return max(1, epochs * math.ceil(per_epoch / accumulate))
+
+
+@torch.no_grad()
+def read_crops(model: CRNN, images: torch.Tensor, beam_width: int = 1, batch_size: int = 64,
+               device: torch.device | str = "cpu") -> list[str]:
+    """Texts of crops (N, 3, H, W) read by ``model`` in eval mode."""
+    model.eval().to(device)
+    texts: list[str] = []
+    alphabet = model.alphabet
+    for i in range(0, len(images), batch_size):
+        texts += decode(model(images[i:i + batch_size].to(device)).float().cpu(), alphabet, beam_width)
+    return texts

@@ -1,0 +1,275 @@
+"""hw_plates: CTC decoding and loss against hand computations, the alphabet, the reading
+metrics, a reader that must learn, data loading and bad input, and the commands end to end."""
+from __future__ import annotations
+
+import itertools
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader
+
+from core.data import DataError
+from core.trainer import Trainer
+from hw_plates.data import (CropDataset, collate_crops, cut_plate, load_crops, load_photos, make_rendered_plates,
+                            split_of)
+from hw_plates.models import CRNN
+from hw_plates.report import load_reader, save_model
+from hw_plates.task import ReaderTask, ctc_loss, read_crops
+from hw_plates.text import (Alphabet, beam_decode, beam_decode_one, collapse, greedy_decode, levenshtein,
+                            reading_metrics)
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Small models: a second intra-op thread costs more than it gives on a busy machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _frames(path: list[int], num_classes: int, confidence: float = 0.9) -> torch.Tensor:
+    """(T, 1, C) log-probabilities whose most likely class in frame t is ``path[t]``."""
+    probs = torch.full((len(path), num_classes), (1 - confidence) / (num_classes - 1))
+    probs[torch.arange(len(path)), torch.tensor(path)] = confidence
+    return probs.log()[:, None]
+
+
+# -- CTC ------------------------------------------------------------------------------------------
+def test_greedy_decoding_merges_repeats_and_drops_blanks():
+    alphabet = Alphabet("ABC")  # A=1, B=2, C=3, blank=0
+    # frames: A A - A B B - - C C -  ->  runs A, -, A, B, -, C, -  ->  "AABC"
+    path = [1, 1, 0, 1, 2, 2, 0, 0, 3, 3, 0]
+    assert collapse(path) == [1, 1, 2, 3]
+    assert greedy_decode(_frames(path, 4), alphabet) == ["AABC"]
+    assert greedy_decode(_frames([0, 0, 0], 4), alphabet) == [""]
+    assert greedy_decode(_frames([2, 2, 2, 2], 4), alphabet) == ["B"]  # a repeat without a blank is one B
+
+
+def test_ctc_loss_equals_the_hand_computed_two_frame_probability():
+    model = CRNN("AB", channels=4, hidden=4)
+    # two frames over (blank, A, B)
+    p = torch.tensor([[0.2, 0.5, 0.3], [0.6, 0.3, 0.1]])
+    logits = p.log()[:, None]                                      # log-softmax of log p is log p
+    # "A": the paths A-, -A, AA;  "AB": only the path AB, and the mean divides by its 2 characters
+    p_a = p[0, 1] * p[1, 0] + p[0, 0] * p[1, 1] + p[0, 1] * p[1, 1]
+    assert ctc_loss(logits, ["A"], model).item() == pytest.approx(-math.log(p_a), rel=1e-5)
+    assert ctc_loss(logits, ["AB"], model).item() == pytest.approx(-math.log(p[0, 1] * p[1, 2]) / 2, rel=1e-5)
+    # a batch of both: the mean of the per-text values
+    both = ctc_loss(torch.cat([logits, logits], 1), ["A", "AB"], model).item()
+    assert both == pytest.approx((-math.log(p_a) - math.log(p[0, 1] * p[1, 2]) / 2) / 2, rel=1e-5)
+
+
+def test_beam_search_finds_the_most_probable_text_that_greedy_misses():
+    # each frame: blank 0.6, A 0.4. Greedy reads "" (path "--", 0.36); "A" has AA+A-+-A = 0.64
+    lp = np.log(np.array([[0.6, 0.4], [0.6, 0.4]]))
+    assert greedy_decode(torch.from_numpy(lp)[:, None], Alphabet("A")) == [""]
+    assert beam_decode_one(lp, beam_width=4) == [1]
+
+
+def test_beam_search_matches_brute_force_over_every_path():
+    rng = np.random.default_rng(0)
+    for _ in range(5):
+        probs = rng.dirichlet(np.ones(3), size=5)                  # T=5 frames, blank + 2 symbols
+        totals: dict[tuple, float] = {}
+        for path in itertools.product(range(3), repeat=5):
+            label = tuple(collapse(path))
+            totals[label] = totals.get(label, 0.0) + float(np.prod(probs[np.arange(5), path]))
+        best = max(totals, key=totals.get)
+        assert beam_decode_one(np.log(probs), beam_width=50, prune=-1e9) == list(best)
+    batch = torch.from_numpy(np.log(probs))[:, None].float()
+    assert beam_decode(batch, Alphabet("AB"), beam_width=50) == [Alphabet("AB").decode(best)]
+
+
+def test_alphabet_round_trip_and_unknown_characters():
+    alphabet = Alphabet()
+    assert alphabet.num_classes == 37
+    assert alphabet.decode(alphabet.encode(alphabet.chars)) == alphabet.chars
+    assert alphabet.encode("A0") == [11, 1]
+    assert Alphabet.from_tensor(alphabet.to_tensor()).chars == alphabet.chars
+    targets, lengths = alphabet.encode_batch(["AB", "9"])
+    assert targets.tolist() == [11, 12, 10] and lengths.tolist() == [2, 1]
+    with pytest.raises(ValueError, match="'-'"):
+        alphabet.encode("RK-619")
+    with pytest.raises(ValueError, match="repeats"):
+        Alphabet("ABA")
+
+
+def test_the_alphabet_travels_with_the_saved_reader(tmp_path):
+    model = CRNN("XYZ0", channels=4, hidden=8).eval()
+    save_model(tmp_path / "model.pt", reader=model,
+               reader_config={"arch": "crnn_small", "height": 32, "width": 64, "channels": 4, "hidden": 8})
+    loaded = load_reader(tmp_path)
+    assert loaded.alphabet.chars == "XYZ0" and loaded.input_size == (32, 64)
+    x = torch.rand(2, 3, 32, 64)
+    with torch.no_grad():
+        assert torch.equal(model(x), loaded(x))
+    assert model(x).shape == (16, 2, 5)                               # W/4 frames, 4 characters + blank
+
+
+# -- metrics ---------------------------------------------------------------------------------------
+@pytest.mark.parametrize("a, b, distance", [
+    ("kitten", "sitting", 3), ("", "ABC", 3), ("ABC", "", 3), ("ABC", "ABC", 0), ("AB", "BA", 2),
+    ("RK099AN", "RK0S9AN", 1), ("ABC123", "AC1234", 2), ("0UTFR0NT", "OUTFRONT", 2)])
+def test_levenshtein_on_hand_cases(a, b, distance):
+    assert levenshtein(a, b) == distance == levenshtein(b, a)
+
+
+def test_reading_metrics_on_hand_cases():
+    scores = reading_metrics(["ABC", "AXC", ""], ["ABC", "ABCD", "XY"])
+    # edits 0, 2 (B->X, +D), 2; true characters 3 + 4 + 2 = 9
+    assert scores == pytest.approx({"exact": 1 / 3, "cer": 4 / 9, "mean_levenshtein": 4 / 3})
+    with pytest.raises(ValueError):
+        reading_metrics(["A"], ["A", "B"])
+
+
+# -- the reader learns -----------------------------------------------------------------------------
+def test_reader_overfits_twenty_rendered_crops_to_exact_one():
+    crops, _ = make_rendered_plates(20, 0, Alphabet(), 32, 96, seed=0)
+    loader = DataLoader(CropDataset(crops), batch_size=10, shuffle=True, collate_fn=collate_crops)
+    torch.manual_seed(0)
+    model = CRNN(Alphabet(), channels=8, hidden=32)
+    task = ReaderTask(model, lr=5e-3, total_steps=120)
+    history = Trainer(max_epochs=60, monitor=None, progress=False, log_every_epoch=False, seed=0).fit(task, loader)
+    assert history[-1]["train_loss"] < 0.3 * history[5]["train_loss"]
+    images = torch.stack([CropDataset(crops)[i][0] for i in range(20)])
+    readings = read_crops(model, images)
+    assert reading_metrics(readings, crops.texts)["exact"] == 1.0
+    assert read_crops(model, images, beam_width=4) == readings          # a confident model: beam = greedy
+
+
+# -- data ------------------------------------------------------------------------------------------
+def test_split_is_by_text_stable_and_about_70_10_20():
+    assert split_of("RK099AN") == split_of("RK099AN")
+    counts = {s: 0 for s in ("train", "val", "test")}
+    for i in range(5000):
+        counts[split_of(f"P{i:05d}")] += 1
+    assert counts["test"] == pytest.approx(1000, abs=100) and counts["val"] == pytest.approx(500, abs=80)
+
+
+def _jpeg(path, size=(60, 20), color=(200, 200, 200)):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", size, color).save(path)
+
+
+def _plates_tree(root, labels="file,text,region\na.jpg,AB123,eu\nb.jpg,XY99,us\n", photos=None):
+    for name in ("a.jpg", "b.jpg"):
+        _jpeg(root / "recognition" / "images" / name)
+    (root / "recognition" / "labels.csv").write_text(labels)
+    _jpeg(root / "detection" / "images" / "car.jpg", size=(100, 80))
+    photos = photos if photos is not None else [
+        {"file": "car.jpg", "width": 100, "height": 80, "plates": [{"box": [10, 40, 70, 60], "text": "AB123"}]}]
+    (root / "detection" / "annotations.json").write_text(json.dumps(photos))
+    return root
+
+
+def test_a_small_plates_tree_loads(tmp_path):
+    root = _plates_tree(tmp_path)
+    crops = load_crops(root, Alphabet(), 32, 128)
+    assert crops.texts == ["AB123", "XY99"] and crops.images[0].shape == (64, 256, 3)
+    photos = load_photos(root, Alphabet())
+    assert photos[0].texts == ["AB123"] and photos[0].boxes.tolist() == [[10, 40, 70, 60]]
+    assert photos[0].load().shape == (80, 100, 3)
+    assert photos[0].split == split_of("AB123")
+    # the cut widens the box by margin x its height (20 px) on every side, clipped to the photo
+    assert cut_plate(photos[0].load(), photos[0].boxes[0], margin=0.25).shape == (30, 70, 3)
+    assert cut_plate(photos[0].load(), photos[0].boxes[0], margin=2.0).shape == (80, 100, 3)
+
+
+def test_a_label_outside_the_alphabet_is_named_with_its_file(tmp_path):
+    root = _plates_tree(tmp_path, labels="file,text,region\na.jpg,AB123,eu\nb.jpg,RK-619,eu\n")
+    with pytest.raises(DataError, match=r"line 3: text 'RK-619' of b\.jpg has character\(s\) '-'"):
+        load_crops(root, Alphabet(), 32, 128)
+
+
+def test_an_empty_crop_or_text_is_named(tmp_path):
+    root = _plates_tree(tmp_path)
+    _jpeg(root / "recognition" / "images" / "b.jpg", size=(1, 1))
+    with pytest.raises(DataError, match=r"b\.jpg: crop of shape \(1, 1, 3\) is empty or too small"):
+        load_crops(root, Alphabet(), 32, 128)
+    root = _plates_tree(tmp_path / "t2", labels="file,text,region\na.jpg,,eu\n")
+    with pytest.raises(DataError, match=r"line 2: empty text for a\.jpg"):
+        load_crops(root, Alphabet(), 32, 128)
+    (root / "recognition" / "labels.csv").write_text("name,text\na.jpg,AB1\n")
+    with pytest.raises(DataError, match="missing column"):
+        load_crops(root, Alphabet(), 32, 128)
+
+
+def test_a_box_outside_its_photo_is_named(tmp_path):
+    root = _plates_tree(tmp_path, photos=[
+        {"file": "car.jpg", "width": 100, "height": 80, "plates": [{"box": [50, 40, 120, 60], "text": "AB1"}]}])
+    with pytest.raises(DataError, match=r"car\.jpg: box \[50, 40, 120, 60\] is empty or not inside the 100x80"):
+        load_photos(root)
+
+
+def test_a_photo_without_annotation_is_named(tmp_path, capsys):
+    root = _plates_tree(tmp_path, photos=[{"file": "car.jpg", "width": 100, "height": 80}])
+    with pytest.raises(DataError, match=r"car\.jpg: no 'plates' list \(a photo without annotation\)"):
+        load_photos(root)
+    root = _plates_tree(tmp_path / "t2")
+    _jpeg(root / "detection" / "images" / "extra.jpg")
+    capsys.readouterr()
+    assert len(load_photos(root)) == 1
+    out = capsys.readouterr().out
+    assert "1 image(s)" in out and "not used (first: extra.jpg)" in out
+
+
+# -- commands --------------------------------------------------------------------------------------
+TINY = ["--n-rendered", "60", "--epochs", "1", "--channels", "4", "--hidden", "8", "--width", "64"]
+
+
+def test_train_evaluate_predict_on_rendered_plates(runs_root, monkeypatch, tmp_path, capsys):
+    from hw_plates import evaluate, predict, train
+
+    monkeypatch.delenv("DLS_DATA", raising=False)
+    metrics = train.main(TINY + ["--run-name", "tiny"])
+    run = runs_root / "hw_plates" / "tiny"
+    out = capsys.readouterr().out
+    assert "data: built-in rendered plates" in out and "split by plate text" in out
+    for name in ("args.json", "metrics.json", "model.pt", "reader/history.csv", "reader/best.pt",
+                 "plots/reader_history.png", "plots/worst_readings.png"):
+        assert (run / name).is_file(), name
+    saved = json.loads((run / "metrics.json").read_text())
+    assert saved["test_crops"] == metrics["test_crops"] > 0 and 0 <= saved["test_cer"]
+
+    scores = evaluate.main(["--run", str(run), "--n-rendered", "20", "--split", "all", "--beam-width", "3"])
+    assert scores["crops"] == 20 and (run / "eval-builtin-all" / "readings.csv").is_file()
+    evaluate.main(["--run", str(run), "--n-rendered", "20", "--split", "all"])
+    assert (run / "eval-builtin-all-2" / "metrics.json").is_file()           # a second run: a new folder
+
+    crops, _ = make_rendered_plates(2, 0, Alphabet(), 32, 64, seed=1)
+    paths = []
+    for i, image in enumerate(crops.images):
+        paths.append(tmp_path / f"plate{i}.png")
+        Image.fromarray(image).save(paths[-1])
+    results = predict.main(["--run", str(run), *map(str, paths), "--out", str(tmp_path / "pred")])
+    assert set(results) == set(map(str, paths))
+    assert json.loads((tmp_path / "pred" / "predictions.json").read_text()) == results
+    assert (tmp_path / "pred" / "plate0_plates.png").is_file()
+
+
+@pytest.mark.parametrize("option, message", [
+    (["--height", "40"], "--height must be a multiple of 16"),
+    (["--epochs", "0"], "--epochs must be at least 1"),
+    (["--alphabet", "ABA"], "--alphabet: the alphabet repeats"),
+    (["--weights", "imagenet"], "--weights imagenet needs --arch crnn_resnet18"),
+])
+def test_bad_options_stop_with_one_line_before_any_work(option, message, runs_root, capsys):
+    from hw_plates import train
+
+    with pytest.raises(SystemExit) as exit_info:
+        train.main(option)
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
+    assert not runs_root.exists()
+
+
+def test_evaluate_of_a_folder_without_a_model_is_one_clear_error(tmp_path):
+    from hw_plates import evaluate
+
+    with pytest.raises(DataError, match=r"model\.pt: not found"):
+        evaluate.main(["--run", str(tmp_path)])
