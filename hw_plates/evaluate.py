@@ -1,16 +1,16 @@
-"""Score a trained run on a plate data set: the reader on the crops (``exact``, ``cer``).
+"""Score a trained run on a plate data set: the reader on the crops (``exact``, ``cer``), the
+detector on the photos (``map50``), and both end to end (``e2e_exact``, ``e2e_levenshtein``).
 
     python -m hw_plates.evaluate --run runs/hw_plates/<name>                 # held-out test plates
     python -m hw_plates.evaluate --run RUN --data-dir PATH/TO/plates --split all --beam-width 8
 
 ``--split test`` (default) scores the plates that training held out (the split is a hash of
 the plate text, the same in every run); ``--split all`` scores every plate, for a data set the
-run never saw. Writes ``metrics.json``, ``readings.csv`` and a figure of the worst readings
-into ``--run-dir`` (default: ``<run>/eval-<data>-<split>``, a fresh folder each time).
+run never saw. Writes ``metrics.json``, ``readings.csv`` (crops) / ``photos.csv`` (end to end)
+and figures of the worst readings into ``--run-dir`` (default: ``<run>/eval-<timestamp>``, a
+fresh folder each time).
 """
 from __future__ import annotations
-
-from pathlib import Path
 
 import pandas as pd
 
@@ -18,9 +18,10 @@ from core import cli
 from core.data import DataError, resolve_data_root
 from core.device import echo
 
-from .data import SPLITS, CropSet, load_crops, make_rendered_plates
-from .report import crop_metrics, load_reader, worst_readings_figure
-from .text import levenshtein
+from .data import SPLITS, CropSet, load_crops, load_photos, make_rendered_plates
+from .report import (crop_metrics, detector_metrics, end_to_end, load_detector, load_reader, read_model_file,
+                     worst_photos_figure, worst_readings_figure)
+from .text import Alphabet, levenshtein
 
 
 def build_parser():
@@ -28,45 +29,61 @@ def build_parser():
     parser.add_argument("--run", required=True, help="run folder written by hw_plates.train")
     parser.add_argument("--data-dir", default=None, help="plates root; default $DLS_DATA/plates, else rendered plates")
     parser.add_argument("--split", choices=SPLITS + ("all",), default="test", help="which plates to score")
-    parser.add_argument("--beam-width", type=int, default=1, help="1: greedy decoding; more: prefix beam search")
-    parser.add_argument("--n-rendered", type=int, default=300, help="rendered plates when no data is found")
+    parser.add_argument("--beam-width", type=cli.positive_int, default=1,
+                        help="1: greedy decoding; more: prefix beam search")
+    parser.add_argument("--n-rendered", type=cli.int_at_least(10), default=300,
+                        help="rendered plates (and scenes) when no data is found")
     cli.add_run_args(parser)
     return parser
 
 
-def default_run_dir(run: str, source, split: str) -> str:
-    """``<run>/eval-<data>-<split>``, with ``-2``, ``-3`` ... when that folder exists already."""
-    base = Path(run) / f"eval-{source.root.name if source.root else 'builtin'}-{split}"
-    path, k = base, 1
-    while path.exists():
-        k += 1
-        path = base.with_name(f"{base.name}-{k}")
-    return str(path)
+def load_eval_data(args, reader, detector, alphabet: Alphabet):
+    """Crops (for a reader) and photos (for a detector) of the chosen split."""
+    source = resolve_data_root("plates", args.data_dir, builtin="built-in rendered plates (random texts)")
+    height, width = reader.input_size if reader is not None else (32, 128)
+    if source.builtin:
+        crops, photos = make_rendered_plates(args.n_rendered, args.n_rendered if detector else 0, alphabet,
+                                             height, width, seed=12345)
+    else:
+        crops = load_crops(source.root, alphabet, height, width) if reader is not None else None
+        photos = load_photos(source.root, alphabet) if detector is not None else []
+    if args.split != "all":
+        crops = crops.split(args.split) if crops is not None else None
+        photos = [p for p in photos if p.split == args.split]
+    if reader is not None and not len(crops):
+        raise DataError(f"no plate crops in the {args.split} split of the data")
+    if detector is not None and not photos:
+        raise DataError(f"no photos in the {args.split} split of the data")
+    return crops, photos
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = build_parser()
-    args = cli.parse_args(parser, argv)
-    if args.beam_width < 1:
-        parser.error(f"--beam-width must be at least 1, got {args.beam_width}")
-    reader = load_reader(args.run)
-    height, width = reader.input_size
-    source = resolve_data_root("plates", args.data_dir, builtin="built-in rendered plates (random texts)")
-    if source.builtin:
-        crops, _ = make_rendered_plates(args.n_rendered, 0, reader.alphabet, height, width, seed=12345)
-    else:
-        crops = load_crops(source.root, reader.alphabet, height, width)
-    crops = crops if args.split == "all" else crops.split(args.split)
-    if not len(crops):
-        raise DataError(f"no plates in the {args.split} split of {crops.description}")
-    echo(f"reader from {args.run}; scoring {len(crops)} crops ({args.split} split of {crops.description})")
-    args.run_dir = args.run_dir or default_run_dir(args.run, source, args.split)
-    run = cli.RunDir.create("hw_plates", args)
+    args = cli.parse_args(build_parser(), argv)
+    read_model_file(args.run)  # a clear error first when the folder holds no model
+    reader = load_reader(args.run, required=False)
+    detector, det_config = load_detector(args.run)
+    alphabet = reader.alphabet if reader is not None else Alphabet()
+    crops, photos = load_eval_data(args, reader, detector, alphabet)
+    echo(f"model from {args.run}: {'reader' if reader else ''}{' + ' if reader and detector else ''}"
+         f"{'detector' if detector else ''}; scoring the {args.split} split: "
+         f"{len(crops) if crops is not None else 0} crops, {len(photos)} photos")
+    run = cli.RunDir.create("hw_plates", args, parent=args.run, prefix="eval-")
 
-    scores, predictions = crop_metrics(reader, crops, args.beam_width)
-    metrics = dict(scores)
-    write_readings(run / "readings.csv", crops, predictions)
-    worst_readings_figure(crops, predictions, run.plots / "worst_readings.png")
+    metrics = {}
+    if reader is not None:
+        scores, predictions = crop_metrics(reader, crops, args.beam_width)
+        metrics.update(scores)
+        write_readings(run / "readings.csv", crops, predictions)
+        worst_readings_figure(crops, predictions, run.plots / "worst_readings.png")
+    if detector is not None:
+        metrics.update(detector_metrics(detector, photos, det_config["size"]))
+    if reader is not None and detector is not None:
+        scores, rows = end_to_end(detector, reader, photos, det_config["size"], det_config["margin"],
+                                  det_config["score_threshold"], args.beam_width)
+        metrics.update(scores)
+        pd.DataFrame([{k: v for k, v in r.items() if k != "crop"} | {"found": r["crop"] is not None} for r in rows]
+                     ).to_csv(run / "photos.csv", index=False)
+        worst_photos_figure(rows, run.plots / "worst_photos.png")
     run.save_metrics(metrics)
     run.summary(metrics)
     return metrics
@@ -79,4 +96,4 @@ def write_readings(path, crops: CropSet, predictions: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    cli.run_command(lambda: None if main() else None)
+    cli.run_command(main)

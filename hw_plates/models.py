@@ -81,8 +81,9 @@ class CRNN(nn.Module):
     """
 
     def __init__(self, alphabet: Alphabet | str, arch: str = "crnn_small", height: int = 32, channels: int = 32,
-                 hidden: int = 128, weights: str | None = None):
+                 hidden: int = 128, weights: str | None = None, width: int = 128):
         super().__init__()
+        self.input_size = (height, width)  # crops are resized to this (any width that is a multiple of 4 runs)
         alphabet = alphabet if isinstance(alphabet, Alphabet) else Alphabet(alphabet)
         if height % 16:
             raise ValueError(f"height {height} is not a multiple of 16")

@@ -1,7 +1,6 @@
 """The reader's task for :class:`core.trainer.Trainer`, CTC loss, and reading crops with a model."""
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 import torch
@@ -29,15 +28,16 @@ def ctc_loss(logits: torch.Tensor, texts: Sequence[str], model: CRNN) -> torch.T
 
 
 class ReaderTask(Task):
-    """CRNN + CTC. AdamW with a one-cycle LR schedule over ``total_steps`` optimiser steps.
+    """CRNN + CTC. AdamW with a one-cycle LR schedule over the run's optimiser steps (warm-up,
+    then cosine decay), stepped per batch; ``one_cycle=False``: a constant LR.
 
     Validation logs ``exact`` (per crop) and ``cer`` (all edits over all true characters,
     gathered over the epoch), decoded greedily.
     """
 
-    def __init__(self, model: CRNN, lr: float = 1e-3, weight_decay: float = 1e-4, total_steps: int | None = None):
+    def __init__(self, model: CRNN, lr: float = 1e-3, weight_decay: float = 1e-4, one_cycle: bool = True):
         super().__init__()
-        self.model, self.lr, self.weight_decay, self.total_steps = model, lr, weight_decay, total_steps
+        self.model, self.lr, self.weight_decay, self.one_cycle = model, lr, weight_decay, one_cycle
         self._edits = self._chars = 0
 
     def training_step(self, batch):
@@ -60,17 +60,11 @@ class ReaderTask(Task):
 
     def configure_optimizers(self):
         optimizer = torch.optim.AdamW(self.model.parameters(), lr=self.lr, weight_decay=self.weight_decay)
-        if not self.total_steps:
+        if not self.one_cycle:
             return optimizer
-        scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=self.lr, total_steps=self.total_steps,
-                                                        pct_start=0.15)
+        scheduler = torch.optim.lr_scheduler.OneCycleLR(
+            optimizer, max_lr=self.lr, total_steps=self.trainer.estimated_stepping_batches, pct_start=0.15)
         return {"optimizer": optimizer, "scheduler": scheduler, "interval": "step"}
-
-
-def optimizer_steps(n_batches: int, epochs: int, limit_batches: int | None = None, accumulate: int = 1) -> int:
-    """How many optimiser steps a Trainer run takes (the length of the one-cycle schedule)."""
-    per_epoch = min(n_batches, limit_batches) if limit_batches else n_batches
-    return max(1, epochs * math.ceil(per_epoch / accumulate))
 
 
 @torch.no_grad()

@@ -172,3 +172,21 @@ def reading_metrics(predictions: Sequence[str], truths: Sequence[str]) -> dict[s
     return {"exact": float(np.mean([p == t for p, t in zip(predictions, truths)])),
             "cer": sum(edits) / max(1, sum(len(t) for t in truths)),
             "mean_levenshtein": float(np.mean(edits))}
+
+
+def end_to_end_metrics(true_texts: Sequence[Sequence[str]], read_texts: Sequence[Sequence[str]]) -> dict[str, float]:
+    """Photo-level scores of detector + reader, given per photo the true plate texts and, in the
+    same order, what was read for each (``""`` where no detection matched the plate).
+
+    ``e2e_exact``: share of true plates read whole; ``e2e_levenshtein``: edits per photo (summed
+    over its plates), the contest's kind of score; ``e2e_cer``: all edits over all true characters.
+    """
+    if len(true_texts) != len(read_texts):
+        raise ValueError(f"{len(read_texts)} photos read for {len(true_texts)} photos")
+    plates = [(t, r) for truths, reads in zip(true_texts, read_texts) for t, r in zip(truths, reads, strict=True)]
+    if not plates:
+        raise ValueError("no plates to score")
+    per_photo = [sum(levenshtein(r, t) for t, r in zip(truths, reads)) for truths, reads in zip(true_texts, read_texts)]
+    return {"e2e_exact": float(np.mean([t == r for t, r in plates])),
+            "e2e_levenshtein": float(np.mean(per_photo)),
+            "e2e_cer": sum(per_photo) / max(1, sum(len(t) for t, _ in plates))}

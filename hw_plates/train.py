@@ -1,14 +1,18 @@
-"""Train the licence-plate reader (a CRNN with CTC) on plate crops.
+"""Train the licence-plate detector and/or reader.
 
-    python -m hw_plates.train --stage read                     # $DLS_DATA/plates, else rendered plates
-    python -m hw_plates.train --stage read --data-dir PATH/TO/plates --beam-width 8
+    python -m hw_plates.train --stage both               # $DLS_DATA/plates, else rendered plates
+    python -m hw_plates.train --stage read --beam-width 8
+    python -m hw_plates.train --stage detect --data-dir PATH/TO/plates
 
-The plates are split by text (hw_plates.data.split_of): 70% train, 10% val (picks the best
-epoch), 20% test, never trained on nor tuned on; the reported figures are the test crops'.
-Epochs, batch size and learning rate default to a recipe for the data in use (printed at
-the start). The run folder gets args.json, reader/history.csv, reader/best.pt and last.pt,
-model.pt (the weights and the alphabet, read back with ``torch.load(weights_only=True)``),
-metrics.json and plots (curves, the worst test readings).
+``--stage read``: a CRNN with CTC on the plate crops. ``--stage detect``: a CenterNet on the
+photos. ``--stage both``: the two, then the photos read end to end (detector, plates cut
+with a margin, reader). The plates are split by text (hw_plates.data.split_of): 70% train,
+10% val (picks the best epoch), 20% test, never trained nor tuned on; the figures reported
+are the test plates'. Epochs, batch sizes and learning rates default to a recipe for the
+data in use (printed at the start). The run folder gets args.json, reader/ and detector/
+(history.csv, best.pt, last.pt), model.pt (the weights, the alphabet and what rebuilds them,
+read back with ``torch.load(weights_only=True)``), metrics.json and plots (curves, the worst
+readings of crops and of photos).
 """
 from __future__ import annotations
 
@@ -24,17 +28,18 @@ from core.device import echo
 from core.plots import plot_history
 from core.trainer import Trainer, load_checkpoint
 
-from .data import CropDataset, CropSet, collate_crops, load_crops, make_rendered_plates
+from .data import CropDataset, CropSet, Photo, collate_crops, load_crops, load_photos, make_rendered_plates
 from .models import CRNN, READER_ARCHS, count_parameters
-from .report import crop_metrics, save_model, worst_readings_figure
-from .task import ReaderTask, optimizer_steps
+from .report import (crop_metrics, detector_metrics, end_to_end, save_model, worst_photos_figure,
+                     worst_readings_figure)
+from .task import ReaderTask
 from .text import DEFAULT_ALPHABET, Alphabet
 
 RECIPES = {
-    "built-in": dict(epochs=12, batch_size=32, lr=2e-3),
-    "plates": dict(epochs=30, batch_size=32, lr=2e-3),
+    "built-in": dict(epochs=12, batch_size=32, lr=2e-3, det_epochs=12, det_batch_size=16, det_lr=2e-3),
+    "plates": dict(epochs=30, batch_size=32, lr=2e-3, det_epochs=30, det_batch_size=16, det_lr=2e-3),
 }
-STAGES = ("read",)
+STAGES = ("read", "detect", "both")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -44,32 +49,41 @@ def build_parser() -> argparse.ArgumentParser:
     cli.add_data_args(parser)
     cli.add_training_args(parser, epochs=None, batch_size=None, lr=None)
     group = parser.add_argument_group("plates")
-    group.add_argument("--stage", choices=STAGES, default="read", help="what to train")
+    group.add_argument("--stage", choices=STAGES, default="both", help="what to train")
     group.add_argument("--arch", choices=READER_ARCHS, default="crnn_small", help="the reader's CNN trunk")
     group.add_argument("--weights", choices=("none", "imagenet"), default="none",
                        help="crnn_resnet18 only: start from torchvision's ImageNet weights (a download)")
-    group.add_argument("--channels", type=int, default=16, help="crnn_small: channels of the first stage")
-    group.add_argument("--hidden", type=int, default=128, help="GRU units per direction")
-    group.add_argument("--height", type=int, default=32, help="crop height fed to the reader (multiple of 16)")
-    group.add_argument("--width", type=int, default=128, help="crop width fed to the reader (multiple of 4)")
+    group.add_argument("--channels", type=cli.int_at_least(4), default=16, help="crnn_small: channels of the first stage")
+    group.add_argument("--hidden", type=cli.int_at_least(4), default=128, help="GRU units per direction")
+    group.add_argument("--height", type=cli.positive_int, default=32, help="crop height fed to the reader (multiple of 16)")
+    group.add_argument("--width", type=cli.positive_int, default=128, help="crop width fed to the reader (multiple of 4)")
     group.add_argument("--alphabet", default=DEFAULT_ALPHABET, help="the characters plates may hold")
-    group.add_argument("--beam-width", type=int, default=1, help="test decoding: 1 greedy, more: prefix beam search")
+    group.add_argument("--beam-width", type=cli.positive_int, default=1,
+                       help="test decoding: 1 greedy, more: prefix beam search")
     group.add_argument("--no-augment", action="store_true", help="train on the crops as they are")
-    group.add_argument("--n-rendered", type=int, default=800, help="number of built-in rendered plates")
+    group.add_argument("--n-rendered", type=cli.int_at_least(10), default=800, help="number of built-in rendered plates")
+    group.add_argument("--n-scenes", type=cli.int_at_least(10), default=300,
+                       help="number of built-in photos (rendered plates pasted into scenes)")
+    det = parser.add_argument_group("detector (--stage detect/both)")
+    det.add_argument("--det-epochs", type=cli.positive_int, default=None, help="epochs; None: the recipe's")
+    det.add_argument("--det-batch-size", type=cli.positive_int, default=None, help="batch size; None: the recipe's")
+    det.add_argument("--det-lr", type=cli.positive_float, default=None, help="learning rate; None: the recipe's")
+    det.add_argument("--det-size", type=cli.int_at_least(64), default=384,
+                     help="photos are squashed to this square side (multiple of 32)")
+    det.add_argument("--det-width", type=cli.int_at_least(4), default=16, help="channels of the detector's first stage")
+    det.add_argument("--margin", type=cli.nonneg_float, default=0.15,
+                     help="plates are cut with this fraction of their height added on every side")
+    det.add_argument("--score-threshold", type=cli.probability, default=0.3,
+                     help="end to end: detections scoring less are not read")
     group.add_argument("--select", choices=("best", "last"), default="best",
                        help="the weights the run keeps: best val exact (best.pt) or the last epoch's")
     return parser
 
 
 def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Alphabet:
-    """Refuse bad option values with one argparse-style line, before any work."""
-    for name, low in (("epochs", 1), ("batch_size", 1), ("channels", 4), ("hidden", 4), ("height", 16),
-                      ("width", 16), ("beam_width", 1), ("n_rendered", 10)):
-        value = getattr(args, name)
-        if value is not None and value < low:
-            parser.error(f"--{name.replace('_', '-')} must be at least {low}, got {value}")
-    if args.lr is not None and not args.lr > 0:
-        parser.error(f"--lr must be positive, got {args.lr}")
+    """Refuse option values that the types alone cannot check, with one argparse-style line."""
+    if args.det_size % 32:
+        parser.error(f"--det-size must be a multiple of 32, got {args.det_size}")
     if args.height % 16 or args.width % 4:
         parser.error(f"--height must be a multiple of 16 and --width of 4, got {args.height}x{args.width}")
     if args.weights == "imagenet" and args.arch != "crnn_resnet18":
@@ -80,14 +94,26 @@ def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Alp
         parser.error(f"--alphabet: {exc}")
 
 
-def load_reader_data(args, alphabet: Alphabet) -> tuple[CropSet, bool]:
+def load_data(args, alphabet: Alphabet) -> tuple[CropSet, list[Photo], bool]:
+    """The crops and the photos (each only if the stage needs them), and whether they are built in."""
     source = resolve_data_root("plates", args.data_dir, builtin="built-in rendered plates (random texts)")
+    crops, photos = CropSet([], [], [], [], ""), []
     if source.builtin:
-        crops, _ = make_rendered_plates(args.n_rendered, 0, alphabet, args.height, args.width, seed=args.seed)
+        n_crops = args.n_rendered if args.stage != "detect" else 0
+        n_photos = args.n_scenes if args.stage != "read" else 0
+        crops, photos = make_rendered_plates(n_crops, n_photos, alphabet, args.height, args.width, seed=args.seed)
     else:
-        crops = load_crops(source.root, alphabet, args.height, args.width)
-    echo(f"dataset: {crops.description}")
-    return crops, source.builtin
+        if args.stage != "detect":
+            crops = load_crops(source.root, alphabet, args.height, args.width)
+        if args.stage != "read":
+            photos = load_photos(source.root, alphabet)
+    if args.stage != "detect":
+        echo(f"crops: {crops.description}; split by plate text: "
+             + " / ".join(f"{len(crops.split(s))} {s}" for s in ("train", "val", "test")))
+    if args.stage != "read":
+        echo(f"photos: {len(photos)}; split by plate text: "
+             + " / ".join(f"{sum(p.split == s for p in photos)} {s}" for s in ("train", "val", "test")))
+    return crops, photos, source.builtin
 
 
 def apply_recipe(args: argparse.Namespace, builtin: bool) -> dict:
@@ -107,12 +133,12 @@ def train_reader(args, crops: CropSet, run: cli.RunDir) -> tuple[CRNN, dict]:
     val_loader = DataLoader(CropDataset(val), batch_size=64, num_workers=args.num_workers, collate_fn=collate_crops)
     torch.manual_seed(args.seed)
     model = CRNN(args.alphabet, args.arch, args.height, args.channels, args.hidden,
-                 weights=None if args.weights == "none" else args.weights)
+                 weights=None if args.weights == "none" else args.weights, width=args.width)
     echo(f"reader: {args.arch}, {count_parameters(model):,} parameters, input {args.height}x{args.width}, "
          f"{args.width // 4} frames")
-    task = ReaderTask(model, lr=args.lr, total_steps=optimizer_steps(len(train_loader), args.epochs,
-                                                                      args.limit_batches, args.accumulate))
-    trainer = Trainer.from_args(args, run_dir=run / "reader", monitor="val_exact", mode="max")
+    task = ReaderTask(model, lr=args.lr)
+    trainer = Trainer.from_args(args, run_dir=run / "reader", monitor="val_exact", mode="max",
+                                callbacks=[run.start_callback(args)])
     start = time.perf_counter()
     history = trainer.fit(task, train_loader, val_loader, resume=args.resume)
     load_checkpoint(run / "reader" / f"{args.select}.pt", task)
@@ -121,26 +147,71 @@ def train_reader(args, crops: CropSet, run: cli.RunDir) -> tuple[CRNN, dict]:
                           "reader_parameters": count_parameters(model)}
 
 
+def train_detector(args, photos: list[Photo], run: cli.RunDir, start_run: bool):
+    """Fit the plate CenterNet on the train photos (best epoch by val map50)."""
+    from core.detection.augment import DetectionDataset, collate
+    from core.detection.centernet import CenterNetTask
+
+    from .detect import PlateNet, detection_samples
+
+    train = detection_samples([p for p in photos if p.split == "train"])
+    val = detection_samples([p for p in photos if p.split == "val"])
+    train_loader = DataLoader(DetectionDataset(train, args.det_size, train=True), batch_size=args.det_batch_size,
+                              shuffle=True, num_workers=args.num_workers, collate_fn=collate,
+                              drop_last=len(train) > args.det_batch_size)
+    val_loader = DataLoader(DetectionDataset(val, args.det_size), batch_size=args.det_batch_size,
+                            num_workers=args.num_workers, collate_fn=collate)
+    torch.manual_seed(args.seed)
+    model = PlateNet(args.det_width)
+    echo(f"detector: CenterNet (PlateNet width {args.det_width}), {count_parameters(model):,} parameters, "
+         f"input {args.det_size}x{args.det_size}, heat map stride {model.stride}")
+    task = CenterNetTask(model, lr=args.det_lr, topk=10)
+    trainer = Trainer.from_args(args, run_dir=run / "detector", monitor="val_map50", mode="max",
+                                max_epochs=args.det_epochs, callbacks=[run.start_callback(args)] if start_run else [])
+    start = time.perf_counter()
+    history = trainer.fit(task, train_loader, val_loader, resume=None)
+    load_checkpoint(run / "detector" / f"{args.select}.pt", task)
+    plot_history(run / "detector" / "history.csv", run.plots / "detector_history.png", title="detector (CenterNet)")
+    return model.eval(), {"detector_epochs": len(history), "detector_seconds": round(time.perf_counter() - start, 1),
+                          "detector_parameters": count_parameters(model)}
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = build_parser()
     args = cli.parse_args(parser, argv)
     alphabet = check_args(parser, args)
-    crops, builtin = load_reader_data(args, alphabet)
+    crops, photos, builtin = load_data(args, alphabet)
     recipe = apply_recipe(args, builtin)
     echo("recipe: " + "  ".join(f"{k}={v}" for k, v in recipe.items()) + f"  stage={args.stage}")
-    echo("split by plate text: " + " / ".join(f"{len(crops.split(s))} {s}" for s in ("train", "val", "test"))
-         + " crops")
-    run = cli.RunDir.create("hw_plates", args)
+    run = cli.RunDir.reserve("hw_plates", args)
 
-    reader, metrics = train_reader(args, crops, run)
-    test = crops.split("test")
-    scores, predictions = crop_metrics(reader, test, args.beam_width)
-    metrics.update({f"test_{k}": v for k, v in scores.items()})
-    save_model(run / "model.pt", reader=reader, reader_config=reader_config(args))
-    worst_readings_figure(test, predictions, run.plots / "worst_readings.png")
+    metrics, reader, detector = {}, None, None
+    if args.stage in ("read", "both"):
+        reader, numbers = train_reader(args, crops, run)
+        test = crops.split("test")
+        scores, readings = crop_metrics(reader, test, args.beam_width)
+        metrics.update(numbers, **{f"test_{k}": v for k, v in scores.items()})
+        worst_readings_figure(test, readings, run.plots / "worst_readings.png")
+    if args.stage in ("detect", "both"):
+        detector, numbers = train_detector(args, photos, run, start_run=reader is None)
+        test_photos = [p for p in photos if p.split == "test"]
+        metrics.update(numbers, **{f"test_{k}": v for k, v in
+                                   detector_metrics(detector, test_photos, args.det_size).items()})
+    if reader is not None and detector is not None:
+        scores, rows = end_to_end(detector, reader, test_photos, args.det_size, args.margin, args.score_threshold,
+                                  args.beam_width)
+        metrics.update({f"test_{k}": v for k, v in scores.items()})
+        worst_photos_figure(rows, run.plots / "worst_photos.png")
+    save_model(run / "model.pt", reader=reader, reader_config=reader_config(args),
+               detector=detector, detector_config=detector_config(args))
     run.save_metrics(metrics)
     run.summary(metrics)
     return metrics
+
+
+def detector_config(args) -> dict:
+    return {"width": args.det_width, "size": args.det_size, "margin": args.margin,
+            "score_threshold": args.score_threshold}
 
 
 def reader_config(args) -> dict:
@@ -150,4 +221,4 @@ def reader_config(args) -> dict:
 
 
 if __name__ == "__main__":
-    cli.run_command(lambda: None if main() else None)
+    cli.run_command(main)

@@ -16,11 +16,12 @@ from core.data import DataError
 from core.trainer import Trainer
 from hw_plates.data import (CropDataset, collate_crops, cut_plate, load_crops, load_photos, make_rendered_plates,
                             split_of)
+from hw_plates.detect import PlateNet, detect_plates, detection_samples, match_plates
 from hw_plates.models import CRNN
 from hw_plates.report import load_reader, save_model
 from hw_plates.task import ReaderTask, ctc_loss, read_crops
-from hw_plates.text import (Alphabet, beam_decode, beam_decode_one, collapse, greedy_decode, levenshtein,
-                            reading_metrics)
+from hw_plates.text import (Alphabet, beam_decode, beam_decode_one, collapse, end_to_end_metrics, greedy_decode,
+                            levenshtein, reading_metrics)
 
 
 @pytest.fixture(autouse=True)
@@ -127,19 +128,57 @@ def test_reading_metrics_on_hand_cases():
         reading_metrics(["A"], ["A", "B"])
 
 
+def test_end_to_end_metrics_on_a_hand_built_prediction_set():
+    truths = [["AB123"], ["XY99", "K1"], ["ZZZ1"]]
+    reads = [["AB123"], ["XY90", ""], ["ZZZ1"]]     # photo 2: one substitution, one plate not found
+    scores = end_to_end_metrics(truths, reads)
+    # plates read whole: 2 of 4; edits per photo 0, 1 + 2, 0; true characters 5 + 4 + 2 + 4
+    assert scores == pytest.approx({"e2e_exact": 0.5, "e2e_levenshtein": 1.0, "e2e_cer": 3 / 15})
+    with pytest.raises(ValueError):
+        end_to_end_metrics(truths, reads[:2])
+
+
+def test_each_true_plate_gets_the_best_free_detection_that_overlaps_it():
+    true_boxes = np.array([[0, 0, 10, 10], [20, 0, 30, 10]], dtype=np.float32)
+    detections = {"boxes": torch.tensor([[21, 0, 31, 10], [0, 0, 10, 10], [1, 0, 11, 10], [50, 50, 60, 60]],
+                                        dtype=torch.float32),
+                  "scores": torch.tensor([0.9, 0.5, 0.8, 0.95])}
+    # by score: #3 overlaps nothing, #0 takes plate 1, #2 takes plate 0 (IoU 9/11), #1 finds plate 0 taken
+    assert match_plates(true_boxes, detections) == [2, 0]
+    assert match_plates(true_boxes, detections, score_threshold=0.85) == [None, 0]
+    assert match_plates(true_boxes, detections, iou_threshold=0.95) == [1, None]
+
+
 # -- the reader learns -----------------------------------------------------------------------------
 def test_reader_overfits_twenty_rendered_crops_to_exact_one():
     crops, _ = make_rendered_plates(20, 0, Alphabet(), 32, 96, seed=0)
     loader = DataLoader(CropDataset(crops), batch_size=10, shuffle=True, collate_fn=collate_crops)
     torch.manual_seed(0)
     model = CRNN(Alphabet(), channels=8, hidden=32)
-    task = ReaderTask(model, lr=5e-3, total_steps=120)
+    task = ReaderTask(model, lr=5e-3)
     history = Trainer(max_epochs=60, monitor=None, progress=False, log_every_epoch=False, seed=0).fit(task, loader)
     assert history[-1]["train_loss"] < 0.3 * history[5]["train_loss"]
     images = torch.stack([CropDataset(crops)[i][0] for i in range(20)])
     readings = read_crops(model, images)
     assert reading_metrics(readings, crops.texts)["exact"] == 1.0
     assert read_crops(model, images, beam_width=4) == readings          # a confident model: beam = greedy
+
+
+def test_detector_finds_the_plates_of_a_few_photos_it_overfits():
+    from core.detection.augment import DetectionDataset, collate
+    from core.detection.centernet import CenterNetTask
+    from core.detection.evaluate import mean_average_precision
+
+    _, photos = make_rendered_plates(0, 6, Alphabet(), 32, 128, seed=1)
+    loader = DataLoader(DetectionDataset(detection_samples(photos), 128), batch_size=6, collate_fn=collate)
+    torch.manual_seed(0)
+    model = PlateNet(width=8)
+    task = CenterNetTask(model, lr=1e-2, topk=5)
+    Trainer(max_epochs=80, monitor=None, progress=False, log_every_epoch=False, seed=0).fit(task, loader)
+    found = detect_plates(model, [p.image for p in photos], size=128, topk=5)
+    targets = [{"boxes": torch.as_tensor(p.boxes), "labels": torch.zeros(1, dtype=torch.long)} for p in photos]
+    assert mean_average_precision(found, targets)["map50"] >= 0.9
+    assert all(match_plates(p.boxes, f, score_threshold=0.3, iou_threshold=0.5) == [0] for p, f in zip(photos, found))
 
 
 # -- data ------------------------------------------------------------------------------------------
@@ -237,24 +276,31 @@ def test_train_evaluate_predict_on_rendered_plates(runs_root, monkeypatch, tmp_p
     assert saved["test_crops"] == metrics["test_crops"] > 0 and 0 <= saved["test_cer"]
 
     scores = evaluate.main(["--run", str(run), "--n-rendered", "20", "--split", "all", "--beam-width", "3"])
-    assert scores["crops"] == 20 and (run / "eval-builtin-all" / "readings.csv").is_file()
     evaluate.main(["--run", str(run), "--n-rendered", "20", "--split", "all"])
-    assert (run / "eval-builtin-all-2" / "metrics.json").is_file()           # a second run: a new folder
+    evals = sorted(run.glob("eval-*"))
+    assert scores["crops"] == 20 and len(evals) == 2                           # a second run: a new folder
+    assert all((e / "readings.csv").is_file() and (e / "metrics.json").is_file() for e in evals)
 
     crops, _ = make_rendered_plates(2, 0, Alphabet(), 32, 64, seed=1)
     paths = []
     for i, image in enumerate(crops.images):
         paths.append(tmp_path / f"plate{i}.png")
         Image.fromarray(image).save(paths[-1])
-    results = predict.main(["--run", str(run), *map(str, paths), "--out", str(tmp_path / "pred")])
+    predict.main(["--run", str(run), *map(str, paths), "--run-dir", str(tmp_path / "pred")])
+    results = json.loads((tmp_path / "pred" / "predictions.json").read_text())
     assert set(results) == set(map(str, paths))
-    assert json.loads((tmp_path / "pred" / "predictions.json").read_text()) == results
-    assert (tmp_path / "pred" / "plate0_plates.png").is_file()
+    for path in paths:  # a reader-only run reads the whole image as one plate
+        (plate,) = results[str(path)]["boxes"]
+        image = Image.open(path)
+        assert plate["box"] == [0, 0, image.width, image.height]
+        assert plate["label"] == predict.load_predictor(run).read(np.asarray(image.convert("RGB")),
+                                                                   np.array([plate["box"]]))[0]
+    assert len(list((tmp_path / "pred").glob("*.png"))) == 2
 
 
 @pytest.mark.parametrize("option, message", [
     (["--height", "40"], "--height must be a multiple of 16"),
-    (["--epochs", "0"], "--epochs must be at least 1"),
+    (["--epochs", "0"], "argument --epochs: expected an integer >= 1, got '0'"),
     (["--alphabet", "ABA"], "--alphabet: the alphabet repeats"),
     (["--weights", "imagenet"], "--weights imagenet needs --arch crnn_resnet18"),
 ])
