@@ -27,6 +27,24 @@ from .report import load_detector, load_reader
 from .task import read_crops
 
 
+def read_photo(image: np.ndarray, reader: CRNN, detector=None, config: dict | None = None,
+               beam_width: int = 1) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """Plates of an RGB photo (H, W, 3): boxes (K, 4) in its pixels, scores and texts. Without a
+    detector the whole image is one plate."""
+    h, w = image.shape[:2]
+    if detector is None:
+        boxes, scores, margin = np.array([[0, 0, w, h]], dtype=np.float32), np.ones(1), 0.0
+    else:
+        (found,) = detect_plates(detector, [image], config["size"])
+        keep = found["scores"] >= config["score_threshold"]
+        boxes, scores, margin = found["boxes"][keep].numpy(), found["scores"][keep].numpy(), config["margin"]
+        readable = (boxes[:, 2] - boxes[:, 0] >= 2) & (boxes[:, 3] - boxes[:, 1] >= 2)  # at least 2x2 px
+        boxes, scores = boxes[readable], scores[readable]
+    height, width = reader.input_size
+    crops = [to_input(prepare_crop(cut_plate(image, box, margin), height, width)) for box in boxes]
+    return boxes, scores, read_crops(reader, torch.stack(crops), beam_width) if crops else []
+
+
 class PlatePredictor(Predictor):
     """Plates found in an image (boxes), each labelled with the text the reader reads."""
 
@@ -36,25 +54,10 @@ class PlatePredictor(Predictor):
                          alphabet=reader.alphabet.chars, stages=["detect", "read"] if detector else ["read"])
         self.reader, self.detector, self.config, self.beam_width = reader, detector, detector_config, beam_width
 
-    def read(self, image: np.ndarray, boxes: np.ndarray) -> list[str]:
-        """The reader's text for each box of an RGB image (H, W, 3)."""
-        height, width = self.reader.input_size
-        margin = self.config["margin"] if self.config else 0.0
-        crops = [to_input(prepare_crop(cut_plate(image, box, margin), height, width)) for box in boxes]
-        return read_crops(self.reader, torch.stack(crops), self.beam_width) if crops else []
-
     def predict(self, image: Image.Image) -> dict:
         array = np.asarray(image.convert("RGB"))
-        h, w = array.shape[:2]
-        if self.detector is None:
-            boxes, scores = np.array([[0, 0, w, h]], dtype=np.float32), np.ones(1)
-        else:
-            (found,) = detect_plates(self.detector, [array], self.config["size"])
-            keep = found["scores"] >= self.config["score_threshold"]
-            boxes, scores = found["boxes"][keep].numpy(), found["scores"][keep].numpy()
-            readable = (boxes[:, 2] - boxes[:, 0] >= 2) & (boxes[:, 3] - boxes[:, 1] >= 2)  # at least 2x2 px
-            boxes, scores = boxes[readable], scores[readable]
-        return detection_result(boxes, scores, self.read(array, boxes), w, h)
+        boxes, scores, texts = read_photo(array, self.reader, self.detector, self.config, self.beam_width)
+        return detection_result(boxes, scores, texts, array.shape[1], array.shape[0])
 
 
 def load_predictor(run_dir: str | Path) -> PlatePredictor:

@@ -15,7 +15,7 @@ from torch.utils.data import DataLoader
 from core.data import DataError
 from core.trainer import Trainer
 from hw_plates.data import (CropDataset, collate_crops, cut_plate, load_crops, load_photos, make_rendered_plates,
-                            split_of)
+                            prepare_crop, split_of, to_input)
 from hw_plates.detect import PlateNet, detect_plates, detection_samples, match_plates
 from hw_plates.models import CRNN
 from hw_plates.report import load_reader, save_model
@@ -293,8 +293,9 @@ def test_train_evaluate_predict_on_rendered_plates(runs_root, monkeypatch, tmp_p
         (plate,) = results[str(path)]["boxes"]
         image = Image.open(path)
         assert plate["box"] == [0, 0, image.width, image.height]
-        assert plate["label"] == predict.load_predictor(run).read(np.asarray(image.convert("RGB")),
-                                                                   np.array([plate["box"]]))[0]
+        reader = load_reader(run)
+        x = to_input(prepare_crop(np.asarray(image.convert("RGB")), *reader.input_size))[None]
+        assert plate["label"] == read_crops(reader, x)[0]
     assert len(list((tmp_path / "pred").glob("*.png"))) == 2
 
 
