@@ -37,7 +37,7 @@ from .text import DEFAULT_ALPHABET, Alphabet
 
 RECIPES = {
     "built-in": dict(epochs=12, batch_size=32, lr=2e-3, det_epochs=12, det_batch_size=16, det_lr=2e-3),
-    "plates": dict(epochs=30, batch_size=32, lr=2e-3, det_epochs=30, det_batch_size=16, det_lr=2e-3),
+    "plates": dict(epochs=30, batch_size=32, lr=2e-3, det_epochs=20, det_batch_size=16, det_lr=3e-3),
 }
 STAGES = ("read", "detect", "both")
 
@@ -149,18 +149,16 @@ def train_reader(args, crops: CropSet, run: cli.RunDir) -> tuple[CRNN, dict]:
 
 def train_detector(args, photos: list[Photo], run: cli.RunDir, start_run: bool):
     """Fit the plate CenterNet on the train photos (best epoch by val map50)."""
-    from core.detection.augment import DetectionDataset, collate
+    from core.detection.augment import collate
     from core.detection.centernet import CenterNetTask
 
-    from .detect import PlateNet, detection_samples
+    from .detect import PlateDetectionDataset, PlateNet
 
-    train = detection_samples([p for p in photos if p.split == "train"])
-    val = detection_samples([p for p in photos if p.split == "val"])
-    train_loader = DataLoader(DetectionDataset(train, args.det_size, train=True), batch_size=args.det_batch_size,
-                              shuffle=True, num_workers=args.num_workers, collate_fn=collate,
-                              drop_last=len(train) > args.det_batch_size)
-    val_loader = DataLoader(DetectionDataset(val, args.det_size), batch_size=args.det_batch_size,
-                            num_workers=args.num_workers, collate_fn=collate)
+    train = PlateDetectionDataset([p for p in photos if p.split == "train"], args.det_size, train=True)
+    val = PlateDetectionDataset([p for p in photos if p.split == "val"], args.det_size)
+    train_loader = DataLoader(train, batch_size=args.det_batch_size, shuffle=True, num_workers=args.num_workers,
+                              collate_fn=collate, drop_last=len(train) > args.det_batch_size)
+    val_loader = DataLoader(val, batch_size=args.det_batch_size, num_workers=args.num_workers, collate_fn=collate)
     torch.manual_seed(args.seed)
     model = PlateNet(args.det_width)
     echo(f"detector: CenterNet (PlateNet width {args.det_width}), {count_parameters(model):,} parameters, "
