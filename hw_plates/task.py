@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from core.optim import adamw_one_cycle
 from core.trainer import Task
 
 from .models import CRNN
@@ -59,12 +60,8 @@ class ReaderTask(Task):
         return {"cer": cer}
 
     def configure_optimizers(self):
-        optimizer = torch.optim.AdamW(self.model.parameters(), lr=self.lr, weight_decay=self.weight_decay)
-        if not self.one_cycle:
-            return optimizer
-        scheduler = torch.optim.lr_scheduler.OneCycleLR(
-            optimizer, max_lr=self.lr, total_steps=self.trainer.estimated_stepping_batches, pct_start=0.15)
-        return {"optimizer": optimizer, "scheduler": scheduler, "interval": "step"}
+        steps = self.trainer.estimated_stepping_batches if self.one_cycle else None
+        return adamw_one_cycle(self.model.parameters(), self.lr, steps, self.weight_decay)
 
 
 @torch.no_grad()

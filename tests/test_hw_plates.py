@@ -24,13 +24,7 @@ from hw_plates.text import (Alphabet, beam_decode, beam_decode_one, collapse, en
                             levenshtein, reading_metrics)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Small models: a second intra-op thread costs more than it gives on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def _frames(path: list[int], num_classes: int, confidence: float = 0.9) -> torch.Tensor:
