@@ -124,7 +124,7 @@ def detect_plates(model: PlateNet, images: Sequence[np.ndarray], size: int, topk
 
 def resize_photo(image: np.ndarray, size: int) -> torch.Tensor:
     """A photo (H, W, 3) uint8 as the detector's input (3, size, size) in [0, 1] (squashed, as in training)."""
-    x = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float().div_(255)[None]
+    x = torch.from_numpy(np.array(image, dtype=np.float32)).permute(2, 0, 1).div_(255)[None]
     return F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)[0]
 
 

@@ -18,6 +18,7 @@ import torch
 from PIL import Image
 
 from core.cli import run_command
+from core.errors import UserError
 from core.predictor import Predictor, detection_result, predict_main
 
 from .data import cut_plate, prepare_crop, to_input
@@ -41,7 +42,10 @@ def read_photo(image: np.ndarray, reader: CRNN, detector=None, config: dict | No
         readable = (boxes[:, 2] - boxes[:, 0] >= 2) & (boxes[:, 3] - boxes[:, 1] >= 2)  # at least 2x2 px
         boxes, scores = boxes[readable], scores[readable]
     height, width = reader.input_size
-    crops = [to_input(prepare_crop(cut_plate(image, box, margin), height, width)) for box in boxes]
+    try:
+        crops = [to_input(prepare_crop(cut_plate(image, box, margin), height, width)) for box in boxes]
+    except ValueError as exc:  # an image of 1 pixel in height or width
+        raise UserError(f"image of {w}x{h} pixels: {exc}") from None
     return boxes, scores, read_crops(reader, torch.stack(crops), beam_width) if crops else []
 
 

@@ -82,6 +82,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Alphabet:
     """Refuse option values that the types alone cannot check, with one argparse-style line."""
+    if args.resume and args.stage == "both":
+        parser.error("--resume continues one stage: give --stage read or --stage detect with it")
     if args.det_size % 32:
         parser.error(f"--det-size must be a multiple of 32, got {args.det_size}")
     if args.height % 16 or args.width % 4:
@@ -167,7 +169,7 @@ def train_detector(args, photos: list[Photo], run: cli.RunDir, start_run: bool):
     trainer = Trainer.from_args(args, run_dir=run / "detector", monitor="val_map50", mode="max",
                                 max_epochs=args.det_epochs, callbacks=[run.start_callback(args)] if start_run else [])
     start = time.perf_counter()
-    history = trainer.fit(task, train_loader, val_loader, resume=None)
+    history = trainer.fit(task, train_loader, val_loader, resume=args.resume)
     load_checkpoint(run / "detector" / f"{args.select}.pt", task)
     plot_history(run / "detector" / "history.csv", run.plots / "detector_history.png", title="detector (CenterNet)")
     return model.eval(), {"detector_epochs": len(history), "detector_seconds": round(time.perf_counter() - start, 1),

@@ -18,7 +18,7 @@ from hw_plates.data import (CropDataset, collate_crops, cut_plate, load_crops, l
                             prepare_crop, split_of, to_input)
 from hw_plates.detect import PlateDetectionDataset, PlateNet, detect_plates, match_plates
 from hw_plates.models import CRNN
-from hw_plates.report import load_reader, save_model
+from hw_plates.report import load_detector, load_reader, save_model
 from hw_plates.task import ReaderTask, ctc_loss, read_crops
 from hw_plates.text import (Alphabet, beam_decode, beam_decode_one, collapse, end_to_end_metrics, greedy_decode,
                             levenshtein, reading_metrics)
@@ -252,14 +252,15 @@ def test_a_photo_without_annotation_is_named(tmp_path, capsys):
 
 
 # -- commands --------------------------------------------------------------------------------------
-TINY = ["--n-rendered", "60", "--epochs", "1", "--channels", "4", "--hidden", "8", "--width", "64"]
+TINY = ["--n-rendered", "40", "--epochs", "1", "--channels", "4", "--hidden", "8", "--width", "64",
+        "--n-scenes", "20", "--det-epochs", "1", "--det-size", "64", "--det-width", "4"]
 
 
 def test_train_evaluate_predict_on_rendered_plates(runs_root, monkeypatch, tmp_path, capsys):
     from hw_plates import evaluate, predict, train
 
     monkeypatch.delenv("DLS_DATA", raising=False)
-    metrics = train.main(TINY + ["--run-name", "tiny"])
+    metrics = train.main(TINY + ["--stage", "read", "--run-name", "tiny"])
     run = runs_root / "hw_plates" / "tiny"
     out = capsys.readouterr().out
     assert "data: built-in rendered plates" in out and "split by plate text" in out
@@ -293,11 +294,36 @@ def test_train_evaluate_predict_on_rendered_plates(runs_root, monkeypatch, tmp_p
     assert len(list((tmp_path / "pred").glob("*.png"))) == 2
 
 
+def test_both_stages_on_rendered_plates_score_the_photos_end_to_end(runs_root, monkeypatch, tmp_path):
+    from hw_plates import evaluate, predict, train
+
+    monkeypatch.delenv("DLS_DATA", raising=False)
+    metrics = train.main(TINY + ["--run-name", "both"])
+    run = runs_root / "hw_plates" / "both"
+    for name in ("detector/history.csv", "detector/best.pt", "plots/detector_history.png", "plots/worst_photos.png"):
+        assert (run / name).is_file(), name
+    for key in ("test_exact", "test_cer", "test_map50", "test_e2e_exact", "test_e2e_levenshtein", "test_e2e_missed"):
+        assert key in metrics, key
+    # every test plate is either read (its edits counted) or missed (all its characters counted)
+    assert 0 <= metrics["test_e2e_missed"] <= metrics["test_photos"]
+    scores = evaluate.main(["--run", str(run), "--n-rendered", "12", "--split", "all"])
+    assert scores["photos"] == 12 and "e2e_exact" in scores and "map50" in scores
+
+    _, scenes = make_rendered_plates(0, 1, Alphabet(), 32, 64, seed=5)
+    Image.fromarray(scenes[0].image).save(tmp_path / "scene.png")
+    predict.main(["--run", str(run), str(tmp_path / "scene.png"), "--run-dir", str(tmp_path / "pred")])
+    (result,) = json.loads((tmp_path / "pred" / "predictions.json").read_text()).values()
+    boxes, scores, texts = predict.read_photo(scenes[0].image, load_reader(run), *load_detector(run))
+    assert [b["label"] for b in result["boxes"]] == [texts[i] for i in np.argsort(-scores, kind="stable")]
+
+
 @pytest.mark.parametrize("option, message", [
     (["--height", "40"], "--height must be a multiple of 16"),
     (["--epochs", "0"], "argument --epochs: expected an integer >= 1, got '0'"),
     (["--alphabet", "ABA"], "--alphabet: the alphabet repeats"),
     (["--weights", "imagenet"], "--weights imagenet needs --arch crnn_resnet18"),
+    (["--stage", "both", "--resume", __file__], "--resume continues one stage"),
+    (["--det-size", "100"], "--det-size must be a multiple of 32"),
 ])
 def test_bad_options_stop_with_one_line_before_any_work(option, message, runs_root, capsys):
     from hw_plates import train
