@@ -362,8 +362,9 @@ def test_real_plates_load_and_split_by_text_without_leaks(dls_data):
 
 @pytest.mark.realdata
 def test_short_reader_run_on_real_crops_beats_the_most_common_text(dls_data, tmp_path):
-    """Baseline: answer every test crop with the training set's most common text (exact about
-    0.01, CER about 0.85). A 5-epoch run, no augmentation, must read clearly better."""
+    """Baseline: answer every test crop with the training set's most common text (exact 0.0,
+    CER 0.95 on the 165 held-out crops). A 10-epoch run of a narrow reader (400 steps), no
+    augmentation, must read clearly better."""
     from conftest import real_dataset
 
     crops = load_crops(real_dataset(dls_data, "plates"), Alphabet(), 32, 128)
@@ -372,9 +373,9 @@ def test_short_reader_run_on_real_crops_beats_the_most_common_text(dls_data, tmp
     baseline = reading_metrics([common] * len(test), test.texts)
     loader = DataLoader(CropDataset(train), batch_size=16, shuffle=True, collate_fn=collate_crops, drop_last=True)
     torch.manual_seed(0)
-    model = CRNN(Alphabet(), channels=16, hidden=64)
-    Trainer(max_epochs=5, monitor=None, progress=False, log_every_epoch=False, seed=0).fit(
-        ReaderTask(model, lr=3e-3), loader)
+    model = CRNN(Alphabet(), channels=8, hidden=64)
+    Trainer(max_epochs=10, monitor=None, progress=False, log_every_epoch=False, seed=0).fit(
+        ReaderTask(model, lr=5e-3), loader)
     images = torch.stack([to_input(image) for image in test.images])
     scores = reading_metrics(read_crops(model, images), test.texts)
     assert baseline["cer"] > 0.7
