@@ -227,6 +227,27 @@ def test_autoencoder_samples_equal_the_predict_command(tmp_path, monkeypatch):
     assert decode_png(answer["grid_png"]).shape[:2] == (2 + 3 * (side + 2),) * 2     # 3 x 3 samples
 
 
+def test_plate_reading_equals_the_predict_command(tmp_path, monkeypatch):
+    """A tiny reader-only hw_plates run: the image is one plate, labelled with the text read."""
+    from hw_plates import predict, train
+
+    monkeypatch.delenv("DLS_DATA", raising=False)  # built-in rendered plates
+    run = tmp_path / "plates"
+    train.main(["--stage", "read", "--n-rendered", "40", "--epochs", "1", "--channels", "4", "--hidden", "8",
+                "--width", "64", "--run-dir", str(run)])
+    path = tmp_path / "plate.png"
+    Image.fromarray(lesion_image(128, 32, seed=6)).save(path)
+    predict.main(["--run", str(run), str(path), "--run-dir", str(tmp_path / "out")])
+    command = json.loads((tmp_path / "out" / "predictions.json").read_text())[str(path)]
+    with TestClient(create_app([load_predictor(run)])) as client:
+        (model,) = client.get("/models").json()["models"]
+        assert (model["homework"], model["kind"], model["classes"]) == ("hw_plates", "detection", ["plate"])
+        response = upload(client, "plates", path.read_bytes(), "plate.png")
+    assert response.status_code == 200 and response.json() == command
+    (plate,) = command["boxes"]
+    assert plate["box"] == [0.0, 0.0, 128.0, 32.0] and isinstance(plate["label"], str)
+
+
 @pytest.mark.parametrize("name, data, status, message", [
     ("notes.txt", b"id,value\n1,2\n", 415, "upload 'notes.txt': not an image"),
     ("empty.png", b"", 415, "upload 'empty.png': not an image (no image format recognised in 0 bytes)"),
