@@ -41,9 +41,9 @@ def load_models(run: str | None):
         detector, config = load_detector(run)
         if detector is not None:
             return reader, detector, config
-        return reader, PlateNet().eval(), {"size": 384, "margin": 0.15, "score_threshold": 0.3}
+        return reader, PlateNet().eval(), {"size": 384, "margin": 0.0, "score_threshold": 0.3}
     return (CRNN(Alphabet(), channels=16).eval(), PlateNet().eval(),
-            {"size": 384, "margin": 0.15, "score_threshold": 0.3})
+            {"size": 384, "margin": 0.0, "score_threshold": 0.3})
 
 
 def load_inputs(reader: CRNN, n_crops: int, n_photos: int):

@@ -71,8 +71,9 @@ def build_parser() -> argparse.ArgumentParser:
     det.add_argument("--det-size", type=cli.int_at_least(64), default=384,
                      help="photos are squashed to this square side (multiple of 32)")
     det.add_argument("--det-width", type=cli.int_at_least(4), default=16, help="channels of the detector's first stage")
-    det.add_argument("--margin", type=cli.nonneg_float, default=0.15,
-                     help="plates are cut with this fraction of their height added on every side")
+    det.add_argument("--margin", type=cli.nonneg_float, default=0.0,
+                     help="plates are cut with this fraction of their box height added on every side (the "
+                          "detector's boxes already run a little wide: on the val photos 0 beat 0.05 and 0.15)")
     det.add_argument("--score-threshold", type=cli.probability, default=0.3,
                      help="end to end: detections scoring less are not read")
     group.add_argument("--select", choices=("best", "last"), default="best",
