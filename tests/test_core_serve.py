@@ -148,19 +148,31 @@ def test_segment_prediction_equals_the_predict_command(segment_client, segment_r
     assert mask.shape == (60, 90) and response.json()["area"] == (mask > 0).sum()
 
 
+def both_ways(predict, run: Path, tmp_path: Path, image: Path | None = None, seed: int = 0,
+              count: int = 4) -> tuple[dict, dict, dict]:
+    """The homework's predict command's result (from its predictions.json) and the API's answer
+    for the same image (or seed and count, for a generator), and the run's ``/models`` entry."""
+    options = [str(image)] if image else ["--seed", str(seed), "--count", str(count)]
+    predict.main(["--run", str(run), *options, "--run-dir", str(tmp_path / "out")])
+    command = json.loads((tmp_path / "out" / "predictions.json").read_text())
+    with TestClient(create_app([load_predictor(run)])) as client:
+        (model,) = client.get("/models").json()["models"]
+        if image:
+            response = upload(client, model["name"], image.read_bytes(), image.name)
+        else:
+            response = client.post(f"/predict/{model['name']}", data={"seed": str(seed), "count": str(count)})
+    assert response.status_code == 200
+    return command[str(image) if image else f"seed {seed}"], response.json(), model
+
+
 def test_classification_prediction_equals_the_predict_command(classify_run, tmp_path):
     from hw_classify import predict
 
-    path = shape_image(tmp_path / "shape.png")
-    predict.main(["--run", str(classify_run), str(path), "--run-dir", str(tmp_path / "out")])
-    command = json.loads((tmp_path / "out" / "predictions.json").read_text())[str(path)]
-    with TestClient(create_app([load_predictor(classify_run)])) as client:
-        (model,) = client.get("/models").json()["models"]
-        assert (model["name"], model["homework"], model["kind"]) == ("shapes", "hw_classify", "classification")
-        assert model["classes"] == ["circle", "square", "triangle", "cross", "ring"]
-        assert model["metrics"] == json.loads((classify_run / "metrics.json").read_text())
-        response = upload(client, "shapes", path.read_bytes(), "shape.png")
-    assert response.status_code == 200 and response.json() == command
+    command, answer, model = both_ways(predict, classify_run, tmp_path, shape_image(tmp_path / "shape.png"))
+    assert answer == command
+    assert (model["name"], model["homework"], model["kind"]) == ("shapes", "hw_classify", "classification")
+    assert model["classes"] == ["circle", "square", "triangle", "cross", "ring"]
+    assert model["metrics"] == json.loads((classify_run / "metrics.json").read_text())
     probabilities = [c["probability"] for c in command["classes"]]
     assert len(probabilities) == 5 and probabilities == sorted(probabilities, reverse=True)
     assert sum(probabilities) == pytest.approx(1, abs=1e-5) and command["label"] == command["classes"][0]["label"]
@@ -171,19 +183,14 @@ def test_detection_prediction_equals_the_predict_command(tmp_path, monkeypatch):
     from hw_detection import predict, train
 
     monkeypatch.delenv("DLS_DATA", raising=False)  # built-in scenes
-
     run = tmp_path / "hardhats"
     train.main(["--n-images", "12", "--size", "64", "--epochs", "1", "--batch-size", "4", "--limit-batches", "2",
                 "--score-threshold", "0", "--run-dir", str(run)])
     path = tmp_path / "site.png"
     Image.fromarray(lesion_image(100, 80, seed=5)).save(path)
-    predict.main(["--run", str(run), str(path), "--run-dir", str(tmp_path / "out")])
-    command = json.loads((tmp_path / "out" / "predictions.json").read_text())[str(path)]
-    with TestClient(create_app([load_predictor(run)])) as client:
-        (model,) = client.get("/models").json()["models"]
-        assert (model["homework"], model["kind"], model["classes"]) == ("hw_detection", "detection", ["helmet", "head"])
-        response = upload(client, "hardhats", path.read_bytes(), "site.png")
-    assert response.status_code == 200 and response.json() == command
+    command, answer, model = both_ways(predict, run, tmp_path, path)
+    assert answer == command
+    assert (model["homework"], model["kind"], model["classes"]) == ("hw_detection", "detection", ["helmet", "head"])
     boxes = command["boxes"]
     assert len(boxes) > 0 and [b["score"] for b in boxes] == sorted((b["score"] for b in boxes), reverse=True)
     assert all(0 <= b["box"][0] <= b["box"][2] <= 100 and 0 <= b["box"][1] <= b["box"][3] <= 80 for b in boxes)
@@ -197,15 +204,11 @@ def test_generation_equals_the_predict_command(tmp_path, monkeypatch):
     run = tmp_path / "faces"
     train.main(["--image-size", "16", "--width", "4", "--latent", "8", "--batch-size", "8", "--holdout", "8",
                 "--epochs", "1", "--limit-batches", "2", "--run-dir", str(run)])
-    predict.main(["--run", str(run), "--seed", "3", "--count", "4", "--run-dir", str(tmp_path / "out")])
-    command = json.loads((tmp_path / "out" / "predictions.json").read_text())["seed 3"]
-    with TestClient(create_app([load_predictor(run)])) as client:
-        (model,) = client.get("/models").json()["models"]
-        assert (model["homework"], model["kind"], model["input_size"]) == ("hw_gan", "generation", [16, 16])
-        answer = client.post("/predict/faces", data={"seed": "3", "count": "4"}).json()
-        other = client.post("/predict/faces", data={"seed": "4", "count": "4"}).json()
+    command, answer, model = both_ways(predict, run, tmp_path, seed=3, count=4)
     assert answer == command and (command["seed"], command["count"]) == (3, 4)
+    assert (model["homework"], model["kind"], model["input_size"]) == ("hw_gan", "generation", [16, 16])
     assert decode_png(answer["grid_png"]).shape == (2 + 2 * 18, 2 + 2 * 18, 3)     # 2 x 2 samples of 16 px
+    other = load_predictor(run).generate(4, 4)
     assert other["grid_png"] != answer["grid_png"]
 
 
@@ -216,13 +219,9 @@ def test_autoencoder_samples_equal_the_predict_command(tmp_path, monkeypatch):
     monkeypatch.delenv("DLS_DATA", raising=False)  # built-in digits
     run = tmp_path / "vae"
     train.main(["--model", "vae", "--dry-run", "--width", "8", "--latent", "4", "--run-dir", str(run)])
-    predict.main(["--run", str(run), "--seed", "7", "--count", "9", "--run-dir", str(tmp_path / "out")])
-    command = json.loads((tmp_path / "out" / "predictions.json").read_text())["seed 7"]
-    with TestClient(create_app([load_predictor(run)])) as client:
-        (model,) = client.get("/models").json()["models"]
-        assert (model["homework"], model["kind"]) == ("hw_autoencoder", "generation")
-        answer = client.post("/predict/vae", data={"seed": "7", "count": "9"}).json()
+    command, answer, model = both_ways(predict, run, tmp_path, seed=7, count=9)
     assert answer == command and (command["seed"], command["count"]) == (7, 9)
+    assert (model["homework"], model["kind"]) == ("hw_autoencoder", "generation")
     side = model["input_size"][-1]
     assert decode_png(answer["grid_png"]).shape[:2] == (2 + 3 * (side + 2),) * 2     # 3 x 3 samples
 
@@ -237,13 +236,9 @@ def test_plate_reading_equals_the_predict_command(tmp_path, monkeypatch):
                 "--width", "64", "--run-dir", str(run)])
     path = tmp_path / "plate.png"
     Image.fromarray(lesion_image(128, 32, seed=6)).save(path)
-    predict.main(["--run", str(run), str(path), "--run-dir", str(tmp_path / "out")])
-    command = json.loads((tmp_path / "out" / "predictions.json").read_text())[str(path)]
-    with TestClient(create_app([load_predictor(run)])) as client:
-        (model,) = client.get("/models").json()["models"]
-        assert (model["homework"], model["kind"], model["classes"]) == ("hw_plates", "detection", ["plate"])
-        response = upload(client, "plates", path.read_bytes(), "plate.png")
-    assert response.status_code == 200 and response.json() == command
+    command, answer, model = both_ways(predict, run, tmp_path, path)
+    assert answer == command
+    assert (model["homework"], model["kind"], model["classes"]) == ("hw_plates", "detection", ["plate"])
     (plate,) = command["boxes"]
     assert plate["box"] == [0.0, 0.0, 128.0, 32.0] and isinstance(plate["label"], str)
 
