@@ -127,6 +127,18 @@ def test_two_sample_test_is_near_half_for_one_distribution_and_near_one_for_blur
     assert blur["p_value"] < 1e-10
 
 
+def test_two_sample_test_tells_real_faces_from_blurred_ones():
+    """The 100 real photos of scikit-image's lfw_subset (25 px, so already soft at 32 px) against
+    the same photos through a 3x3 box blur: the test's default classifier (30 epochs) finds the
+    blur (measured 0.90; on 150 + 150 shared LFW faces at 32 px, 0.90, with 0.49 for two halves)."""
+    from hw_gan.data import builtin_faces
+
+    faces = builtin_faces(32).images
+    blurred = F.avg_pool2d(faces, 3, 1, 1, count_include_pad=False)
+    result = two_sample_test(faces, blurred)
+    assert result["accuracy"] > 0.85 and result["p_value"] < 1e-10, result
+
+
 # -- the GAN task --------------------------------------------------------------------------------
 def tiny_gan(size: int = 16, latent: int = 8, width: int = 8, seed: int = 0, **options):
     from hw_gan.task import GANTask
