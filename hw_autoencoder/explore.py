@@ -26,7 +26,7 @@ from core.plots import embedding_scatter, image_grid
 
 from .data import ImageSet, add_noise, crop_and_resize
 from .evaluate import run_data
-from .latent import attribute_vector, decode, encode, load_model, nearest, reconstruct, sample_codes, sample_images
+from .latent import attribute_vector, decode, encode, load_model, nearest, reconstruct, sample_images
 from .models import VAE, Autoencoder
 
 SMILE_STEPS = (0.0, 0.5, 1.0, 1.5, 2.0)
@@ -47,6 +47,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--noise", type=cli.nonneg_float, default=0.5, help="--denoise: noise factor (default 0.5)")
     parser.add_argument("--device", type=cli.device_name, default="auto", help="auto, cpu, cuda, mps")
     parser.add_argument("--seed", type=int, default=0, help="seed of the samples and the noise")
+    parser.add_argument("--temperature", type=cli.positive_float, default=1.0,
+                        help="scale of the sampled codes' spread (samples and --digit)")
     return parser
 
 
@@ -73,15 +75,16 @@ def check_requests(args, config: dict, model) -> None:
         raise UserError(f"--denoise: needs an ae or denoise run; {run} is a {config['name']} run")
 
 
-def samples_figure(model, path: Path, seed: int) -> Path:
+def samples_figure(model, path: Path, seed: int, temperature: float = 1.0) -> Path:
     """The AE: codes from a Gaussian fitted to the training codes; the VAE: the prior N(0, I);
     the CVAE: one row per digit."""
     if getattr(model, "conditional", False):
-        return image_grid(sample_images(model, 80, seed), path, ncols=10, cell_size=1.2,
+        return image_grid(sample_images(model, 80, seed, temperature=temperature), path, ncols=10, cell_size=1.2,
                           title="CVAE samples, one column per digit")
     title = "samples from the prior N(0, I)" if isinstance(model, VAE) else \
         "decoded codes from a Gaussian fitted to the training codes"
-    return image_grid(sample_images(model, 32, seed), path, ncols=8, cell_size=1.2, title=title)
+    return image_grid(sample_images(model, 32, seed, temperature=temperature), path, ncols=8, cell_size=1.2,
+                      title=title)
 
 
 def smile_figure(model, train: ImageSet, test: ImageSet, attribute: str, group: int, path: Path) -> Path:
@@ -101,9 +104,8 @@ def smile_figure(model, train: ImageSet, test: ImageSet, attribute: str, group: 
                       title=f"{attribute} vector: mean code of the {group} most minus the {group} least")
 
 
-def digit_figure(model, digit: int, path: Path, seed: int, n: int = 10) -> Path:
-    labels = torch.full((n,), digit)
-    images = decode(model, sample_codes(n, model.latent, seed=seed), labels)
+def digit_figure(model, digit: int, path: Path, seed: int, n: int = 10, temperature: float = 1.0) -> Path:
+    images = sample_images(model, n, seed, digit, temperature)
     return image_grid(images, path, ncols=n, cell_size=1.2, title=f"CVAE: {n} samples of the digit {digit}")
 
 
@@ -156,13 +158,14 @@ def main(argv: list[str] | None = None) -> list[Path]:
     if train is None:
         train = test
     folder = Path(args.run) / "explore"
-    written = [samples_figure(model, fresh_path(folder, "samples"), args.seed),
+    written = [samples_figure(model, fresh_path(folder, "samples"), args.seed, args.temperature),
                image_grid(torch.cat([test.images[:8], reconstruct(model, test.images[:8], test.labels[:8])]),
                           fresh_path(folder, "reconstructions"), ncols=8, cell_size=1.4)]
     if args.smile:
         written.append(smile_figure(model, train, test, args.attribute, args.group, fresh_path(folder, "smile")))
     if args.digit is not None:
-        written.append(digit_figure(model, args.digit, fresh_path(folder, f"digit-{args.digit}"), args.seed))
+        written.append(digit_figure(model, args.digit, fresh_path(folder, f"digit-{args.digit}"), args.seed,
+                                    temperature=args.temperature))
     if args.tsne:
         written.append(tsne_figure(model, test, fresh_path(folder, "tsne"), args.seed))
     if args.retrieve:

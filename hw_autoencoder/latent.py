@@ -67,9 +67,10 @@ def fit_code_gaussian(model: Autoencoder, images: torch.Tensor) -> tuple[torch.T
 
 
 def sample_codes(n: int, latent: int, mean: torch.Tensor | None = None, std: torch.Tensor | None = None,
-                 seed: int = 0) -> torch.Tensor:
-    """``n`` codes from N(mean, diag(std^2)) (N(0, I), the VAE's prior, by default)."""
-    z = torch.randn(n, latent, generator=torch.Generator().manual_seed(seed))
+                 seed: int = 0, temperature: float = 1.0) -> torch.Tensor:
+    """``n`` codes from N(mean, diag(std^2)) (N(0, I), the VAE's prior, by default); a
+    ``temperature`` below 1 scales the spread, trading variety for typical samples."""
+    z = temperature * torch.randn(n, latent, generator=torch.Generator().manual_seed(seed))
     if std is not None:
         z = z * std
     if mean is not None:
@@ -77,16 +78,18 @@ def sample_codes(n: int, latent: int, mean: torch.Tensor | None = None, std: tor
     return z
 
 
-def sample_images(model: nn.Module, n: int, seed: int = 0, digit: int | None = None) -> torch.Tensor:
+def sample_images(model: nn.Module, n: int, seed: int = 0, digit: int | None = None,
+                  temperature: float = 1.0) -> torch.Tensor:
     """``n`` decoded samples (N, C, H, W) in [0, 1]: the VAE's codes from its prior N(0, I), the
-    AE's from the Gaussian of its training codes; the CVAE cycles through the digits unless
-    ``digit`` picks one."""
+    AE's from the Gaussian of its training codes (spread scaled by ``temperature``); the CVAE
+    cycles through the digits unless ``digit`` picks one."""
     if getattr(model, "conditional", False):
         labels = torch.full((n,), digit) if digit is not None else torch.arange(n) % model.classes
-        return decode(model, sample_codes(n, model.latent, seed=seed), labels)
+        return decode(model, sample_codes(n, model.latent, seed=seed, temperature=temperature), labels)
     if isinstance(model, VAE):
-        return decode(model, sample_codes(n, model.latent, seed=seed))
-    return decode(model, sample_codes(n, model.latent, model.code_mean.cpu(), model.code_std.cpu(), seed))
+        return decode(model, sample_codes(n, model.latent, seed=seed, temperature=temperature))
+    return decode(model, sample_codes(n, model.latent, model.code_mean.cpu(), model.code_std.cpu(), seed,
+                                      temperature))
 
 
 def attribute_groups(scores, n: int = 15) -> tuple[np.ndarray, np.ndarray]:

@@ -41,6 +41,8 @@ def main(argv: list[str] | None = None) -> list[Path]:
     parser.add_argument("--digit", type=cli.nonneg_int, default=None, help="CVAE: the digit to sample")
     parser.add_argument("--out", required=True, help="a new or empty folder for the PNG files")
     parser.add_argument("--seed", type=int, default=0, help="seed of the codes")
+    parser.add_argument("--temperature", type=cli.positive_float, default=1.0,
+                        help="scale of the codes' spread: below 1, fewer odd samples, less variety")
     parser.add_argument("--device", type=cli.device_name, default="auto", help="auto, cpu, cuda, mps")
     args = cli.parse_args(parser, argv)
     out = Path(args.out)
@@ -52,7 +54,7 @@ def main(argv: list[str] | None = None) -> list[Path]:
             raise UserError(f"--digit: needs a cvae run; {args.run} is a {config['name']} run")
         if not 0 <= args.digit < model.classes:
             raise UserError(f"--digit {args.digit}: unknown digit, expected 0-{model.classes - 1}")
-    images = sample_images(model.cpu(), args.n, args.seed, args.digit)
+    images = sample_images(model.cpu(), args.n, args.seed, args.digit, args.temperature)
     paths = write_pngs(images, out)
     echo(f"wrote {len(paths)} samples to {out}/ ({paths[0].name} ... {paths[-1].name})")
     return paths
