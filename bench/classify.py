@@ -7,8 +7,8 @@
 - augment: images/s of the ``strong`` training augmentation on decoded 256 px arrays, with
   albumentations (``hw_classify.data.build_transform``) and an equivalent torchvision v2
   pipeline on uint8 tensors;
-- train step: seconds per step of MobileNetV2 at 224 px, batch 16, contiguous vs
-  channels-last memory format.
+- train step: seconds per step of MobileNetV2 at 224 px (batch 16) and of the small ResNet
+  of the from-scratch recipe at 96 px (batch 32), contiguous vs channels-last memory format.
 
 Each pair is timed interleaved (A, B, A, B, ...) and reported as medians and the ratio, so a
 busy machine slows both alike.
@@ -32,6 +32,7 @@ from torchvision.transforms import v2
 
 from core.data import read_rgb
 from hw_classify.data import IMAGENET_MEAN, IMAGENET_STD, build_transform
+from hw_classify.models import build_model
 
 LOAD = 256
 
@@ -75,10 +76,10 @@ def interleaved(fn_a, fn_b, repeats: int) -> tuple[float, float]:
     return statistics.median(times_a), statistics.median(times_b)
 
 
-def train_step_fn(channels_last: bool, batch: int):
+def train_step_fn(channels_last: bool, batch: int, arch: str = "mobilenet_v2", size: int = 224):
     torch.manual_seed(0)
-    model = torchvision.models.mobilenet_v2(weights=None, num_classes=42)
-    x, y = torch.randn(batch, 3, 224, 224), torch.randint(0, 42, (batch,))
+    model = build_model(arch, 42, size=size).model
+    x, y = torch.randn(batch, 3, size, size), torch.randint(0, 42, (batch,))
     if channels_last:
         model, x = model.to(memory_format=torch.channels_last), x.contiguous(memory_format=torch.channels_last)
     opt = torch.optim.AdamW(model.parameters(), 1e-3)
@@ -112,6 +113,9 @@ def main() -> None:
     plain, last = train_step_fn(False, args.batch), train_step_fn(True, args.batch)
     s_plain, s_last = interleaved(lambda: [plain() for _ in range(args.steps)],
                                   lambda: [last() for _ in range(args.steps)], max(2, args.repeats // 2))
+    small, small_last = train_step_fn(False, 32, "small_resnet", 96), train_step_fn(True, 32, "small_resnet", 96)
+    r_plain, r_last = interleaved(lambda: [small() for _ in range(args.steps)],
+                                  lambda: [small_last() for _ in range(args.steps)], args.repeats)
     print(json.dumps({
         "images": n, "threads": args.threads,
         "decode_pil_images_per_s": round(n / pil, 1), "decode_torchvision_images_per_s": round(n / tv, 1),
@@ -122,6 +126,9 @@ def main() -> None:
         "mobilenet_v2_224_step_s": round(s_plain / args.steps, 3),
         "mobilenet_v2_224_channels_last_step_s": round(s_last / args.steps, 3),
         "channels_last_speedup": round(s_plain / s_last, 2),
+        "small_resnet_96_step_s": round(r_plain / args.steps, 3),
+        "small_resnet_96_channels_last_step_s": round(r_last / args.steps, 3),
+        "small_resnet_channels_last_speedup": round(r_plain / r_last, 2),
     }))
 
 

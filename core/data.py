@@ -13,6 +13,7 @@ Exactly one line is printed saying which of these a run uses.
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -333,7 +334,8 @@ def decode_images(files: Sequence[Path], size: int | None = None, on_corrupt: st
     if on_corrupt not in ("skip", "error"):
         raise ValueError(f"on_corrupt must be 'skip' or 'error', got {on_corrupt!r}")
     arrays, good, skipped = [], [], []
-    for i, path in enumerate(tqdm(files, desc=desc, leave=False, disable=len(files) < 200)):
+    bar_off = len(files) < 200 or not sys.stderr.isatty()
+    for i, path in enumerate(tqdm(files, desc=desc, leave=False, disable=bar_off)):
         try:
             array = read_rgb(path, size)
         except DataError as exc:
