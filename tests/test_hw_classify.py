@@ -25,6 +25,12 @@ QUICK = ["--size", "32", "--n-per-class", "12", "--epochs", "2", "--width", "8",
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
+@pytest.fixture
+def builtin_data(monkeypatch):
+    """The commands fall back to the built-in shapes only without $DLS_DATA (CI sets it)."""
+    monkeypatch.delenv("DLS_DATA", raising=False)
+
+
 def _save(path, seed=0, mode="RGB", size=(24, 20)):
     path.parent.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
@@ -124,7 +130,7 @@ def test_parse_stages_rejects_bad_specs():
 
 
 # -- commands -------------------------------------------------------------------------------------
-def test_train_submit_predict_on_builtin_shapes(tmp_path, runs_root):
+def test_train_submit_predict_on_builtin_shapes(tmp_path, runs_root, builtin_data):
     from hw_classify import predict, submit, train
 
     run = tmp_path / "run"
@@ -155,7 +161,7 @@ def test_train_submit_predict_on_builtin_shapes(tmp_path, runs_root):
     assert printed[str(image)]["classes"] == single["classes"]
 
 
-def test_compare_writes_a_row_per_architecture(tmp_path, runs_root):
+def test_compare_writes_a_row_per_architecture(tmp_path, runs_root, builtin_data):
     from hw_classify import compare
 
     out = tmp_path / "cmp"
@@ -200,7 +206,7 @@ def test_tta_of_a_flip_invariant_model_equals_plain(tmp_path):
                                atol=1e-6, rtol=1e-5)
 
 
-def test_bad_input_gets_one_clear_message(tmp_path, runs_root):
+def test_bad_input_gets_one_clear_message(tmp_path, runs_root, builtin_data):
     from hw_classify import submit, train
 
     with pytest.raises(UserError, match="no model.pt"):
