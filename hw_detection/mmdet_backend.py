@@ -71,8 +71,9 @@ def model_config(num_classes: int, dcn: bool) -> dict:
 def build_model(num_classes: int, dcn: bool) -> torch.nn.Module:
     require_mmdet()
     from mmdet.registry import MODELS
+    from mmengine.config import ConfigDict
 
-    model = MODELS.build(model_config(num_classes, dcn))
+    model = MODELS.build(ConfigDict(model_config(num_classes, dcn)))  # attribute access, as from a config file
     model.init_weights()
     return model
 

@@ -160,12 +160,12 @@ def gaussian_radius(height: float, width: float, min_overlap: float = 0.3, exact
     2. box shrunk by ``r`` on every side: ``(w-2r)(h-2r) / (wh) = o``;
     3. box grown by ``r`` on every side: ``wh / ((w+2r)(h+2r)) = o``.
 
-    By default this is the rule of the papers' code (and of MMDetection's ``gaussian_radius``),
+    By default this is the rule of CenterNet's and CornerNet's code,
     ``r_i = (b_i + sqrt(b_i^2 - 4 a_i c_i)) / 2`` with the coefficients written as there, the
-    smallest of the three: it drops the ``1/a`` of the quadratic formula, and gives radii about
-    ``0.27 * min(h, w)`` for small boxes, softer targets than the exact roots. The native and
-    the MMDetection backend train on the same targets this way. ``exact=True`` returns the
-    smallest exact root instead (for a 10 x 10 box at IoU 0.7, ``(10 - sqrt 70) / 2``).
+    smallest of the three: it drops the ``1/a`` of the quadratic formula and gives larger
+    radii, softer targets, with which the native model learns faster from scratch.
+    ``exact=True`` returns the smallest exact root instead (for a 10 x 10 box at IoU 0.7,
+    ``(10 - sqrt 70) / 2``), as MMDetection 3's ``gaussian_radius`` does.
     """
     h, w, o = float(height), float(width), float(min_overlap)
     s, p = h + w, h * w
@@ -195,11 +195,11 @@ def draw_gaussian(heatmap: torch.Tensor, cx: int, cy: int, radius: int) -> None:
 
 
 def encode_targets(targets: list[dict], num_classes: int, output_size: tuple[int, int],
-                   stride: int = STRIDE) -> dict[str, torch.Tensor]:
+                   stride: int = STRIDE, exact_radius: bool = False) -> dict[str, torch.Tensor]:
     """Dense training targets for a batch at the output resolution ``(h, w)``.
 
     Returns ``heatmap`` (B, C, h, w) with a Gaussian (peak exactly 1, radius
-    ``int(gaussian_radius(h, w))`` in output cells) per object, ``size``
+    ``int(gaussian_radius(h, w, exact=exact_radius))`` in output cells) per object, ``size``
     (B, 2, h, w) = box (w, h) / stride and ``offset`` (B, 2, h, w) = centre / stride minus its
     integer cell, both set only where ``mask`` (B, h, w) is True (the centre cells). Two
     objects with the same centre cell keep the larger one's size.
@@ -218,7 +218,7 @@ def encode_targets(targets: list[dict], num_classes: int, output_size: tuple[int
             x1, y1, x2, y2 = boxes[i].tolist()
             cx, cy = (x1 + x2) / 2, (y1 + y2) / 2
             ix, iy = min(max(int(cx), 0), width - 1), min(max(int(cy), 0), height - 1)
-            radius = int(gaussian_radius(y2 - y1, x2 - x1))
+            radius = int(gaussian_radius(y2 - y1, x2 - x1, exact=exact_radius))
             draw_gaussian(heatmap[b, int(target["labels"][i])], ix, iy, radius)
             size[b, :, iy, ix] = torch.tensor([x2 - x1, y2 - y1])
             offset[b, :, iy, ix] = torch.tensor([cx - ix, cy - iy])
