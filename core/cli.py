@@ -412,6 +412,22 @@ def runs_root() -> Path:
     return Path(os.environ.get(RUNS_ROOT_ENV, "runs"))
 
 
+def recipe_epilog(recipes: dict[str, dict]) -> str:
+    """The ``--help`` epilog listing each recipe's values, for commands whose options left
+    at None take a recipe chosen by the data (built-in or real) or the model."""
+    return "options left unset take the recipe's value: " + "; ".join(
+        f"{name}: " + ", ".join(f"{k}={v}" for k, v in recipe.items()) for name, recipe in recipes.items())
+
+
+def apply_recipe(args: argparse.Namespace, recipe: dict, skip: tuple[str, ...] = ()) -> dict:
+    """Set each option of ``recipe`` (except ``skip``) that the user left at None to the
+    recipe's value; return the recipe's options with their final values (for the printed line)."""
+    for key, value in recipe.items():
+        if key not in skip and getattr(args, key, None) is None:
+            setattr(args, key, value)
+    return {key: getattr(args, key, None) for key in recipe}
+
+
 class RunDir:
     """The folder a run writes to: ``runs/<homework>/<name>/`` or exactly ``--run-dir``.
 

@@ -44,8 +44,7 @@ RECIPES = {
 
 def build_parser() -> argparse.ArgumentParser:
     parser = cli.make_parser("hw_autoencoder.train", __doc__.split("\n")[0])
-    parser.epilog = "options left at None take the model's recipe: " + "; ".join(
-        f"{name}: " + ", ".join(f"{k}={v}" for k, v in recipe.items()) for name, recipe in RECIPES.items())
+    parser.epilog = cli.recipe_epilog(RECIPES)
     cli.add_data_args(parser)
     cli.add_training_args(parser, epochs=None, batch_size=None, lr=None)
     group = parser.add_argument_group("autoencoder")
@@ -76,9 +75,7 @@ def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Non
         parser.error("--model cvae: needs the digits' classes (--dataset digits)")
     if args.model in ("vae", "cvae"):
         args.refine = 0
-    for key, value in RECIPES[args.model].items():
-        if getattr(args, key) is None:
-            setattr(args, key, value)
+    cli.apply_recipe(args, RECIPES[args.model])
 
 
 def load_dataset(kind: str, data_dir=None, n_images: int = 600, announce: bool = True,

@@ -56,8 +56,7 @@ SMALL_DATA = 2000
 
 def build_parser() -> argparse.ArgumentParser:
     parser = cli.make_parser("hw_classify.train", __doc__.split("\n")[0])
-    parser.epilog = "options left unset take the recipe's value: " + "; ".join(
-        f"{name}: " + ", ".join(f"{k}={v}" for k, v in recipe.items()) for name, recipe in RECIPES.items())
+    parser.epilog = cli.recipe_epilog(RECIPES)
     cli.add_data_args(parser)
     cli.add_training_args(parser, epochs=None, batch_size=None, lr=None)
     group = parser.add_argument_group("classification")
@@ -124,9 +123,7 @@ def recipe_name(builtin: bool, weights: str, n_images: int) -> str:
 def apply_recipe(args: argparse.Namespace, name: str) -> dict:
     """Fill the options left at None from recipe ``name``; the stages and epochs agree."""
     recipe = RECIPES[name]
-    for key, value in recipe.items():
-        if key != "stages" and getattr(args, key, None) is None:
-            setattr(args, key, value)
+    cli.apply_recipe(args, recipe, skip=("stages",))
     if args.stages is None:
         args.stages = recipe.get("stages") if args.epochs is None else None
         args.stages = args.stages or f"all:{args.epochs}"

@@ -45,8 +45,7 @@ RECIPES = {
 
 def build_parser() -> argparse.ArgumentParser:
     parser = cli.make_parser("hw_detection.train", __doc__.split("\n")[0])
-    parser.epilog = "options left at None take the recipe's value: " + "; ".join(
-        f"{data}: " + ", ".join(f"{k}={v}" for k, v in recipe.items()) for data, recipe in RECIPES.items())
+    parser.epilog = cli.recipe_epilog(RECIPES)
     cli.add_data_args(parser)
     cli.add_training_args(parser, epochs=None, batch_size=None, lr=None)
     group = parser.add_argument_group("detection")
@@ -85,9 +84,7 @@ def load_data(args: argparse.Namespace) -> tuple[DetectionData, dict]:
     recipe = dict(RECIPES["built-in" if source.builtin else "hardhat"])
     if not source.builtin and args.epochs is None and args.time_limit is None and args.backend == "torch":
         args.time_limit = recipe["time_limit"] = REAL_DATA_MINUTES
-    for key, value in recipe.items():
-        if getattr(args, key) is None:
-            setattr(args, key, value)
+    cli.apply_recipe(args, recipe)
     classes = tuple(args.classes.split(","))
     if source.builtin and classes != CLASSES:
         raise UserError(f"--classes {args.classes}: the built-in scenes have {','.join(CLASSES)} only")

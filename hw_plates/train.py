@@ -44,8 +44,7 @@ STAGES = ("read", "detect", "both")
 
 def build_parser() -> argparse.ArgumentParser:
     parser = cli.make_parser("hw_plates.train", __doc__.split("\n")[0])
-    parser.epilog = "options left at None take the recipe's value: " + "; ".join(
-        f"{data}: " + ", ".join(f"{k}={v}" for k, v in recipe.items()) for data, recipe in RECIPES.items())
+    parser.epilog = cli.recipe_epilog(RECIPES)
     cli.add_data_args(parser)
     cli.add_training_args(parser, epochs=None, batch_size=None, lr=None)
     group = parser.add_argument_group("plates")
@@ -119,14 +118,6 @@ def load_data(args, alphabet: Alphabet) -> tuple[CropSet, list[Photo], bool]:
     return crops, photos, source.builtin
 
 
-def apply_recipe(args: argparse.Namespace, builtin: bool) -> dict:
-    recipe = RECIPES["built-in" if builtin else "plates"]
-    for key, value in recipe.items():
-        if getattr(args, key) is None:
-            setattr(args, key, value)
-    return {key: getattr(args, key) for key in recipe}
-
-
 def train_reader(args, crops: CropSet, run: cli.RunDir) -> tuple[CRNN, dict]:
     """Fit the CRNN on the train crops (best epoch by val exact); returns it and its numbers."""
     train, val = crops.split("train"), crops.split("val")
@@ -182,7 +173,7 @@ def main(argv: list[str] | None = None) -> dict:
     args = cli.parse_args(parser, argv)
     alphabet = check_args(parser, args)
     crops, photos, builtin = load_data(args, alphabet)
-    recipe = apply_recipe(args, builtin)
+    recipe = cli.apply_recipe(args, RECIPES["built-in" if builtin else "plates"])
     echo("recipe: " + "  ".join(f"{k}={v}" for k, v in recipe.items()) + f"  stage={args.stage}")
     run = cli.RunDir.reserve("hw_plates", args)
 

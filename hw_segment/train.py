@@ -96,10 +96,7 @@ def apply_recipe(args: argparse.Namespace, builtin: bool, n_train: int) -> dict:
     recipe = dict(RECIPES["built-in" if builtin else "ph2"])
     if not builtin:
         recipe["batch_size"] = recipe_batch_size(n_train, recipe["batch_size"])
-    for key, value in recipe.items():
-        if getattr(args, key) is None:
-            setattr(args, key, value)
-    return {key: getattr(args, key) for key in recipe}
+    return cli.apply_recipe(args, recipe)
 
 
 def load_data(args: argparse.Namespace, builtin: bool, root) -> SegmentationData:

@@ -2,6 +2,7 @@
 are never reused, and args.json written only when a run starts."""
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import subprocess
@@ -331,3 +332,12 @@ def test_under_torchrun_every_rank_gets_rank_0s_refusal(tmp_path):
     assert sorted(outcomes) == ["rank0", "rank1"] and outcomes["rank0"] == outcomes["rank1"]
     assert outcomes["rank0"].startswith(f"--run-dir {taken}: the folder already holds a run")
     assert sorted(p.name for p in taken.iterdir()) == ["args.json"]
+
+
+def test_apply_recipe_fills_only_the_options_left_unset():
+    args = argparse.Namespace(epochs=None, lr=0.5, batch_size=None, stages=None)
+    used = cli.apply_recipe(args, {"epochs": 30, "lr": 2e-3, "batch_size": 16, "stages": "all:3"},
+                            skip=("stages",))
+    assert (args.epochs, args.lr, args.batch_size, args.stages) == (30, 0.5, 16, None)
+    assert used == {"epochs": 30, "lr": 0.5, "batch_size": 16, "stages": None}
+    assert cli.recipe_epilog({"a": {"epochs": 3}, "b": {"lr": 0.1}}).endswith("a: epochs=3; b: lr=0.1")
