@@ -5,6 +5,7 @@ import torch
 from torch import nn
 
 from core.metrics import dice_score, iou_pytorch, iou_score
+from core.optim import adamw_one_cycle
 from core.trainer import Task
 
 
@@ -40,9 +41,5 @@ class SegmentationTask(Task):
         return {"loss": self.loss_fn(logits.float(), masks), **score_logits(logits.float(), masks)}
 
     def configure_optimizers(self):
-        optimizer = torch.optim.AdamW(self.model.parameters(), lr=self.lr, weight_decay=self.weight_decay)
-        if not self.one_cycle:
-            return optimizer
-        scheduler = torch.optim.lr_scheduler.OneCycleLR(
-            optimizer, max_lr=self.lr, total_steps=self.trainer.estimated_stepping_batches, pct_start=0.15)
-        return {"optimizer": optimizer, "scheduler": scheduler, "interval": "step"}
+        total_steps = self.trainer.estimated_stepping_batches if self.one_cycle else None
+        return adamw_one_cycle(self.model.parameters(), self.lr, total_steps, self.weight_decay)

@@ -22,6 +22,7 @@ from torch import nn
 from torchvision.ops import deform_conv2d
 
 from core.errors import UserError
+from core.optim import adamw_one_cycle
 from core.trainer import Task
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -332,12 +333,8 @@ class CenterNetTask(Task):
         return {"map50": scores["map50"], "map": scores["map"]}
 
     def configure_optimizers(self):
-        optimizer = torch.optim.AdamW(self.model.parameters(), lr=self.lr, weight_decay=self.weight_decay)
-        if not self.one_cycle:
-            return optimizer
-        scheduler = torch.optim.lr_scheduler.OneCycleLR(
-            optimizer, max_lr=self.lr, total_steps=self.trainer.estimated_stepping_batches, pct_start=0.1)
-        return {"optimizer": optimizer, "scheduler": scheduler, "interval": "step"}
+        total_steps = self.trainer.estimated_stepping_batches if self.one_cycle else None
+        return adamw_one_cycle(self.model.parameters(), self.lr, total_steps, self.weight_decay, pct_start=0.1)
 
 
 @torch.no_grad()
