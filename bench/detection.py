@@ -4,7 +4,8 @@
 
 * ``train_step_ms``: one training step (forward, CenterNet losses, backward, AdamW) of the
   native model (``core.detection``) and of MMDetection's, same input size, batch, boxes and
-  architecture (ResNet-18, deconvolution neck, no DCN), random init; ``mmdet_over_native``
+  architecture (ResNet-18, deconvolution neck with skip connections, no DCN: both backends'
+  default), random init; ``mmdet_over_native``
   is their ratio.
 * ``inference_images_per_s``: eval-mode prediction (forward + decoding) of a batch.
 * with ``--epochs N`` (N > 0): ``map50`` of each backend after N epochs of
@@ -39,7 +40,7 @@ def batch_of(size: int, batch: int):
 
 
 def native_steps(size: int, images, targets):
-    task = CenterNetTask(CenterNet(2), one_cycle=False)
+    task = CenterNetTask(CenterNet(2, skips=True), one_cycle=False)
     task.model.to(memory_format=torch.channels_last)
     optimizer = task.configure_optimizers()
     x = images.float() / 255
@@ -66,7 +67,7 @@ def mmdet_steps(size: int, images, targets):
 
     from hw_detection.mmdet_backend import build_model
 
-    model = build_model(2, dcn=False)
+    model = build_model(2, dcn=False, skips=True)
     wrapper = OptimWrapper(torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=1e-4))
     meta = dict(img_shape=(size, size), batch_input_shape=(size, size), ori_shape=(size, size),
                 scale_factor=(1.0, 1.0), border=(0, size, 0, size))

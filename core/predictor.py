@@ -324,11 +324,12 @@ def load_predictor(run_dir: str | Path) -> Predictor:
 
 
 # -- the predict command every image homework shares ----------------------------------------------
-def predict_main(homework: str, argv: list[str] | None = None) -> dict:
-    """``python -m <homework>.predict --run RUN IMAGE [IMAGE ...]`` (``--seed``/``--count`` for a
-    generator): prints one line per image and writes ``predictions.json`` (the results exactly
-    as the web service returns them) and a picture of each result into
-    ``<run>/predict-<timestamp>/`` (or ``--run-dir``). Returns ``{input: result}``."""
+def predict_main(homework: str, argv: list[str] | None = None, results_file: str = "predictions.json") -> dict:
+    """``python -m <homework>.predict --run RUN IMAGE [IMAGE ...] [--out DIR]`` (``--seed``/``--count``
+    for a generator): prints one line per image and writes ``results_file`` (the results exactly
+    as the web service returns them, ``{input: result}``) and a picture of each result into
+    ``DIR`` (default ``<run>/predict-<timestamp>/``; ``--run-dir`` is the same option under the
+    name the train commands use). Returns ``{input: result}``."""
     from . import cli
 
     parser = cli.make_parser(f"{homework}.predict", "Predict with a trained run, image by image.")
@@ -338,7 +339,10 @@ def predict_main(homework: str, argv: list[str] | None = None) -> dict:
     parser.add_argument("--count", type=cli.positive_int, default=16, help="generators: number of samples")
     parser.add_argument("--max-pixels", type=cli.positive_int, default=MAX_PIXELS,
                         help="refuse images with more pixels")
-    cli.add_run_args(parser)
+    outputs = cli.add_run_args(parser)
+    outputs.add_argument("--out", dest="run_dir", metavar="DIR", default=None,
+                         help=f"write {results_file} and the pictures here (default <run>/predict-<timestamp>; "
+                              "the same as --run-dir)")
     args = cli.parse_args(parser, argv)
     if args.count > 256:
         parser.error(f"--count {args.count}: expected at most 256")
@@ -362,7 +366,7 @@ def predict_main(homework: str, argv: list[str] | None = None) -> dict:
         results[path] = result = predictor.predict(image)
         render(result, image).save(run / f"{i:03d}-{Path(path).stem}.png")
         print(f"{path}: {summarize(result)}")
-    run.save_json("predictions.json", results)
+    run.save_json(results_file, results)
     run.summary()
     return results
 

@@ -1,11 +1,12 @@
 """Find heads with and without hard hats in image files with a trained run (either backend).
 
-    python -m hw_detection.predict --run runs/hw_detection/<name> site.jpg [more.png ...]
+    python -m hw_detection.predict --run runs/hw_detection/<name> site.jpg [more.png ...] [--out DIR]
 
-Prints the boxes of each image and writes ``predictions.json`` (boxes ``[x_min, y_min, x_max,
-y_max]`` in each image's pixels, with class and score) and the images with their boxes drawn
-into ``<run>/predict-<timestamp>/`` (or ``--run-dir``). Boxes scoring below the run's
-``--score-threshold`` are left out. ``python -m core.serve --run RUN`` serves the same predictor.
+Prints the boxes of each image and writes ``detections.json`` (per image path: ``boxes``, each
+``[x_min, y_min, x_max, y_max]`` in the image's pixels with its class and score) and the images
+with their boxes drawn into ``DIR`` (default ``<run>/predict-<timestamp>/``). Boxes scoring below
+the run's ``--score-threshold`` are left out. ``python -m core.serve --run RUN`` serves the same
+predictor.
 """
 from __future__ import annotations
 
@@ -18,6 +19,8 @@ from core.cli import run_command
 from core.predictor import Predictor, detection_result, predict_main
 
 from .detector import load_detector, read_run_args
+
+RESULTS_FILE = "detections.json"
 
 
 class DetectionPredictor(Predictor):
@@ -44,7 +47,7 @@ def load_predictor(run_dir: str | Path) -> DetectionPredictor:
 
 
 def main(argv: list[str] | None = None) -> None:
-    predict_main("hw_detection", argv)
+    predict_main("hw_detection", argv, results_file=RESULTS_FILE)
 
 
 if __name__ == "__main__":

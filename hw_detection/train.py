@@ -57,8 +57,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="square input side, a multiple of 32; None: the recipe's")
     group.add_argument("--dcn", action="store_true", help="deformable convolutions (DCNv2) in the neck")
     group.add_argument("--no-skips", action="store_true",
-                       help="torch backend: no skip connections from the backbone into the neck "
-                            "(MMDetection's CTResNetNeck exactly; learns more slowly from scratch)")
+                       help="no skip connections from the backbone into the neck "
+                            "(MMDetection's CTResNetNeck exactly; learns much more slowly from scratch)")
     group.add_argument("--weights", choices=("imagenet",), default=None,
                        help="ImageNet weights for the backbone (a download); default random init")
     group.add_argument("--n-images", type=cli.int_at_least(4), default=240, help="number of built-in scenes")

@@ -198,7 +198,7 @@ def test_segment_predict_command_writes_the_predictors_results(segment_run, tmp_
     Image.fromarray(lesion_image(75, 50, seed=1)).save(paths[0])
     Image.fromarray(lesion_image(40, 64, seed=2)).save(paths[1])
     out = tmp_path / "out"
-    predict.main(["--run", str(segment_run), *map(str, paths), "--run-dir", str(out)])
+    predict.main(["--run", str(segment_run), *map(str, paths), "--out", str(out)])
     saved = json.loads((out / "predictions.json").read_text())
     predictor = load_predictor(segment_run)
     for path in paths:
@@ -210,3 +210,18 @@ def test_segment_predict_command_writes_the_predictors_results(segment_run, tmp_
         (tmp_path / "broken.png").write_text("not a png")
         predict.main(["--run", str(segment_run), str(tmp_path / "broken.png"), "--run-dir", str(tmp_path / "o2")])
     assert not (tmp_path / "o2").exists()        # nothing written before every image was read
+
+
+def test_predict_out_and_its_alias_run_dir_and_the_results_file_name(segment_run, tmp_path):
+    from core.predictor import predict_main
+
+    path = tmp_path / "a.png"
+    Image.fromarray(lesion_image(30, 20, seed=3)).save(path)
+    first = predict_main("hw_segment", ["--run", str(segment_run), str(path), "--run-dir", str(tmp_path / "alias")])
+    again = predict_main("hw_segment", ["--run", str(segment_run), str(path), "--out", str(tmp_path / "named")],
+                         results_file="masks.json")
+    assert json.loads((tmp_path / "alias" / "predictions.json").read_text()) == first
+    assert json.loads((tmp_path / "named" / "masks.json").read_text()) == again == first
+    assert not (tmp_path / "named" / "predictions.json").exists()
+    with pytest.raises(UserError, match="already holds a run"):     # --out never overwrites an earlier output
+        predict_main("hw_segment", ["--run", str(segment_run), str(path), "--out", str(tmp_path / "named")])

@@ -150,11 +150,13 @@ def test_segment_prediction_equals_the_predict_command(segment_client, segment_r
 
 def both_ways(predict, run: Path, tmp_path: Path, image: Path | None = None, seed: int = 0,
               count: int = 4) -> tuple[dict, dict, dict]:
-    """The homework's predict command's result (from its predictions.json) and the API's answer
-    for the same image (or seed and count, for a generator), and the run's ``/models`` entry."""
+    """The homework's predict command's result (from its results file, predictions.json unless
+    the module names another) and the API's answer for the same image (or seed and count, for a
+    generator), and the run's ``/models`` entry."""
     options = [str(image)] if image else ["--seed", str(seed), "--count", str(count)]
-    predict.main(["--run", str(run), *options, "--run-dir", str(tmp_path / "out")])
-    command = json.loads((tmp_path / "out" / "predictions.json").read_text())
+    predict.main(["--run", str(run), *options, "--out", str(tmp_path / "out")])
+    results_file = getattr(predict, "RESULTS_FILE", "predictions.json")
+    command = json.loads((tmp_path / "out" / results_file).read_text())
     with TestClient(create_app([load_predictor(run)])) as client:
         (model,) = client.get("/models").json()["models"]
         if image:

@@ -143,8 +143,9 @@ def test_train_evaluate_predict_end_to_end(tmp_path, runs_root, monkeypatch):
     assert scores["images"] == 2 and (tmp_path / "eval" / "plots" / "boxes.png").is_file()
 
     image = voc / "images" / "hard_hat_workers0.png"
-    predict_main(["--run", str(run), str(image), "--run-dir", str(tmp_path / "pred")])
-    result = json.loads((tmp_path / "pred" / "predictions.json").read_text())[str(image)]
+    predict_main(["--run", str(run), str(image), "--out", str(tmp_path / "pred")])
+    assert (tmp_path / "pred" / "000-hard_hat_workers0.png").is_file()       # the boxes drawn
+    result = json.loads((tmp_path / "pred" / "detections.json").read_text())[str(image)]
     assert result["kind"] == "detection" and (result["width"], result["height"]) == (100, 80)
     assert all(b["score"] >= 0.3 and b["label"] in ("helmet", "head") for b in result["boxes"])
     with pytest.raises(DataError, match="model weights not found"):
@@ -165,14 +166,39 @@ def mmdet():
         pytest.skip(f"MMDetection is not installed ({exc}); 'bash scripts/build_mmcv.sh' installs it")
 
 
-@pytest.mark.parametrize("dcn", [False, True])
-def test_mmdet_model_matches_the_native_one(mmdet, dcn):
+@pytest.mark.parametrize("dcn, skips", [(False, False), (True, False), (False, True), (True, True)])
+def test_mmdet_model_matches_the_native_one(mmdet, dcn, skips):
     from core.detection.centernet import CenterNet
     from core.inference import count_parameters
     from hw_detection.mmdet_backend import build_model
 
-    # the same network: ResNet-18, the deconvolution neck (with or without DCNv2), three heads
-    assert count_parameters(build_model(2, dcn)) == count_parameters(CenterNet(2, dcn=dcn))
+    # the same network: ResNet-18, the deconvolution neck (with or without DCNv2 and skips), three heads
+    assert count_parameters(build_model(2, dcn, skips)) == count_parameters(CenterNet(2, dcn=dcn, skips=skips))
+
+
+@pytest.mark.parametrize("skips", [False, True])
+def test_mmdet_network_computes_what_the_native_one_does(mmdet, skips):
+    """The native network's weights (random, with random BN statistics), copied into the mmdet
+    one tensor by tensor in registration order, give the same heatmap, size and offset maps."""
+    from core.detection.centernet import CenterNet
+    from hw_detection.mmdet_backend import build_model
+
+    torch.manual_seed(0)
+    native, ours = CenterNet(2, skips=skips), build_model(2, False, skips=skips)
+    for module in native.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.running_mean.normal_(0, 0.1), module.running_var.uniform_(0.5, 2), module.bias.data.normal_(0, 0.1)
+    source, target = native.state_dict(), ours.state_dict()
+    assert [t.shape for t in source.values()] == [t.shape for t in target.values()]
+    ours.load_state_dict(dict(zip(target, source.values())))
+    native.eval(), ours.eval()
+    images = torch.rand(2, 3, 64, 96)
+    with torch.no_grad():
+        expected = native(images)
+        mean, std = native.mean * 255, native.std * 255
+        heatmap, size, offset = (out[0] for out in ours.bbox_head(ours.neck(ours.backbone((images * 255 - mean) / std))))
+    assert torch.allclose(heatmap, expected["heatmap"].sigmoid(), atol=1e-5)
+    assert torch.allclose(size, expected["size"], atol=1e-4) and torch.allclose(offset, expected["offset"], atol=1e-4)
 
 
 def test_mmdet_targets_match_the_native_encoding(mmdet):
