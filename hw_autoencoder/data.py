@@ -250,3 +250,27 @@ def add_noise(images: torch.Tensor, factor: float = 0.5, generator: torch.Genera
     """The course's noisy copy ``X + factor * N(0, 1)`` (not clipped)."""
     noise = torch.randn(images.shape, generator=generator, device=images.device if generator is None else "cpu")
     return images + factor * noise.to(images.device)
+
+
+def jitter_faces(images: torch.Tensor, shift: float = 3.0, scale: float = 0.05, rotate: float = 0.0,
+                 brightness: float = 0.0, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Training augmentation that keeps aligned faces faces: each image (N, C, H, W) is moved by
+    up to ``shift`` pixels in x and y, scaled by a factor in ``1 +- scale``, turned by up to
+    ``rotate`` degrees (bilinear resampling, border pixels repeated) and its brightness
+    multiplied by ``1 +- brightness`` (then clipped to [0, 1]); all uniform, drawn per image."""
+    n, _, height, width = images.shape
+    device = images.device if generator is None else "cpu"
+
+    def uniform(*shape):  # in [-1, 1]
+        return (2 * torch.rand(*shape, generator=generator, device=device) - 1).to(images.device)
+
+    angle = uniform(n) * rotate * torch.pi / 180
+    zoom = 1 + uniform(n) * scale
+    move = uniform(n, 2) * shift * 2 / torch.tensor([width, height], device=images.device)
+    cos, sin = torch.cos(angle) / zoom, torch.sin(angle) / zoom
+    theta = torch.stack([torch.stack([cos, -sin, move[:, 0]], 1), torch.stack([sin, cos, move[:, 1]], 1)], 1)
+    grid = torch.nn.functional.affine_grid(theta, list(images.shape), align_corners=False)
+    out = torch.nn.functional.grid_sample(images, grid.to(images.dtype), padding_mode="border", align_corners=False)
+    if brightness:
+        out = (out * (1 + brightness * uniform(n, 1, 1, 1))).clamp(0, 1)
+    return out

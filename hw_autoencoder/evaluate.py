@@ -25,20 +25,40 @@ from .latent import decode, load_model, reconstruct, sample_codes
 from .models import VAE, elbo_terms
 
 
-def pca_mse(train: torch.Tensor, test: torch.Tensor, components: int) -> float:
+def pca_mse(train: torch.Tensor, test: torch.Tensor, components: int, inputs: torch.Tensor | None = None) -> float:
     """Reconstruction MSE per pixel on ``test`` of scikit-learn's PCA with ``components``
-    components fitted on ``train`` (images flattened, exact SVD): the linear baseline of an AE."""
+    components fitted on ``train`` (images flattened, exact SVD): the linear baseline of an AE.
+    Given ``inputs`` (e.g. noisy copies of ``test``), PCA reconstructs those and is scored
+    against ``test``: the linear baseline of a denoising AE."""
     from sklearn.decomposition import PCA
 
     train_x, test_x = train.flatten(1).numpy(), test.flatten(1).numpy()
+    in_x = test_x if inputs is None else inputs.flatten(1).numpy()
     pca = PCA(min(components, *train_x.shape), svd_solver="full").fit(train_x)
-    return float(((pca.inverse_transform(pca.transform(test_x)) - test_x) ** 2).mean())
+    return float(((pca.inverse_transform(pca.transform(in_x)) - test_x) ** 2).mean())
+
+
+def wiener_mse(train: torch.Tensor, clean: torch.Tensor, noisy: torch.Tensor, noise: float) -> float:
+    """MSE per pixel against ``clean`` of the best linear denoiser of ``noisy`` that the clean
+    ``train`` images give: the linear MMSE (Wiener) estimate ``mean + S (S + f^2 I)^-1 (y - mean)``
+    with ``S`` the training images' covariance and ``f^2`` the noise variance, computed in the
+    principal axes of ``train`` (component ``i`` of variance ``l_i`` is shrunk by
+    ``l_i / (l_i + f^2)``; directions the training images do not span are dropped)."""
+    x = train.flatten(1).double()
+    mean = x.mean(0)
+    _, singular, vh = torch.linalg.svd(x - mean, full_matrices=False)
+    variance = singular ** 2 / max(len(x) - 1, 1)
+    coords = (noisy.flatten(1).double() - mean) @ vh.T
+    estimate = mean + (coords * (variance / (variance + noise ** 2))) @ vh
+    return float(((estimate - clean.flatten(1).double()) ** 2).mean())
 
 
 def score_autoencoder(model, test: ImageSet, train: ImageSet | None, noise: float = 0.0, seed: int = 0) -> dict:
     """``mse`` per pixel of the reconstructions of ``test`` (of its noisy copies, for a denoising
     model, against the clean images), the mean training image's (``mean_image_mse``) and,
-    given the training images, PCA's with as many components (``pca_mse``, ``mse_vs_pca``)."""
+    given the training images, PCA's with as many components fitted on them (``pca_mse``,
+    ``mse_vs_pca``; for a denoising model PCA projects the noisy copies, a linear denoiser,
+    and ``wiener_mse`` is the best linear denoiser's, :func:`wiener_mse`)."""
     images = test.images
     inputs = add_noise(images, noise, torch.Generator().manual_seed(seed)) if noise else images
     mse = float(((reconstruct(model, inputs) - images) ** 2).mean())
@@ -47,9 +67,11 @@ def score_autoencoder(model, test: ImageSet, train: ImageSet | None, noise: floa
         metrics["noisy_mse"] = float(((inputs - images) ** 2).mean())
     if train is not None:
         metrics["mean_image_mse"] = float(((images - train.images.mean(0)) ** 2).mean())
-        if not noise:
-            metrics["pca_mse"] = pca_mse(train.images, images, model.latent)
-            metrics["mse_vs_pca"] = mse / metrics["pca_mse"]
+        metrics["pca_mse"] = pca_mse(train.images, images, model.latent, inputs if noise else None)
+        metrics["mse_vs_pca"] = mse / metrics["pca_mse"]
+        if noise:
+            metrics["wiener_mse"] = wiener_mse(train.images, images, inputs, noise)
+            metrics["mse_vs_wiener"] = mse / metrics["wiener_mse"]
     return metrics
 
 

@@ -34,9 +34,12 @@ from .models import MODEL_NAMES, Autoencoder, build_model
 from .task import AutoencoderTask, VAETask
 
 DATASET_OF = {"ae": "faces", "denoise": "faces", "vae": "digits", "cvae": "digits"}
+FACES_MINUTES = 10.0  # ae/denoise on real faces with neither --epochs nor --time-limit: the epochs that fit
+JITTER = {"none": None, "shift": dict(shift=3.0, scale=0.05),
+          "full": dict(shift=3.0, scale=0.05, rotate=5.0, brightness=0.1)}  # jitter_faces' arguments
 RECIPES = {
-    "ae": dict(epochs=8, batch_size=32, lr=1e-3, latent=64, refine=32),
-    "denoise": dict(epochs=8, batch_size=32, lr=1e-3, latent=64, refine=32),
+    "ae": dict(epochs=20, batch_size=32, lr=1e-3, latent=64, refine=32, jitter="shift"),
+    "denoise": dict(epochs=20, batch_size=32, lr=1e-3, latent=64, refine=32, jitter="shift"),
     "vae": dict(epochs=10, batch_size=64, lr=1e-3, latent=20),
     "cvae": dict(epochs=10, batch_size=64, lr=1e-3, latent=10),
 }
@@ -62,6 +65,10 @@ def build_parser() -> argparse.ArgumentParser:
                        help="ae/denoise: channels of the full-resolution refiner after the decoder (0: none); "
                             "None: the recipe's")
     group.add_argument("--no-flip", action="store_true", help="faces: no random horizontal flips in training")
+    group.add_argument("--jitter", choices=tuple(JITTER), default=None,
+                       help="ae/denoise: training faces moved and scaled a little (shift: up to 3 px, 5 %%), "
+                            "also turned and brightened (full: up to 5 degrees, 10 %%), or not (none); "
+                            "None: the recipe's")
     group.add_argument("--n-images", type=cli.int_at_least(10), default=600, help="number of generated faces when no faces are found")
     group.add_argument("--split-seed", type=int, default=0, help="seed of the train/val/test split")
     return parser
@@ -104,21 +111,26 @@ def Images(data: ImageSet, flip: bool = False) -> InMemoryImages:
 def make_task(args, model):
     if args.model in ("vae", "cvae"):
         return VAETask(model, lr=args.lr, warmup=args.warmup)
-    return AutoencoderTask(model, lr=args.lr, noise=args.noise if args.model == "denoise" else 0.0)
+    return AutoencoderTask(model, lr=args.lr, noise=args.noise if args.model == "denoise" else 0.0,
+                           jitter=JITTER[args.jitter or "none"])
 
 
 def main(argv: list[str] | None = None) -> dict:
     parser = build_parser()
     args = cli.parse_args(parser, argv)
+    timed = args.model in ("ae", "denoise") and args.epochs is None and args.time_limit is None
     check_args(parser, args)
     data, source = load_dataset(args.dataset, args.data_dir, args.n_images)
+    if timed and not source.builtin:
+        args.time_limit = FACES_MINUTES
     echo(f"dataset: {data.description}")
     if data.attrs is None and data.attrs_note:
         echo(f"note: {data.attrs_note}")
     train_ix, val_ix, test_ix = split_indices(len(data), args.split_seed)
     train, val, test = data.subset(train_ix), data.subset(val_ix), data.subset(test_ix)
     echo(f"split: {len(train)} train / {len(val)} val / {len(test)} held-out test (split seed {args.split_seed})")
-    echo("recipe: " + "  ".join(f"{k}={getattr(args, k)}" for k in RECIPES[args.model]) + f"  model={args.model}")
+    echo("recipe: " + "  ".join(f"{k}={getattr(args, k)}" for k in RECIPES[args.model]) + f"  model={args.model}"
+         + (f"  time_limit={args.time_limit:g} min (the epochs that fit)" if args.time_limit else ""))
     train_loader = DataLoader(Images(train, flip=args.dataset == "faces" and not args.no_flip),
                               batch_size=args.batch_size, shuffle=True, num_workers=args.num_workers,
                               drop_last=len(train) > args.batch_size)

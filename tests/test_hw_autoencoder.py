@@ -122,6 +122,55 @@ def test_autoencoder_starts_as_pca_with_as_many_components():
     assert code.shape == (20, 8)
 
 
+def test_jitter_faces_moves_scales_and_brightens_within_its_bounds():
+    from hw_autoencoder.data import jitter_faces
+
+    ramp = torch.linspace(0, 1, 64).expand(5, 3, 64, 64).contiguous()      # brightness = x position
+    assert torch.allclose(jitter_faces(ramp, shift=0, scale=0), ramp, atol=1e-5)
+    moved = jitter_faces(ramp, shift=3, scale=0, generator=torch.Generator().manual_seed(0))
+    offset = (moved - ramp)[:, :, :, 8:-8]                        # inside, a shift adds a constant per image
+    per_image = offset.mean(dim=(1, 2, 3))
+    assert torch.allclose(offset, per_image[:, None, None, None].expand_as(offset), atol=1e-5)
+    assert per_image.abs().max() <= 3 / 63 + 1e-6 and per_image.abs().max() > 0.2 / 63   # up to 3 px
+    grey = torch.full((200, 3, 8, 8), 0.5)
+    lit = jitter_faces(grey, shift=0, scale=0, brightness=0.1, generator=torch.Generator().manual_seed(0))
+    factor = lit[:, 0, 0, 0] / 0.5
+    assert torch.allclose(lit, lit[:, :1, :1, :1].expand_as(lit))          # one factor per image
+    assert 0.9 <= factor.min() < 0.92 and 1.08 < factor.max() <= 1.1
+
+
+def test_wiener_denoiser_is_the_linear_mmse_estimate():
+    from hw_autoencoder.evaluate import wiener_mse
+
+    generator = torch.Generator().manual_seed(0)
+    train = torch.randn(40, 1, 2, 3, generator=generator) * torch.linspace(0.1, 1, 6).view(1, 1, 2, 3)
+    clean = torch.randn(7, 1, 2, 3, generator=generator)
+    noisy = clean + 0.3 * torch.randn(7, 1, 2, 3, generator=generator)
+    x = train.flatten(1).double().numpy()
+    mean, cov = x.mean(0), np.cov(x, rowvar=False)                # 6 pixels, full-rank covariance
+    estimate = mean + (noisy.flatten(1).double().numpy() - mean) @ np.linalg.solve(cov + 0.09 * np.eye(6), cov)
+    expected = ((estimate - clean.flatten(1).double().numpy()) ** 2).mean()
+    assert wiener_mse(train, clean, noisy, 0.3) == pytest.approx(expected, rel=1e-9)
+    # no noise: the identity on images the training images span; endless noise: the mean image
+    assert wiener_mse(train, clean, clean, 0.0) == pytest.approx(0.0, abs=1e-12)
+    assert wiener_mse(train, clean, noisy, 1e6) == pytest.approx(((clean.flatten(1).double() - torch.tensor(mean)) ** 2)
+                                                                  .mean().item(), rel=1e-6)
+
+
+def test_a_pca_start_denoises_like_pca_and_is_scored_beside_it():
+    from hw_autoencoder.evaluate import score_autoencoder
+
+    faces = make_faces(120, seed=1)
+    train, test = faces.subset(range(100)), faces.subset(range(100, 120))
+    model = Autoencoder((3, 64, 64), latent=8, width=4, linear=True)
+    model.init_pca(train.images)
+    metrics = score_autoencoder(model, test, train, noise=0.5, seed=3)
+    # the model is PCA's projection, clipped to [0, 1]: a little better than PCA on the noisy copies
+    assert metrics["mse"] <= metrics["pca_mse"] and metrics["mse_vs_pca"] > 0.8
+    assert metrics["wiener_mse"] < metrics["noisy_mse"] / 10 and metrics["noisy_mse"] == pytest.approx(0.25, rel=0.02)
+    assert metrics["mse_vs_wiener"] == pytest.approx(metrics["mse"] / metrics["wiener_mse"])
+
+
 # -- the smile vector and retrieval --------------------------------------------------------------
 def test_smile_vector_of_a_hand_built_table():
     table = pd.DataFrame({"Smiling": [0.1, 2.5, -1.7, 1.9, -0.3, -2.2, 0.0, 3.0]})
