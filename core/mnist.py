@@ -1,4 +1,5 @@
-"""MNIST in torchvision's raw layout, read with a small IDX reader (no torchvision download logic).
+"""MNIST in torchvision's raw layout, read with a small IDX reader; :func:`download_mnist` fetches
+the files with torchvision's downloader where the network allows.
 
 ``<root>/MNIST/raw/`` holds ``t10k-images-idx3-ubyte[.gz]`` and ``t10k-labels-idx1-ubyte[.gz]``
 (the 10,000 test digits) and, for the full set, the ``train-*`` pair (60,000 digits); files
@@ -96,3 +97,26 @@ def load_mnist(root: str | os.PathLike, split: str = "test") -> tuple[np.ndarray
     if len(labels) and labels.max() > 9:
         raise DataError(f"{labels_path}: label {int(labels.max())} found, MNIST labels are 0-9")
     return images, labels.astype(np.int64)
+
+
+def download_mnist(root: str | os.PathLike) -> Path:
+    """Fetch the full MNIST (the four files of :data:`SPLIT_FILES`) into ``<root>/MNIST/raw``
+    with ``torchvision.datasets.MNIST(root, train=False, download=True)``, which skips files already there
+    and checks each download's MD5; :func:`load_mnist` then reads them. Returns ``root``.
+
+    Raises:
+        DataError: the download failed (no network, say), in one sentence naming the files
+            and where to put them.
+    """
+    root = Path(root).expanduser()
+    try:
+        from torchvision.datasets import MNIST
+
+        MNIST(str(root), train=False, download=True)     # fetches all four files, then reads the test split
+    except Exception as exc:  # URLError, RuntimeError, OSError: all mean "not downloaded"
+        names = ", ".join(f"{name}.gz" for pair in SPLIT_FILES.values() for name in pair)
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise DataError(f"cannot download MNIST into {root / RAW_DIR} ({reason}): copy {names} from "
+                        f"https://ossci-datasets.s3.amazonaws.com/mnist/ into that folder and run without "
+                        f"--download") from None
+    return root

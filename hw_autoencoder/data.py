@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
+import torch.nn.functional as F
 
 from core.data import DataError, list_images, load_image_array, require_dir
 from core.mnist import has_split, load_mnist
@@ -244,6 +245,18 @@ def builtin_digits() -> ImageSet:
     return ImageSet(torch.from_numpy(images).clamp_(0, 1).unsqueeze(1), torch.from_numpy(bunch.target).long(),
                     [str(d) for d in range(10)], [f"digit-{i}" for i in range(len(small))],
                     f"{len(small)} scikit-learn 8x8 digits drawn at 28x28", kind="digits")
+
+
+def random_shifts(images: torch.Tensor, max_shift: int, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Each image (N, C, H, W) moved by its own whole-pixel offset in ``[-max_shift, max_shift]``
+    along each axis, the uncovered border filled with zeros (MNIST's background)."""
+    n, _, h, w = images.shape
+    offsets = torch.randint(-max_shift, max_shift + 1, (2, n), generator=generator)
+    padded = F.pad(images, (max_shift,) * 4)
+    rows = (torch.arange(h)[None, :] + max_shift - offsets[0][:, None]).to(images.device)   # (N, H)
+    cols = (torch.arange(w)[None, :] + max_shift - offsets[1][:, None]).to(images.device)   # (N, W)
+    index = torch.arange(n, device=images.device)[:, None, None]
+    return padded.permute(0, 2, 3, 1)[index, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2)
 
 
 def add_noise(images: torch.Tensor, factor: float = 0.5, generator: torch.Generator | None = None) -> torch.Tensor:

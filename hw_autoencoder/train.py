@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from pathlib import Path
 
 import torch
 from torch.utils.data import DataLoader
@@ -24,6 +25,7 @@ from core import cli
 from core.data import DataSource, InMemoryImages, resolve_data_root
 from core.device import echo
 from core.inference import count_parameters
+from core.mnist import RAW_DIR, download_mnist
 from core.plots import image_grid, plot_history
 from core.trainer import Trainer
 
@@ -43,6 +45,7 @@ RECIPES = {
     "vae": dict(epochs=10, batch_size=64, lr=1e-3, latent=20),
     "cvae": dict(epochs=10, batch_size=64, lr=1e-3, latent=10),
 }
+DOWNLOAD_DIR = "data/mnist"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -71,7 +74,26 @@ def build_parser() -> argparse.ArgumentParser:
                             "None: the recipe's")
     group.add_argument("--n-images", type=cli.int_at_least(10), default=600, help="number of generated faces when no faces are found")
     group.add_argument("--split-seed", type=int, default=0, help="seed of the train/val/test split")
+    add_download_arg(group)
     return parser
+
+
+def add_download_arg(group) -> None:
+    group.add_argument("--download", action="store_true",
+                       help=f"digits: fetch the full MNIST with torchvision into --data-dir (default {DOWNLOAD_DIR}) "
+                            "first, where the network allows")
+
+
+def fetch_digits(args, parser: argparse.ArgumentParser, dataset: str) -> None:
+    """With ``--download``: the full MNIST into ``--data-dir`` (created; default
+    :data:`DOWNLOAD_DIR`), which the run then reads."""
+    if not args.download:
+        return
+    if dataset != "digits":
+        parser.error("--download: only the digits (MNIST) can be downloaded")
+    args.data_dir = args.data_dir or DOWNLOAD_DIR
+    echo(f"download: MNIST into {Path(args.data_dir).resolve() / RAW_DIR} (torchvision; files already there are kept)")
+    download_mnist(args.data_dir)
 
 
 def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
@@ -120,6 +142,7 @@ def main(argv: list[str] | None = None) -> dict:
     args = cli.parse_args(parser, argv)
     timed = args.model in ("ae", "denoise") and args.epochs is None and args.time_limit is None
     check_args(parser, args)
+    fetch_digits(args, parser, args.dataset)
     data, source = load_dataset(args.dataset, args.data_dir, args.n_images)
     if timed and not source.builtin:
         args.time_limit = FACES_MINUTES
