@@ -145,7 +145,7 @@ def load_model(run: str | os.PathLike, device: str | torch.device = "cpu") -> tu
         saved = torch.load(path, map_location="cpu", weights_only=True)
         config = saved["config"]
         model = build_model(config["name"], tuple(config["shape"]), config["latent"], config["width"],
-                            config.get("linear", False), config.get("refine", 0))
+                            config.get("linear", False), config.get("refine", 0), config.get("blocks", 0))
         model.load_state_dict(saved["state_dict"])
     except Exception as exc:
         raise DataError(f"{path}: not a hw_autoencoder model ({type(exc).__name__}: {exc})") from None

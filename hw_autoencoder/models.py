@@ -77,6 +77,41 @@ class ConvDecoder(nn.Module):
         return x
 
 
+class ResidualBlock(nn.Module):
+    """``x + conv(relu(bn(conv(relu(bn(x))))))`` with 3x3 convolutions (He et al. 2016's
+    pre-activation block): more decoder depth at one resolution, starting close to identity."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.net = nn.Sequential(nn.BatchNorm2d(channels), nn.ReLU(), nn.Conv2d(channels, channels, 3, padding=1, bias=False),
+                                 nn.BatchNorm2d(channels), nn.ReLU(), nn.Conv2d(channels, channels, 3, padding=1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.net(x)
+
+
+class ResidualDecoder(ConvDecoder):
+    """:class:`ConvDecoder` with ``blocks`` :class:`ResidualBlock` s before each transposed
+    convolution (at 7x7 and 14x14 for digits): the VAE's deeper decoder."""
+
+    def __init__(self, in_features: int, shape: tuple[int, int, int], width: int = 32, hidden: int = 512,
+                 cond: int = 0, blocks: int = 1):
+        super().__init__(in_features, shape, width, hidden, cond)
+        n = _downsamplings(shape[1])
+        widths = [min(width * 2 ** i, 256) for i in range(n)]
+        self.residual = nn.ModuleList(nn.Sequential(*(ResidualBlock(widths[i]) for _ in range(blocks)))
+                                      for i in reversed(range(n)))
+
+    def forward(self, z: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
+        x = self.head(z).view(-1, *self.start)
+        for residual, block in zip(self.residual, self.blocks):
+            x = residual(x)
+            if self.cond:
+                x = torch.cat([x, cond[:, :, None, None].expand(-1, -1, *x.shape[2:])], dim=1)
+            x = block(x)
+        return x
+
+
 class Refiner(nn.Module):
     """A small full-resolution convolutional net whose output is added to an image: local,
     shared weights learn sharpening from every patch of every image; starts at zero."""
@@ -163,12 +198,13 @@ class VAE(nn.Module):
     conditional = False
 
     def __init__(self, shape: tuple[int, int, int] = (1, 28, 28), latent: int = 20, width: int = 32,
-                 classes: int = 0):
+                 classes: int = 0, blocks: int = 0):
         super().__init__()
         self.shape, self.latent, self.classes = tuple(shape), latent, classes
         channels, h, w = shape
         self.encoder = ConvEncoder((channels + classes, h, w), 2 * latent, width)
-        self.decoder = ConvDecoder(latent + classes, shape, width, cond=classes)
+        self.decoder = (ResidualDecoder(latent + classes, shape, width, cond=classes, blocks=blocks) if blocks
+                        else ConvDecoder(latent + classes, shape, width, cond=classes))
 
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         mu, logsigma = self.encoder(x).chunk(2, dim=1)
@@ -200,8 +236,8 @@ class CVAE(VAE):
     conditional = True
 
     def __init__(self, shape: tuple[int, int, int] = (1, 28, 28), latent: int = 20, width: int = 32,
-                 classes: int = 10):
-        super().__init__(shape, latent, width, classes)
+                 classes: int = 10, blocks: int = 0):
+        super().__init__(shape, latent, width, classes, blocks)
 
     def one_hot(self, class_num: torch.Tensor) -> torch.Tensor:
         return F.one_hot(class_num.long(), self.classes).float()
@@ -224,15 +260,16 @@ class CVAE(VAE):
 
 
 def build_model(name: str, shape: tuple[int, int, int], latent: int, width: int = 32,
-                linear: bool = False, refine: int = 0) -> nn.Module:
+                linear: bool = False, refine: int = 0, blocks: int = 0) -> nn.Module:
     """The model behind ``--model``: ``ae`` and ``denoise`` are :class:`Autoencoder` (with
-    PCA's linear parts when ``linear``)."""
+    PCA's linear parts when ``linear``); the VAEs' decoder has ``blocks`` residual blocks per
+    resolution."""
     if name in ("ae", "denoise"):
         return Autoencoder(shape, latent, width, linear, refine)
     if name == "vae":
-        return VAE(shape, latent, width)
+        return VAE(shape, latent, width, blocks=blocks)
     if name == "cvae":
-        return CVAE(shape, latent, width)
+        return CVAE(shape, latent, width, blocks=blocks)
     raise ValueError(f"unknown model {name!r}; expected one of {', '.join(MODEL_NAMES)}")
 
 

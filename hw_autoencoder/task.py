@@ -8,7 +8,7 @@ from torch import nn
 
 from core.trainer import Task
 
-from .data import add_noise, jitter_faces
+from .data import add_noise, jitter_faces, random_shifts
 from .models import VAE, KL_divergence, elbo_terms, log_likelihood
 
 
@@ -44,11 +44,13 @@ class AutoencoderTask(Task):
 class VAETask(Task):
     """Minimises the negative ELBO ``rec + beta * kl`` per image (nats), ``rec = -log p(x|z)``;
     ``beta`` rises linearly from 0 to 1 over the first ``warmup`` share of the run's optimiser
-    steps (KL annealing, Bowman et al. 2016), then stays 1. Validation reports the full bound."""
+    steps (KL annealing, Bowman et al. 2016), then stays 1. With ``shift > 0`` each training
+    image is first moved by up to ``shift`` pixels (augmentation: a few thousand digits are
+    otherwise overfitted). Validation reports the full bound."""
 
-    def __init__(self, model: VAE, lr: float = 1e-3, warmup: float = 0.0):
+    def __init__(self, model: VAE, lr: float = 1e-3, warmup: float = 0.0, shift: int = 0):
         super().__init__()
-        self.model, self.lr, self.warmup = model, lr, warmup
+        self.model, self.lr, self.warmup, self.shift = model, lr, warmup, shift
 
     @property
     def beta(self) -> float:
@@ -62,6 +64,8 @@ class VAETask(Task):
 
     def training_step(self, batch):
         images, labels = batch[0], batch[1]
+        if self.shift:
+            images = random_shifts(images, self.shift)
         if self.model.conditional:
             mu, logsigma, reconstruction = self.model(images, labels)
         else:

@@ -42,8 +42,8 @@ JITTER = {"none": None, "shift": dict(shift=3.0, scale=0.05),
 RECIPES = {
     "ae": dict(epochs=20, batch_size=32, lr=1e-3, latent=64, refine=32, jitter="shift"),
     "denoise": dict(epochs=20, batch_size=32, lr=1e-3, latent=64, refine=32, jitter="shift"),
-    "vae": dict(epochs=10, batch_size=64, lr=1e-3, latent=20),
-    "cvae": dict(epochs=10, batch_size=64, lr=1e-3, latent=10),
+    "vae": dict(epochs=10, batch_size=64, lr=1e-3, latent=20, shift=0, blocks=0),
+    "cvae": dict(epochs=10, batch_size=64, lr=1e-3, latent=10, shift=0, blocks=0),
 }
 DOWNLOAD_DIR = "data/mnist"
 
@@ -62,6 +62,10 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument("--noise", type=cli.nonneg_float, default=0.5, help="denoise: the noise factor of X + f * N(0, 1)")
     group.add_argument("--warmup", type=cli.probability, default=0.0,
                        help="vae/cvae: share of the run over which the KL weight rises from 0 to 1")
+    group.add_argument("--shift", type=cli.nonneg_int, default=None,
+                       help="vae/cvae: move each training digit by up to this many pixels; None: the recipe's")
+    group.add_argument("--blocks", type=cli.nonneg_int, default=None,
+                       help="vae/cvae: residual blocks per resolution in the decoder; None: the recipe's")
     group.add_argument("--no-pca", action="store_true",
                        help="ae/denoise: a plain convolutional AE, without the linear part fixed to PCA's")
     group.add_argument("--refine", type=cli.nonneg_int, default=None,
@@ -104,6 +108,8 @@ def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Non
         parser.error("--model cvae: needs the digits' classes (--dataset digits)")
     if args.model in ("vae", "cvae"):
         args.refine = 0
+    else:
+        args.shift, args.blocks = args.shift or 0, args.blocks or 0
     cli.apply_recipe(args, RECIPES[args.model])
 
 
@@ -132,7 +138,7 @@ def Images(data: ImageSet, flip: bool = False) -> InMemoryImages:
 
 def make_task(args, model):
     if args.model in ("vae", "cvae"):
-        return VAETask(model, lr=args.lr, warmup=args.warmup)
+        return VAETask(model, lr=args.lr, warmup=args.warmup, shift=args.shift)
     return AutoencoderTask(model, lr=args.lr, noise=args.noise if args.model == "denoise" else 0.0,
                            jitter=JITTER[args.jitter or "none"])
 
@@ -161,7 +167,8 @@ def main(argv: list[str] | None = None) -> dict:
 
     torch.manual_seed(args.seed)
     linear = args.model in ("ae", "denoise") and not args.no_pca
-    model = build_model(args.model, data.shape, args.latent, args.width, linear, args.refine if linear else 0)
+    model = build_model(args.model, data.shape, args.latent, args.width, linear, args.refine if linear else 0,
+                        args.blocks)
     if linear:
         model.init_pca(train.images)
     echo(f"model: {type(model).__name__}, code size {args.latent}, {count_parameters(model):,} parameters")
@@ -176,7 +183,7 @@ def main(argv: list[str] | None = None) -> dict:
     if isinstance(model, Autoencoder):
         fit_code_gaussian(model, train.images)
     config = {"name": args.model, "shape": list(data.shape), "latent": args.latent, "width": args.width,
-              "dataset": args.dataset, "linear": linear, "refine": args.refine if linear else 0, "noise": args.noise if args.model == "denoise" else 0.0}
+              "dataset": args.dataset, "linear": linear, "refine": args.refine if linear else 0, "blocks": args.blocks, "noise": args.noise if args.model == "denoise" else 0.0}
     save_model(run / MODEL_FILE, model, config)
 
     metrics = {"epochs": len(history), "train_seconds": round(time.perf_counter() - start, 1),
