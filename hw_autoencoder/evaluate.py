@@ -102,7 +102,7 @@ def cvae_samples(model: VAE, per_class: int = 10, seed: int = 0,
 
 
 def score_cvae_samples(model: VAE, train: ImageSet, test: ImageSet, per_class: int = 10, seed: int = 0,
-                       draws: int = 10) -> dict:
+                       draws: int = 10, judge_steps: int = 700) -> dict:
     """How often an independent judge (:mod:`hw_autoencoder.judge`, a small CNN trained on the
     real training digits only) reads the digit asked for in ``per_class`` CVAE samples of each
     digit, as the mean over ``draws`` seeded draws (``seed``, ``seed + 1``, ...; one draw of
@@ -110,8 +110,8 @@ def score_cvae_samples(model: VAE, train: ImageSet, test: ImageSet, per_class: i
     (``sample_recognised``, its spread over the draws ``sample_recognised_sd`` and its worst
     digit ``sample_recognised_worst``) and from the prior's spread halved
     (``sample_recognised_t05``, ``--temperature 0.5``); and the judge's own accuracy on the
-    real test digits (``classifier_real_accuracy``)."""
-    judge = digit_judge(train.images, train.labels, seed)
+    real test digits (``classifier_real_accuracy``). ``judge_steps``: its training batches."""
+    judge = digit_judge(train.images, train.labels, seed, judge_steps)
     metrics = {}
     for key, temperature in (("sample_recognised", 1.0), ("sample_recognised_t05", 0.5)):
         hits = []
@@ -128,12 +128,13 @@ def score_cvae_samples(model: VAE, train: ImageSet, test: ImageSet, per_class: i
             "classifier_real_accuracy": float((real == test.labels).float().mean())}
 
 
-def score(model, config: dict, test: ImageSet, train: ImageSet | None, seed: int = 0) -> dict:
-    """The metrics of ``evaluate`` for any model of this homework."""
+def score(model, config: dict, test: ImageSet, train: ImageSet | None, seed: int = 0, judge_steps: int = 700) -> dict:
+    """The metrics of ``evaluate`` for any model of this homework (``judge_steps``: see
+    :func:`score_cvae_samples`; fewer for a dry run)."""
     if isinstance(model, VAE):
         metrics = score_vae(model, test, seed)
         if model.conditional and train is not None:
-            metrics.update(score_cvae_samples(model, train, test, seed=seed))
+            metrics.update(score_cvae_samples(model, train, test, seed=seed, judge_steps=judge_steps))
         return metrics
     return score_autoencoder(model, test, train, config.get("noise", 0.0), seed)
 

@@ -64,7 +64,7 @@ def classify(model: DigitNet, images: torch.Tensor, batch_size: int = 1000) -> t
     return torch.cat([model(images[i:i + batch_size].float()).argmax(1) for i in range(0, len(images), batch_size)])
 
 
-def digit_judge(train_images: torch.Tensor, train_labels: torch.Tensor, seed: int = 0) -> DigitNet:
+def digit_judge(train_images: torch.Tensor, train_labels: torch.Tensor, seed: int = 0, steps: int = 700) -> DigitNet:
     """The judge of :func:`hw_autoencoder.evaluate.score_cvae_samples`, announced in one line."""
     echo(f"judge: a small CNN trained on the {len(train_images)} real training digits (seed {seed})")
-    return train_digit_classifier(train_images, train_labels, seed=seed)
+    return train_digit_classifier(train_images, train_labels, steps, seed)
