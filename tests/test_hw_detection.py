@@ -216,6 +216,35 @@ def test_mmdet_targets_match_the_native_encoding(mmdet):
     assert avg_factor == 3
 
 
+def test_mmdet_centred_affine_scales_about_the_centre_and_moves_the_box_with_the_pixels(mmdet):
+    from mmdet.registry import TRANSFORMS
+    from mmdet.structures.bbox import HorizontalBoxes
+
+    from hw_detection.mmdet_backend import CENTRED_AFFINE, require_mmdet
+
+    require_mmdet()                                                      # registers the transform
+
+    def warped(kind: str, scale: float) -> tuple[np.ndarray, np.ndarray]:
+        image = np.zeros((64, 96, 3), np.uint8)
+        image[24:40, 40:56] = 255                                        # a 16 x 16 square, centred
+        affine = TRANSFORMS.build(dict(type=kind, max_rotate_degree=0, max_shear_degree=0, max_translate_ratio=0,
+                                       scaling_ratio_range=(scale, scale), border_val=(0, 0, 0)))
+        out = affine.transform(dict(img=image, img_shape=(64, 96), gt_bboxes_labels=np.array([0]),
+                                    gt_bboxes=HorizontalBoxes(np.array([[40, 24, 56, 40]], np.float32)),
+                                    gt_ignore_flags=np.array([False])))
+        ys, xs = np.nonzero(out["img"][..., 0] > 127)
+        return out["gt_bboxes"].tensor.numpy()[0], np.array([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1])
+
+    box, drawn = warped(CENTRED_AFFINE, 0.5)
+    np.testing.assert_allclose(box, [44, 28, 52, 36], atol=1e-4)      # half the size, same centre (48, 32)
+    assert np.abs(box - drawn).max() <= 1
+    box, drawn = warped(CENTRED_AFFINE, 1.5)
+    np.testing.assert_allclose(box, [36, 20, 60, 44], atol=1e-4)
+    assert np.abs(box - drawn).max() <= 1
+    box, _ = warped("RandomAffine", 0.5)                                # MMDetection's own: about the corner
+    np.testing.assert_allclose(box, [20, 12, 28, 20], atol=1e-4)
+
+
 def test_mmdet_one_training_iteration_and_a_prediction(mmdet):
     from mmdet.structures import DetDataSample
     from mmengine.optim import OptimWrapper
@@ -253,10 +282,14 @@ def test_mmdet_backend_train_and_evaluate_commands(mmdet, tmp_path, runs_root, m
 
 # -- real data ----------------------------------------------------------------------------------------
 REAL_RUN = ["--size", "256", "--epochs", "4", "--batch-size", "4"]
+# map50 on the 18 validation images after REAL_RUN (a network that has not learnt to localise
+# scores 0.0003-0.0008): the native backend reached 0.090 and 0.095 (seeds 42 and 1), the
+# mmdet backend 0.029 and 0.015
+MIN_MAP50 = {"torch": 0.03, "mmdet": 0.005}
 
 
 @pytest.mark.realdata
-@pytest.mark.parametrize("backend", ["torch"])
+@pytest.mark.parametrize("backend", ["torch", "mmdet"])
 def test_short_real_run_finds_hard_hats(backend, dls_data, tmp_path, runs_root, request):
     from conftest import real_dataset
 
@@ -265,4 +298,4 @@ def test_short_real_run_finds_hard_hats(backend, dls_data, tmp_path, runs_root, 
     root = real_dataset(dls_data, "hardhat")
     metrics = train_main(REAL_RUN + ["--backend", backend, "--data-dir", str(root), "--run-dir", str(tmp_path / "run")])
     assert metrics["val_images"] == 18             # 15 % of the 120 images
-    assert metrics["map50"] > 0.01, metrics        # from scratch, four epochs: far from good, clearly not chance
+    assert metrics["map50"] > MIN_MAP50[backend], metrics   # from scratch, four epochs: far from good, not chance
