@@ -18,7 +18,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torchvision.transforms import v2
 
 from core.detection.augment import DetectionDataset, DetectionSample
 
@@ -78,14 +77,11 @@ class PlateNet(nn.Module):
 class PlateDetectionDataset(DetectionDataset):
     """``core.detection``'s dataset and augmentation over photos held in memory, squashed once
     to ``size x size`` (the transform's resize is then free), without the hue jitter: its HSV
-    round trip costs about three times the rest of the augmentation on a CPU, and plates come
-    in every colour anyway (brightness, contrast and saturation jitter stay)."""
+    round trip is the costliest step of the augmentation on a CPU, and plates come in every
+    colour anyway (brightness, contrast and saturation jitter stay)."""
 
     def __init__(self, photos: Sequence[Photo], size: int, train: bool = False):
-        super().__init__(detection_samples(photos, size), size, train)
-        for step in self.transform.transforms:
-            if isinstance(step, v2.ColorJitter):
-                step.hue = None
+        super().__init__(detection_samples(photos, size), size, train, hue=0.0)
 
 
 def detection_samples(photos: Sequence[Photo], size: int | None = None) -> list[DetectionSample]:

@@ -59,6 +59,23 @@ def test_augmentation_keeps_the_box_on_a_drawn_rectangle():
     assert target["boxes"][0].tolist() == pytest.approx([64.0, 42.667, 140.8, 102.4], abs=1e-3)
 
 
+def test_augmentation_follows_torch_seed_and_keeps_images_without_boxes():
+    rng = np.random.default_rng(0)
+    sample = DetectionSample(rng.integers(0, 255, (60, 80, 3), dtype=np.uint8),
+                             np.array([[10, 10, 40, 30]], np.float32), np.array([0]))
+    empty = DetectionSample(sample.image, np.zeros((0, 4), np.float32), np.zeros(0, np.int64))
+    train = DetectionDataset([sample, empty], size=64, train=True)
+    torch.manual_seed(5)
+    first = train[0]
+    torch.manual_seed(5)
+    again = train[0]
+    other = train[0]
+    assert torch.equal(first[0], again[0]) and torch.equal(first[1]["boxes"], again[1]["boxes"])
+    assert not torch.equal(first[0], other[0])              # a new draw for the next sample
+    x, target = train[1]
+    assert x.shape == (3, 64, 64) and target["boxes"].shape == (0, 4) and target["labels"].shape == (0,)
+
+
 # -- CenterNet targets, loss, decoding ---------------------------------------------------------
 def test_gaussian_radius_follows_the_three_cases():
     # exact roots: for a 10 x 10 box at IoU 0.7, shrinking, (10-2r)^2/100 = 0.7, gives the smallest

@@ -3,7 +3,7 @@
 Modules:
 
 - :mod:`core.detection.boxes`: box conversions, clipping with a count, IoU (torchvision.ops).
-- :mod:`core.detection.augment`: box-aware augmentation (torchvision.transforms.v2) and a
+- :mod:`core.detection.augment`: box-aware augmentation (albumentations) and a
   :class:`DetectionDataset` with its collate function.
 - :mod:`core.detection.centernet`: CenterNet (Zhou et al., 2019, "Objects as Points"):
   ResNet-18 + deconvolution neck (optional DCNv2) + heatmap/size/offset heads, target

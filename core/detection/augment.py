@@ -1,15 +1,19 @@
-"""Box-aware augmentation (torchvision.transforms.v2) and the dataset every detector reads.
+"""Box-aware augmentation (albumentations, as the other homeworks) and the dataset every detector reads.
 
 The training pipeline follows MMDetection's CenterNet recipe in spirit (random centre crop
-and scale, flip, photometric distortion), with torchvision's box-aware transforms so that
+and scale, flip, photometric distortion), with albumentations' box-aware transforms so that
 boxes move with the pixels:
 
-1. resize to ``size x size``;
-2. random scale (0.6-1.4) and shift (up to 15 % of the side): a random crop or zoom-out;
+1. resize to ``size x size`` (area interpolation when shrinking);
+2. random scale (0.6-1.4) about the centre and shift (up to 15 % of the side): a random crop
+   or zoom-out (``A.Affine``);
 3. horizontal flip with probability 0.5;
-4. brightness / contrast / saturation / hue jitter;
-5. boxes clipped to the image; boxes left smaller than 2 px (cut off by the crop) dropped
-   with their labels.
+4. brightness / contrast / saturation / hue jitter (``A.ColorJitter``, torchvision's factors);
+5. boxes clipped to the image; boxes left narrower or lower than 2 px (cut off by the crop)
+   dropped with their labels.
+
+The random draws are seeded from torch's generator for every sample, so ``torch.manual_seed``
+makes a run repeatable and each DataLoader worker draws its own augmentations.
 """
 from __future__ import annotations
 
@@ -17,27 +21,28 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+import albumentations as A
+import cv2
 import numpy as np
 import torch
 from torch.utils.data import Dataset
-from torchvision import tv_tensors
-from torchvision.transforms import v2
 
 from core.data import load_image_array
 
 
 def detection_transform(size: int, train: bool, scale: tuple[float, float] = (0.6, 1.4),
-                        shift: float = 0.15, flip: float = 0.5, colour: float = 0.3) -> v2.Compose:
-    """The transform ``(image uint8 (3, H, W), {"boxes", "labels"}) -> (float image in [0, 1]
-    (3, size, size), target)``: resize only, or the training augmentation above."""
-    steps: list = [v2.Resize((size, size), antialias=True)]
+                        shift: float = 0.15, flip: float = 0.5, colour: float = 0.3, hue: float = 0.02) -> A.Compose:
+    """The transform ``(image=uint8 (H, W, 3), bboxes=(N, 4) x1 y1 x2 y2, labels=(N,)) -> same at
+    size x size``: resize only, or the training augmentation above (``hue=0`` skips the HSV
+    round trip, the costliest step on a CPU)."""
+    steps: list = [A.Resize(size, size, interpolation=cv2.INTER_AREA)]
     if train:
-        steps += [v2.RandomAffine(degrees=0, translate=(shift, shift), scale=scale, fill=0),
-                  v2.RandomHorizontalFlip(flip),
-                  v2.ColorJitter(brightness=colour, contrast=colour, saturation=colour, hue=0.02)]
-    steps += [v2.ClampBoundingBoxes(), v2.SanitizeBoundingBoxes(min_size=2.0),
-              v2.ToDtype(torch.float32, scale=True)]
-    return v2.Compose(steps)
+        steps += [A.Affine(scale=scale, translate_percent=(-shift, shift), keep_ratio=True, interpolation=cv2.INTER_LINEAR,
+                           border_mode=cv2.BORDER_CONSTANT, fill=0, p=1.0),
+                  A.HorizontalFlip(p=flip),
+                  A.ColorJitter(brightness=colour, contrast=colour, saturation=colour, hue=hue, p=1.0)]
+    boxes = A.BboxParams(format="pascal_voc", label_fields=["labels"], min_width=2, min_height=2, clip=True)
+    return A.Compose(steps, bbox_params=boxes)
 
 
 @dataclass
@@ -63,26 +68,28 @@ class DetectionSample:
 
 class DetectionDataset(Dataset):
     """``(image (3, size, size) float in [0, 1], {"boxes": (N, 4), "labels": (N,)})`` per sample,
-    boxes in the resized (and, with ``train=True``, augmented) image's pixels."""
+    boxes in the resized (and, with ``train=True``, augmented) image's pixels.
+    ``transform_options`` go to :func:`detection_transform` (``hue=0``, ``scale=...``)."""
 
-    def __init__(self, samples: Sequence[DetectionSample], size: int, train: bool = False):
+    def __init__(self, samples: Sequence[DetectionSample], size: int, train: bool = False, **transform_options):
         self.samples = list(samples)
-        self.size = size
-        self.transform = detection_transform(size, train)
+        self.size, self.train = size, train
+        self.transform = detection_transform(size, train, **transform_options)
 
     def __len__(self) -> int:
         return len(self.samples)
 
     def __getitem__(self, index: int):
         sample = self.samples[index]
-        array = sample.load()
-        image = tv_tensors.Image(torch.from_numpy(np.array(array)).permute(2, 0, 1))
-        boxes = tv_tensors.BoundingBoxes(torch.as_tensor(sample.boxes, dtype=torch.float32).reshape(-1, 4),
-                                         format="XYXY", canvas_size=tuple(array.shape[:2]))
-        labels = torch.as_tensor(sample.labels, dtype=torch.int64).reshape(-1)
-        image, target = self.transform(image, {"boxes": boxes, "labels": labels})
-        return image.as_subclass(torch.Tensor), {"boxes": target["boxes"].as_subclass(torch.Tensor),
-                                                 "labels": target["labels"]}
+        if self.train:  # albumentations keeps its own generator: draw its seed from torch's
+            self.transform.set_random_seed(int(torch.randint(2 ** 31 - 1, ())))
+        out = self.transform(image=np.ascontiguousarray(sample.load()),
+                             bboxes=np.asarray(sample.boxes, dtype=np.float32).reshape(-1, 4),
+                             labels=np.asarray(sample.labels, dtype=np.int64).reshape(-1))
+        image = torch.from_numpy(out["image"]).permute(2, 0, 1).float().div(255)
+        boxes = torch.as_tensor(np.asarray(out["bboxes"], dtype=np.float32)).reshape(-1, 4)
+        labels = torch.as_tensor(np.asarray(out["labels"]), dtype=torch.int64).reshape(-1)
+        return image, {"boxes": boxes, "labels": labels}
 
 
 def collate(batch: list) -> tuple[torch.Tensor, list[dict]]:
