@@ -11,7 +11,8 @@ batches of 128 reshuffled each epoch, the BCE + KLD summed over the batch, a sam
 every forward pass) until that many CPU seconds have passed. CPU time, not wall time, so that
 other jobs on a shared machine do not tilt the comparison. Both are scored with the same
 one-sample estimate of the negative ELBO in nats per image (``score_vae``) on the 2000 held-out
-digits of split seed 0. ``--seeds K`` repeats both with seeds 0..K-1. Prints one JSON line.
+digits of split seed 0. ``--seeds K`` repeats both with seeds 0..K-1 (``--first-seed F``:
+F..F+K-1, to run seeds in parallel processes). Prints one JSON line.
 """
 from __future__ import annotations
 
@@ -100,7 +101,8 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=None,
                         help="a budget instead: our VAE gets this many seconds of wall time (--time-limit), "
                              "the reference as many CPU seconds (at least the CPU time ours used)")
-    parser.add_argument("--seeds", type=int, default=1, help="repeat with seeds 0, 1, ... (both models)")
+    parser.add_argument("--seeds", type=int, default=1, help="repeat with this many seeds (both models)")
+    parser.add_argument("--first-seed", type=int, default=0, help="the first of the seeds")
     parser.add_argument("--reference-seconds", type=float, default=None,
                         help="train only the reference, for this many CPU seconds")
     args = parser.parse_args()
@@ -110,7 +112,7 @@ def main() -> None:
     train, test = data.subset(train_ix), data.subset(test_ix)
 
     rows = []
-    for seed in range(args.seeds):
+    for seed in range(args.first_seed, args.first_seed + args.seeds):
         if args.reference_seconds:
             ours, cpu_seconds = {}, args.reference_seconds
         else:
@@ -118,7 +120,7 @@ def main() -> None:
             cpu_seconds = max(cpu_seconds, args.seconds or 0)
         reference, reference_epochs = train_reference(train.images, cpu_seconds, seed)
         theirs = score_vae(reference, test)
-        rows.append({"cpu_seconds": round(cpu_seconds, 1), "ours_nelbo": round(ours.get("test_nelbo", float("nan")), 2),
+        rows.append({"seed": seed, "cpu_seconds": round(cpu_seconds, 1), "ours_nelbo": round(ours.get("test_nelbo", float("nan")), 2),
                      "ours_rec": round(ours.get("test_rec", float("nan")), 2),
                      "ours_kl": round(ours.get("test_kl", float("nan")), 2), "ours_epochs": ours.get("epochs", 0),
                      "reference_nelbo": round(theirs["nelbo"], 2), "reference_rec": round(theirs["rec"], 2),
@@ -126,7 +128,7 @@ def main() -> None:
     mean = {key: round(sum(row[key] for row in rows) / len(rows), 2) for key in ("ours_nelbo", "reference_nelbo")}
     print(json.dumps({
         "data": "MNIST" if source.root else "built-in digits", "train_images": len(train), "test_images": len(test),
-        "threads": torch.get_num_threads(), "seeds": args.seeds, **{f"mean_{k}": v for k, v in mean.items()},
+        "threads": torch.get_num_threads(), "seeds": [row["seed"] for row in rows], **{f"mean_{k}": v for k, v in mean.items()},
         "mean_nelbo_difference": round(mean["reference_nelbo"] - mean["ours_nelbo"], 2), "runs": rows,
     }))
 

@@ -42,7 +42,7 @@ JITTER = {"none": None, "shift": dict(shift=3.0, scale=0.05),
 RECIPES = {
     "ae": dict(epochs=20, batch_size=32, lr=1e-3, latent=64, refine=32, jitter="shift"),
     "denoise": dict(epochs=20, batch_size=32, lr=1e-3, latent=64, refine=32, jitter="shift"),
-    "vae": dict(epochs=10, batch_size=64, lr=1e-3, latent=20, shift=0, blocks=0),
+    "vae": dict(epochs=20, batch_size=64, lr=1e-3, latent=20, shift=0, blocks=1),
     "cvae": dict(epochs=10, batch_size=64, lr=1e-3, latent=3, shift=0, blocks=0),
 }
 DOWNLOAD_DIR = "data/mnist"

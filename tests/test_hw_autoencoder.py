@@ -95,6 +95,19 @@ def test_sampler_returns_mu_in_eval_and_a_gaussian_in_train():
     assert z.std(0).tolist() == pytest.approx([0.5, 1.0, 2.0], rel=0.03)
 
 
+def test_residual_decoder_keeps_the_vae_interface():
+    torch.manual_seed(0)
+    plain, deep = VAE((1, 28, 28), latent=4, width=8).eval(), VAE((1, 28, 28), latent=4, width=8, blocks=2).eval()
+    x = torch.rand(3, 1, 28, 28)
+    mu, logsigma, reconstruction = deep(x)
+    assert mu.shape == logsigma.shape == (3, 4) and reconstruction.shape == (3, 1, 28, 28)
+    assert ((reconstruction > 0) & (reconstruction < 1)).all()
+    # two blocks at 7x7 (16 channels), two at 14x14 (8); a block of c channels: two 3x3 convolutions
+    # (one with a bias) and two batch norms, 2 * 9 c^2 + 5 c parameters
+    extra = sum(p.numel() for p in deep.parameters()) - sum(p.numel() for p in plain.parameters())
+    assert extra == sum(2 * (2 * 9 * c * c + 5 * c) for c in (16, 8))
+
+
 def test_cvae_joins_the_class_to_encoder_and_decoder():
     torch.manual_seed(0)
     model = CVAE((1, 28, 28), latent=4, width=4).eval()
@@ -464,6 +477,11 @@ def digit_runs(tmp_path_factory):
 
 
 def test_vae_metrics_are_the_elbo_terms(digit_runs):
+    from hw_autoencoder.latent import load_model
+    from hw_autoencoder.models import ResidualBlock
+
+    model, config = load_model(digit_runs / "vae")                 # the recipe's residual decoder comes back
+    assert config["blocks"] == 1 and sum(isinstance(m, ResidualBlock) for m in model.modules()) == 2
     metrics = json.loads((digit_runs / "vae" / "metrics.json").read_text())
     assert metrics["test_nelbo"] == pytest.approx(metrics["test_rec"] + metrics["test_kl"])
     assert metrics["test_kl"] >= 0 and metrics["test_rec"] > 0
