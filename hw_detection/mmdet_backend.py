@@ -9,7 +9,7 @@ connections from the backbone (registered here into MMDetection's model registry
 both backends train the same network; ``--no-skips`` gives ``CTResNetNeck`` exactly. Without
 the skips a randomly initialised CenterNet barely localises after a short run in either
 backend (map50 0.0008 native, 0.0003 here, after 4 epochs at 256 px on the shared hard-hat
-images; with them 0.09 native, 0.015-0.03 here). It is trained by mmengine's ``Runner`` from
+images; with them 0.06-0.11 native, 0.015-0.03 here). It is trained by mmengine's ``Runner`` from
 COCO json files written from the same VOC loader
 (``<run>/mmdet/train.json``). Augmentation: resize to ``size x size``, random scale 0.6-1.4 about
 the centre and shift 15 % (``CentredRandomAffine``, registered here), flip, photometric distortion.
