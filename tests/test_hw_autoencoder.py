@@ -249,8 +249,8 @@ def test_digit_judge_reads_real_digits():
 
 def test_cvae_digits_are_recognised_by_the_judge(runs_root, monkeypatch):
     """A 12-epoch CVAE on the built-in digits: the CNN judge trained on real digits recognises
-    the requested digit in 70 % or more of 10 samples per digit, averaged over 10 draws
-    (chance: 10 %), and at half the prior's spread in 90 % or more."""
+    the requested digit in 85 % or more of 10 samples per digit, averaged over 10 draws
+    (chance: 10 %; 95 % measured), and at half the prior's spread in 90 % or more (100 %)."""
     from hw_autoencoder.evaluate import score_cvae_samples
     from hw_autoencoder.latent import load_model
     from hw_autoencoder.train import main
@@ -259,7 +259,7 @@ def test_cvae_digits_are_recognised_by_the_judge(runs_root, monkeypatch):
     metrics = main(["--model", "cvae", "--epochs", "12", "--width", "16", "--latent", "8", "--lr", "2e-3",
                     "--run-dir", str(runs_root / "cvae")])
     assert metrics["test_sample_draws"] == 1000
-    assert metrics["test_sample_recognised"] >= 0.7 and metrics["test_sample_recognised_t05"] >= 0.9
+    assert metrics["test_sample_recognised"] >= 0.85 and metrics["test_sample_recognised_t05"] >= 0.9
     assert 0 <= metrics["test_sample_recognised_worst"] <= metrics["test_sample_recognised"]
     assert metrics["test_classifier_real_accuracy"] > 0.95
     model, _ = load_model(runs_root / "cvae")
