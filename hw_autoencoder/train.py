@@ -8,7 +8,8 @@
 ``ae`` and ``denoise`` default to the faces (``$DLS_DATA/faces``), ``vae`` and ``cvae`` to the
 digits (``$DLS_DATA/mnist``); ``--dataset`` picks the other. The images are split once
 (``--split-seed``): 20 % held out for the final figures, 10 % of the rest to watch training.
-Epochs, batch size, learning rate and code size default to the recipe of the model (printed).
+Epochs, batch size, learning rate and code size default to the recipe of the model (printed);
+``--time-limit MINUTES`` fits the epochs to a budget instead.
 The run folder gets history.csv, best.pt/last.pt, model.pt (the final weights, for evaluate,
 explore and sample), metrics.json (the held-out figures) and plots.
 """
@@ -36,7 +37,6 @@ from .models import MODEL_NAMES, Autoencoder, build_model
 from .task import AutoencoderTask, VAETask
 
 DATASET_OF = {"ae": "faces", "denoise": "faces", "vae": "digits", "cvae": "digits"}
-FACES_MINUTES = 10.0  # ae/denoise on real faces with neither --epochs nor --time-limit: the epochs that fit
 JITTER = {"none": None, "shift": dict(shift=3.0, scale=0.05),
           "full": dict(shift=3.0, scale=0.05, rotate=5.0, brightness=0.1)}  # jitter_faces' arguments
 RECIPES = {
@@ -146,12 +146,9 @@ def make_task(args, model):
 def main(argv: list[str] | None = None) -> dict:
     parser = build_parser()
     args = cli.parse_args(parser, argv)
-    timed = args.model in ("ae", "denoise") and args.epochs is None and args.time_limit is None
     check_args(parser, args)
     fetch_digits(args, parser, args.dataset)
     data, source = load_dataset(args.dataset, args.data_dir, args.n_images)
-    if timed and not source.builtin:
-        args.time_limit = FACES_MINUTES
     echo(f"dataset: {data.description}")
     if data.attrs is None and data.attrs_note:
         echo(f"note: {data.attrs_note}")
