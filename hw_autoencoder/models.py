@@ -160,16 +160,21 @@ class Autoencoder(nn.Module):
                 nn.init.zeros_(layer.bias)
 
     @torch.no_grad()
-    def init_pca(self, images: torch.Tensor) -> None:
+    def init_pca(self, images: torch.Tensor, noise: float = 0.0) -> None:
         """Set the linear parts to the PCA of ``images`` (N, C, H, W): the mean image and the
-        top ``latent`` right singular vectors of the centred images."""
+        top ``latent`` right singular vectors of the centred images. With ``noise`` (the std of
+        Gaussian noise on the inputs, a denoising AE) component ``i`` of variance ``l_i`` is
+        scaled by ``sqrt(l_i / (l_i + noise^2))``, so that encoding and decoding shrink it by
+        ``l_i / (l_i + noise^2)``: the linear part starts as the Wiener (linear MMSE) denoiser
+        restricted to the top components instead of PCA's plain projection."""
         x = images.flatten(1).float().to(self.mean.device)
         mean = x.mean(0)
-        _, _, vh = torch.linalg.svd(x - mean, full_matrices=False)
+        _, singular, vh = torch.linalg.svd(x - mean, full_matrices=False)
         k = min(self.latent, vh.shape[0])
+        variance = singular[:k] ** 2 / max(len(x) - 1, 1)
         self.mean.copy_(mean)
         self.components.zero_()
-        self.components[:k] = vh[:k]
+        self.components[:k] = vh[:k] * torch.sqrt(variance / (variance + noise ** 2))[:, None]
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         code = self.encoder(x)

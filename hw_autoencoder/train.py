@@ -167,7 +167,7 @@ def main(argv: list[str] | None = None) -> dict:
     model = build_model(args.model, data.shape, args.latent, args.width, linear, args.refine if linear else 0,
                         args.blocks)
     if linear:
-        model.init_pca(train.images)
+        model.init_pca(train.images, args.noise if args.model == "denoise" else 0.0)
     echo(f"model: {type(model).__name__}, code size {args.latent}, {count_parameters(model):,} parameters")
     task = make_task(args, model)
     args.data_root = str(source.root) if source.root else None

@@ -136,6 +136,24 @@ def test_autoencoder_starts_as_pca_with_as_many_components():
     assert code.shape == (20, 8)
 
 
+def test_a_denoising_autoencoder_starts_as_the_wiener_filter_of_its_rank():
+    from sklearn.decomposition import PCA
+
+    faces = make_faces(120, seed=1)
+    model = Autoencoder((3, 64, 64), latent=8, width=4, linear=True)
+    model.init_pca(faces.images[:100], noise=0.5)
+    noisy = faces.images[100:] + 0.5 * torch.randn(20, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    model.eval()
+    with torch.no_grad():
+        denoised, _ = model(noisy)
+    pca = PCA(8).fit(faces.images[:100].flatten(1).numpy())     # explained_variance_: l_i, over n - 1
+    shrink = pca.explained_variance_ / (pca.explained_variance_ + 0.25)
+    coords = pca.transform(noisy.flatten(1).numpy()) * shrink
+    expected = (pca.mean_ + coords @ pca.components_).clip(0, 1)
+    np.testing.assert_allclose(denoised.flatten(1).numpy(), expected, atol=2e-4)
+    assert 0.2 < shrink.min() < shrink.max() < 1
+
+
 def test_jitter_faces_moves_scales_and_brightens_within_its_bounds():
     from hw_autoencoder.data import jitter_faces
 
