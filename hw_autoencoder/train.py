@@ -41,7 +41,7 @@ JITTER = {"none": None, "shift": dict(shift=3.0, scale=0.05),
           "full": dict(shift=3.0, scale=0.05, rotate=5.0, brightness=0.1)}  # jitter_faces' arguments
 RECIPES = {
     "ae": dict(epochs=20, batch_size=32, lr=1e-3, latent=64, refine=32, jitter="shift"),
-    "denoise": dict(epochs=20, batch_size=32, lr=1e-3, latent=64, refine=32, jitter="shift"),
+    "denoise": dict(epochs=20, batch_size=32, lr=1e-3, latent=256, refine=32, jitter="shift"),
     "vae": dict(epochs=20, batch_size=64, lr=1e-3, latent=20, shift=0, blocks=1),
     "cvae": dict(epochs=10, batch_size=64, lr=1e-3, latent=3, shift=0, blocks=0),
 }
@@ -57,7 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument("--model", choices=MODEL_NAMES, default="ae", help="ae, vae, cvae or denoise")
     group.add_argument("--dataset", choices=("faces", "digits"), default=None,
                        help="faces for ae/denoise, digits for vae/cvae")
-    group.add_argument("--latent", type=cli.positive_int, default=None, help="code size; None: the recipe's (64 AE, 20 VAE, 3 CVAE)")
+    group.add_argument("--latent", type=cli.positive_int, default=None, help="code size; None: the recipe's (64 AE, 256 denoising AE, 20 VAE, 3 CVAE)")
     group.add_argument("--width", type=cli.positive_int, default=32, help="channels of the first convolution")
     group.add_argument("--noise", type=cli.nonneg_float, default=0.5, help="denoise: the noise factor of X + f * N(0, 1)")
     group.add_argument("--warmup", type=cli.probability, default=0.0,
