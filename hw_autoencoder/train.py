@@ -157,7 +157,8 @@ def main(argv: list[str] | None = None) -> dict:
     echo(f"split: {len(train)} train / {len(val)} val / {len(test)} held-out test (split seed {args.split_seed})")
     echo("recipe: " + "  ".join(f"{k}={getattr(args, k)}" for k in RECIPES[args.model]) + f"  model={args.model}"
          + (f"  time_limit={args.time_limit:g} min (the epochs that fit)" if args.time_limit else ""))
-    train_loader = DataLoader(Images(train, flip=args.dataset == "faces" and not args.no_flip),
+    flip = args.dataset == "faces" and not args.no_flip
+    train_loader = DataLoader(Images(train, flip=flip),
                               batch_size=args.batch_size, shuffle=True, num_workers=args.num_workers,
                               drop_last=len(train) > args.batch_size)
     val_loader = DataLoader(Images(val), batch_size=256, num_workers=args.num_workers)
@@ -167,7 +168,7 @@ def main(argv: list[str] | None = None) -> dict:
     model = build_model(args.model, data.shape, args.latent, args.width, linear, args.refine if linear else 0,
                         args.blocks)
     if linear:
-        model.init_pca(train.images, args.noise if args.model == "denoise" else 0.0)
+        model.init_pca(train.images, args.noise if args.model == "denoise" else 0.0, mirror=flip)
     echo(f"model: {type(model).__name__}, code size {args.latent}, {count_parameters(model):,} parameters")
     task = make_task(args, model)
     args.data_root = str(source.root) if source.root else None

@@ -136,6 +136,26 @@ def test_autoencoder_starts_as_pca_with_as_many_components():
     assert code.shape == (20, 8)
 
 
+def test_a_mirrored_start_is_the_pca_of_the_photos_and_their_mirror_images():
+    from sklearn.decomposition import PCA
+
+    faces = make_faces(120, seed=2)
+    model = Autoencoder((3, 64, 64), latent=8, width=4, linear=True)
+    model.init_pca(faces.images[:100], mirror=True)
+    model.eval()
+    with torch.no_grad():
+        reconstruction, _ = model(faces.images[100:])
+    both = torch.cat([faces.images[:100], faces.images[:100].flip(-1)]).flatten(1).numpy()
+    pca = PCA(8).fit(both)
+    expected = pca.inverse_transform(pca.transform(faces.images[100:].flatten(1).numpy())).clip(0, 1)
+    np.testing.assert_allclose(reconstruction.flatten(1).numpy(), expected, atol=2e-4)
+    # the mean image of the photos and their mirror images is symmetric
+    mean = model.mean.view(3, 64, 64)
+    assert torch.allclose(mean, mean.flip(-1), atol=1e-6)
+    plain = PCA(8).fit(faces.images[:100].flatten(1).numpy())
+    assert not np.allclose(plain.mean_, pca.mean_, atol=1e-3)     # the option changes the start
+
+
 def test_a_denoising_autoencoder_starts_as_the_wiener_filter_of_its_rank():
     from sklearn.decomposition import PCA
 
