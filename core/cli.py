@@ -419,6 +419,17 @@ def recipe_epilog(recipes: dict[str, dict]) -> str:
         f"{name}: " + ", ".join(f"{k}={v}" for k, v in recipe.items()) for name, recipe in recipes.items())
 
 
+def make_recipe_parser(prog: str, description: str, recipes: dict[str, dict]) -> argparse.ArgumentParser:
+    """:func:`make_parser` for a training command whose epochs, batch size and learning rate
+    default to a recipe: the data and training options (those three left at None for
+    :func:`apply_recipe`) and the recipes listed in ``--help`` (:func:`recipe_epilog`)."""
+    parser = make_parser(prog, description)
+    parser.epilog = recipe_epilog(recipes)
+    add_data_args(parser)
+    add_training_args(parser, epochs=None, batch_size=None, lr=None)
+    return parser
+
+
 def apply_recipe(args: argparse.Namespace, recipe: dict, skip: tuple[str, ...] = ()) -> dict:
     """Set each option of ``recipe`` (except ``skip``) that the user left at None to the
     recipe's value; return the recipe's options with their final values (for the printed line)."""

@@ -49,10 +49,7 @@ DOWNLOAD_DIR = "data/mnist"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = cli.make_parser("hw_autoencoder.train", __doc__.split("\n")[0])
-    parser.epilog = cli.recipe_epilog(RECIPES)
-    cli.add_data_args(parser)
-    cli.add_training_args(parser, epochs=None, batch_size=None, lr=None)
+    parser = cli.make_recipe_parser("hw_autoencoder.train", __doc__.split("\n")[0], RECIPES)
     group = parser.add_argument_group("autoencoder")
     group.add_argument("--model", choices=MODEL_NAMES, default="ae", help="ae, vae, cvae or denoise")
     group.add_argument("--dataset", choices=("faces", "digits"), default=None,

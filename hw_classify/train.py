@@ -55,10 +55,7 @@ SMALL_DATA = 2000
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = cli.make_parser("hw_classify.train", __doc__.split("\n")[0])
-    parser.epilog = cli.recipe_epilog(RECIPES)
-    cli.add_data_args(parser)
-    cli.add_training_args(parser, epochs=None, batch_size=None, lr=None)
+    parser = cli.make_recipe_parser("hw_classify.train", __doc__.split("\n")[0], RECIPES)
     group = parser.add_argument_group("classification")
     group.add_argument("--arch", default=None,
                        help="simple_cnn, small_resnet or a torchvision classifier (resnet18, mobilenet_v2, ...)")

@@ -44,10 +44,7 @@ RECIPES = {
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = cli.make_parser("hw_detection.train", __doc__.split("\n")[0])
-    parser.epilog = cli.recipe_epilog(RECIPES)
-    cli.add_data_args(parser)
-    cli.add_training_args(parser, epochs=None, batch_size=None, lr=None)
+    parser = cli.make_recipe_parser("hw_detection.train", __doc__.split("\n")[0], RECIPES)
     group = parser.add_argument_group("detection")
     group.add_argument("--backend", choices=("torch", "mmdet"), default="torch",
                        help="torch: native CenterNet; mmdet: MMDetection 3.3 (needs the mmdet extra)")

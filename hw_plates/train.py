@@ -43,10 +43,7 @@ STAGES = ("read", "detect", "both")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = cli.make_parser("hw_plates.train", __doc__.split("\n")[0])
-    parser.epilog = cli.recipe_epilog(RECIPES)
-    cli.add_data_args(parser)
-    cli.add_training_args(parser, epochs=None, batch_size=None, lr=None)
+    parser = cli.make_recipe_parser("hw_plates.train", __doc__.split("\n")[0], RECIPES)
     group = parser.add_argument_group("plates")
     group.add_argument("--stage", choices=STAGES, default="both", help="what to train")
     group.add_argument("--arch", choices=READER_ARCHS, default="crnn_small", help="the reader's CNN trunk")
