@@ -59,17 +59,25 @@ def score_autoencoder(model, test: ImageSet, train: ImageSet | None, noise: floa
     model, against the clean images), the mean training image's (``mean_image_mse``) and,
     given the training images, PCA's with as many components fitted on them (``pca_mse``,
     ``mse_vs_pca``; for a denoising model PCA projects the noisy copies, a linear denoiser,
-    and ``wiener_mse`` is the best linear denoiser's, :func:`wiener_mse`)."""
+    and ``wiener_mse`` is the best linear denoiser's, :func:`wiener_mse`). An AE that fits its
+    codes (``code_steps > 0``, :meth:`~hw_autoencoder.models.Autoencoder.fit_code`) is also
+    scored on its encoder's codes alone (``encoder_mse``, ``encoder_mse_vs_pca``)."""
     images = test.images
     inputs = add_noise(images, noise, torch.Generator().manual_seed(seed)) if noise else images
     mse = float(((reconstruct(model, inputs) - images) ** 2).mean())
     metrics = {"images": len(test), "mse": mse}
+    steps = getattr(model, "code_steps", 0)
+    if steps:
+        metrics["code_steps"] = steps
+        metrics["encoder_mse"] = float(((reconstruct(model, inputs, steps=0) - images) ** 2).mean())
     if noise:
         metrics["noisy_mse"] = float(((inputs - images) ** 2).mean())
     if train is not None:
         metrics["mean_image_mse"] = float(((images - train.images.mean(0)) ** 2).mean())
         metrics["pca_mse"] = pca_mse(train.images, images, model.latent, inputs if noise else None)
         metrics["mse_vs_pca"] = mse / metrics["pca_mse"]
+        if steps:
+            metrics["encoder_mse_vs_pca"] = metrics["encoder_mse"] / metrics["pca_mse"]
         if noise:
             metrics["wiener_mse"] = wiener_mse(train.images, images, inputs, noise)
             metrics["mse_vs_wiener"] = mse / metrics["wiener_mse"]
@@ -160,11 +168,18 @@ def main(argv: list[str] | None = None) -> dict:
                         help="faces or MNIST root; default the run's data ($DLS_DATA/<name>, else built-in)")
     parser.add_argument("--device", type=cli.device_name, default="auto", help="auto, cpu, cuda, mps")
     parser.add_argument("--seed", type=int, default=0, help="seed of the noise draws")
+    parser.add_argument("--code-steps", type=cli.nonneg_int, default=None,
+                        help="ae: steps that fit each code to its image (0: the encoder's code alone); "
+                             "default the run's")
     add_download_arg(parser)
     cli.add_run_args(parser)
     args = cli.parse_args(parser, argv)
     device = pick_device(args.device)
     model, config = load_model(args.run, device)
+    if args.code_steps is not None:
+        if config["name"] != "ae":
+            parser.error(f"--code-steps: only an ae run fits its codes; {args.run} is a {config['name']} run")
+        model.code_steps = args.code_steps
     fetch_digits(args, parser, config["dataset"])
     train, test, source, same = run_data(args.run, config, args.data_dir)
     echo(f"model: {config['name']} (latent {config['latent']}) from {args.run}; scoring "

@@ -89,12 +89,15 @@ def samples_figure(model, path: Path, seed: int, temperature: float = 1.0) -> Pa
 
 def smile_figure(model, train: ImageSet, test: ImageSet, attribute: str, group: int, path: Path) -> Path:
     """The ``group`` least-``attribute`` held-out faces, their codes plus 0, 0.5, ... times the
-    attribute vector computed on the training faces (one column per strength)."""
+    attribute vector computed on the training faces (one column per strength). Work in code
+    space (this vector, t-SNE, retrieval) uses the encoder's codes without the AE's
+    :meth:`~hw_autoencoder.models.Autoencoder.fit_code` steps: they are fast, and the steps
+    only polish each code for its own reconstruction."""
     if train.attrs is None or test.attrs is None:
         raise DataError(train.attrs_note or "the smile vector needs the attribute table (lfw_attributes.txt)")
     if attribute not in train.attrs.columns:
         raise DataError(f"--attribute {attribute!r}: not a column of the attribute table")
-    vector, _, _ = attribute_vector(encode(model, train.images), train.attrs[attribute].to_numpy(), group)
+    vector, _, _ = attribute_vector(encode(model, train.images, steps=0), train.attrs[attribute].to_numpy(), group)
     least = np.argsort(test.attrs[attribute].to_numpy(), kind="stable")[:6]
     codes = encode(model, test.images[least])
     rows = [torch.cat([test.images[i:i + 1], decode(model, codes[j:j + 1] + torch.tensor(SMILE_STEPS)[:, None]
@@ -111,7 +114,7 @@ def digit_figure(model, digit: int, path: Path, seed: int, n: int = 10, temperat
 
 def tsne_figure(model, test: ImageSet, path: Path, seed: int, limit: int = 2000) -> Path:
     test = test.subset(torch.arange(min(limit, len(test))))
-    codes = encode(model, test.images, test.labels)
+    codes = encode(model, test.images, test.labels, steps=0)
     labels = np.array([test.classes[i] for i in test.labels.tolist()])
     return embedding_scatter(codes, labels, path, title=f"t-SNE of {len(test)} held-out codes", seed=seed)
 
@@ -136,7 +139,7 @@ def query_image(spec: str, test: ImageSet, shape: tuple[int, int, int]) -> tuple
 
 def retrieval_figure(model, train: ImageSet, query: torch.Tensor, name: str, path: Path, k: int = 11) -> Path:
     """The query and its ``k`` nearest training images in code space, with their distances."""
-    distances, index = nearest(encode(model, train.images), encode(model, query[None]), k)
+    distances, index = nearest(encode(model, train.images, steps=0), encode(model, query[None], steps=0), k)
     images = torch.cat([query[None], train.images[index[0]]])
     titles = [f"query {name}"[:28]] + [f"Dist={d:.3f}" for d in distances[0]]
     return image_grid(images, path, titles=titles, ncols=6, cell_size=1.6)

@@ -18,8 +18,10 @@ MODEL_FILE = "model.pt"
 
 @torch.no_grad()
 def encode(model: nn.Module, images: torch.Tensor, labels: torch.Tensor | None = None,
-           batch_size: int = 256) -> torch.Tensor:
-    """Codes of ``images`` in eval mode: the AE's code, the VAE's ``mu`` (N, latent)."""
+           batch_size: int = 256, steps: int | None = None) -> torch.Tensor:
+    """Codes of ``images`` in eval mode: the AE's code, the VAE's ``mu`` (N, latent). For the
+    AE, ``steps`` of :meth:`~hw_autoencoder.models.Autoencoder.fit_code` (default: the
+    model's ``code_steps``; 0: the encoder's code alone, for fast work in code space)."""
     model.eval()
     device = next(model.parameters()).device
     codes = []
@@ -29,7 +31,7 @@ def encode(model: nn.Module, images: torch.Tensor, labels: torch.Tensor | None =
             y = labels[start:start + batch_size].to(device) if model.conditional else None
             code = model.encode(x, y)[0] if model.conditional else model.encode(x)[0]
         else:
-            code = model.encode(x)
+            code = model.encode(x, steps)
         codes.append(code.float().cpu())
     return torch.cat(codes)
 
@@ -51,16 +53,19 @@ def decode(model: nn.Module, codes: torch.Tensor, labels: torch.Tensor | None = 
 
 
 @torch.no_grad()
-def reconstruct(model: nn.Module, images: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
-    """Eval-mode reconstructions (the VAE decodes ``mu``)."""
-    return decode(model, encode(model, images, labels), labels)
+def reconstruct(model: nn.Module, images: torch.Tensor, labels: torch.Tensor | None = None,
+                steps: int | None = None) -> torch.Tensor:
+    """Eval-mode reconstructions (the VAE decodes ``mu``; ``steps``: see :func:`encode`)."""
+    return decode(model, encode(model, images, labels, steps=steps), labels)
 
 
 def fit_code_gaussian(model: Autoencoder, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Mean and standard deviation of each code dimension over ``images``, kept in the model
     (``code_mean``, ``code_std``, saved with its weights): the course's hint for sampling an
-    AE, ``z = mean + std * N(0, I)``, so that samples look like the codes of real images."""
-    codes = encode(model, images)
+    AE, ``z = mean + std * N(0, I)``, so that samples look like the codes of real images
+    (the encoder's codes, without :meth:`~hw_autoencoder.models.Autoencoder.fit_code`: fast,
+    and about as spread)."""
+    codes = encode(model, images, steps=0)
     model.code_mean.copy_(codes.mean(0))
     model.code_std.copy_(codes.std(0) if len(codes) > 1 else torch.ones_like(codes[0]))
     return model.code_mean, model.code_std
@@ -145,7 +150,8 @@ def load_model(run: str | os.PathLike, device: str | torch.device = "cpu") -> tu
         saved = torch.load(path, map_location="cpu", weights_only=True)
         config = saved["config"]
         model = build_model(config["name"], tuple(config["shape"]), config["latent"], config["width"],
-                            config.get("linear", False), config.get("refine", 0), config.get("blocks", 0))
+                            config.get("linear", False), config.get("refine", 0), config.get("blocks", 0),
+                            config.get("code_steps", 0), config.get("code_lr", 0.05))
         model.load_state_dict(saved["state_dict"])
     except Exception as exc:
         raise DataError(f"{path}: not a hw_autoencoder model ({type(exc).__name__}: {exc})") from None

@@ -142,9 +142,10 @@ class Autoencoder(nn.Module):
     """
 
     def __init__(self, shape: tuple[int, int, int] = (3, 64, 64), latent: int = 64, width: int = 32,
-                 linear: bool = False, refine: int = 0):
+                 linear: bool = False, refine: int = 0, code_steps: int = 0, code_lr: float = 0.05):
         super().__init__()
         self.shape, self.latent, self.linear = tuple(shape), latent, linear
+        self.code_steps, self.code_lr = code_steps, code_lr
         self.encoder = ConvEncoder(shape, latent, width)
         self.decoder = ConvDecoder(latent, shape, width)
         self.refiner = Refiner(shape[0], refine) if refine else None
@@ -181,11 +182,38 @@ class Autoencoder(nn.Module):
         self.components.zero_()
         self.components[:k] = vh[:k] * torch.sqrt(variance / (variance + noise ** 2))[:, None]
 
-    def encode(self, x: torch.Tensor) -> torch.Tensor:
+    def encode(self, x: torch.Tensor, steps: int | None = None) -> torch.Tensor:
+        """The code of ``x``: the encoder's, then in eval mode ``steps`` (default
+        ``code_steps``) steps of :meth:`fit_code`. Training always uses the encoder's code."""
         code = self.encoder(x)
         if self.linear:
             code = code + (x.flatten(1) - self.mean) @ self.components.T
+        steps = self.code_steps if steps is None else steps
+        if steps and not self.training:
+            code = self.fit_code(x, code, steps)
         return code
+
+    def fit_code(self, x: torch.Tensor, code: torch.Tensor, steps: int) -> torch.Tensor:
+        """Improve each image's ``code`` by ``steps`` Adam steps (step size ``code_lr``) on the
+        squared error of its reconstruction, the decoder fixed: the encoder's code is only a
+        first guess (the amortisation gap, Cremer et al. 2018; a semi-amortised encoder, Kim et
+        al. 2018). This puts the AE on PCA's footing, whose code is the exact best code for its
+        decoder (the projection). Adam works coordinate by coordinate and the loss is a sum over
+        images, so each image's code moves as if alone. Model weights are left untouched (their
+        gradients too); the result is detached.
+
+        On the faces, the encoder of a network trained on 1008 photos generalises worse than its
+        decoder: 30 steps take unseen faces from 0.915x PCA's MSE to 0.828x (validation faces,
+        split seed 0)."""
+        target = x.detach().float()
+        with torch.enable_grad():
+            code = code.detach().float().clone().requires_grad_(True)
+            optimizer = torch.optim.Adam([code], lr=self.code_lr)
+            for _ in range(steps):
+                loss = (self.decode(code).float() - target).pow(2).sum()
+                (code.grad,) = torch.autograd.grad(loss, code)
+                optimizer.step()
+        return code.detach()
 
     def decode(self, code: torch.Tensor) -> torch.Tensor:
         out = self.decoder(code)
@@ -270,12 +298,13 @@ class CVAE(VAE):
 
 
 def build_model(name: str, shape: tuple[int, int, int], latent: int, width: int = 32,
-                linear: bool = False, refine: int = 0, blocks: int = 0) -> nn.Module:
+                linear: bool = False, refine: int = 0, blocks: int = 0, code_steps: int = 0,
+                code_lr: float = 0.05) -> nn.Module:
     """The model behind ``--model``: ``ae`` and ``denoise`` are :class:`Autoencoder` (with
-    PCA's linear parts when ``linear``); the VAEs' decoder has ``blocks`` residual blocks per
-    resolution."""
+    PCA's linear parts when ``linear``, ``code_steps`` of :meth:`Autoencoder.fit_code` in
+    eval mode); the VAEs' decoder has ``blocks`` residual blocks per resolution."""
     if name in ("ae", "denoise"):
-        return Autoencoder(shape, latent, width, linear, refine)
+        return Autoencoder(shape, latent, width, linear, refine, code_steps, code_lr)
     if name == "vae":
         return VAE(shape, latent, width, blocks=blocks)
     if name == "cvae":

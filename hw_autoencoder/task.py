@@ -33,8 +33,8 @@ class AutoencoderTask(Task):
         return F.mse_loss(reconstruction, images)
 
     def validation_step(self, batch) -> dict:
-        images = batch[0]
-        reconstruction, _ = self.model(self.inputs(images))
+        images = batch[0]       # scored with the encoder's codes: fit_code's steps are for after training
+        reconstruction = self.model.decode(self.model.encode(self.inputs(images), steps=0))
         return {"loss": F.mse_loss(reconstruction.float(), images, reduction="none").flatten(1).mean(1)}
 
     def configure_optimizers(self):

@@ -40,8 +40,8 @@ DATASET_OF = {"ae": "faces", "denoise": "faces", "vae": "digits", "cvae": "digit
 JITTER = {"none": None, "shift": dict(shift=3.0, scale=0.05),
           "full": dict(shift=3.0, scale=0.05, rotate=5.0, brightness=0.1)}  # jitter_faces' arguments
 RECIPES = {
-    "ae": dict(epochs=60, batch_size=32, lr=1e-3, latent=64, refine=32, jitter="shift"),
-    "denoise": dict(epochs=20, batch_size=32, lr=1e-3, latent=256, refine=32, jitter="shift"),
+    "ae": dict(epochs=60, batch_size=32, lr=1e-3, latent=64, refine=32, jitter="shift", code_steps=30),
+    "denoise": dict(epochs=20, batch_size=32, lr=1e-3, latent=256, refine=32, jitter="shift", code_steps=0),
     "vae": dict(epochs=20, batch_size=64, lr=1e-3, latent=20, shift=0, blocks=1),
     "cvae": dict(epochs=10, batch_size=64, lr=1e-3, latent=3, shift=0, blocks=0),
 }
@@ -68,6 +68,9 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument("--refine", type=cli.nonneg_int, default=None,
                        help="ae/denoise: channels of the full-resolution refiner after the decoder (0: none); "
                             "None: the recipe's")
+    group.add_argument("--code-steps", type=cli.nonneg_int, default=None,
+                       help="ae: steps that fit each code to its image after training, the decoder fixed "
+                            "(Autoencoder.fit_code; 0: the encoder's code alone); None: the recipe's")
     group.add_argument("--no-flip", action="store_true", help="faces: no random horizontal flips in training")
     group.add_argument("--jitter", choices=tuple(JITTER), default=None,
                        help="ae/denoise: training faces moved and scaled a little (shift: up to 3 px, 5 %%), "
@@ -103,8 +106,11 @@ def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Non
     args.dataset = args.dataset or DATASET_OF[args.model]
     if args.model == "cvae" and args.dataset != "digits":
         parser.error("--model cvae: needs the digits' classes (--dataset digits)")
+    if args.code_steps and args.model != "ae":
+        parser.error(f"--code-steps: only the ae fits its codes (a {args.model} would fit "
+                     + ("the noise of its input)" if args.model == "denoise" else "a code the ELBO does not use)"))
     if args.model in ("vae", "cvae"):
-        args.refine = 0
+        args.refine, args.code_steps = 0, 0
     else:
         args.shift, args.blocks = args.shift or 0, args.blocks or 0
     cli.apply_recipe(args, RECIPES[args.model])
@@ -163,7 +169,7 @@ def main(argv: list[str] | None = None) -> dict:
     torch.manual_seed(args.seed)
     linear = args.model in ("ae", "denoise") and not args.no_pca
     model = build_model(args.model, data.shape, args.latent, args.width, linear, args.refine if linear else 0,
-                        args.blocks)
+                        args.blocks, args.code_steps)
     if linear:
         model.init_pca(train.images, args.noise if args.model == "denoise" else 0.0, mirror=flip)
     echo(f"model: {type(model).__name__}, code size {args.latent}, {count_parameters(model):,} parameters")
@@ -178,7 +184,8 @@ def main(argv: list[str] | None = None) -> dict:
     if isinstance(model, Autoencoder):
         fit_code_gaussian(model, train.images)
     config = {"name": args.model, "shape": list(data.shape), "latent": args.latent, "width": args.width,
-              "dataset": args.dataset, "linear": linear, "refine": args.refine if linear else 0, "blocks": args.blocks, "noise": args.noise if args.model == "denoise" else 0.0}
+              "dataset": args.dataset, "linear": linear, "refine": args.refine if linear else 0, "blocks": args.blocks, "noise": args.noise if args.model == "denoise" else 0.0,
+              "code_steps": args.code_steps, "code_lr": model.code_lr if isinstance(model, Autoencoder) else 0.0}
     save_model(run / MODEL_FILE, model, config)
 
     metrics = {"epochs": len(history), "train_seconds": round(time.perf_counter() - start, 1),

@@ -156,6 +156,64 @@ def test_a_mirrored_start_is_the_pca_of_the_photos_and_their_mirror_images():
     assert not np.allclose(plain.mean_, pca.mean_, atol=1e-3)     # the option changes the start
 
 
+def nonlinear_face_model(faces, seed: int = 0) -> Autoencoder:
+    """A small AE started at PCA whose encoder, decoder and refiner last layers are random: a
+    nonlinear decoder and an encoder whose codes are off."""
+    torch.manual_seed(seed)
+    model = Autoencoder((3, 64, 64), latent=8, width=4, linear=True, refine=4, code_steps=20)
+    model.init_pca(faces)
+    for layer, std in ((model.encoder.head[-1], 0.5), (model.decoder.blocks[-1], 0.05), (model.refiner.net[-1], 0.05)):
+        torch.nn.init.normal_(layer.weight, std=std)
+    return model.eval()
+
+
+def test_fit_code_lowers_each_images_error_and_leaves_the_weights_alone():
+    faces = make_faces(60, seed=3).images
+    model = nonlinear_face_model(faces[:40])
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    x = faces[40:]
+    with torch.no_grad():
+        first = model.encode(x, steps=0)
+        start = (model.decode(first) - x).pow(2).flatten(1).mean(1)
+    fitted = model.encode(x)                                   # eval mode: the model's 20 steps
+    with torch.no_grad():
+        error = (model.decode(fitted) - x).pow(2).flatten(1).mean(1)
+    assert not fitted.requires_grad and not torch.equal(fitted, first)
+    assert (error < start).all()
+    # 20 steps close most of the gap to the best code (300 steps: converged)
+    with torch.no_grad():
+        best = (model.decode(model.encode(x, steps=300)) - x).pow(2).flatten(1).mean(1)
+    assert (best <= error + 1e-7).all()
+    assert start.mean() - error.mean() > 0.75 * (start.mean() - best.mean()) > 0.02 * start.mean()
+    assert all(p.grad is None for p in model.parameters())
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    # each image's code moves as if alone: fitted in a batch of 20 or by itself, the same
+    torch.testing.assert_close(model.encode(x[3:4]), fitted[3:4], atol=1e-5, rtol=1e-4)
+    # forward uses the fitted code; training never fits
+    with torch.no_grad():
+        reconstruction, code = model(x)
+    torch.testing.assert_close(code, fitted, atol=1e-5, rtol=1e-4)
+    model.train()
+    model.fit_code = lambda *a: pytest.fail("fit_code called in training")
+    model(x)
+
+
+def test_code_steps_is_refused_where_it_does_not_apply(face_run, monkeypatch):
+    from hw_autoencoder.evaluate import main as evaluate
+    from hw_autoencoder.train import main as train
+
+    for model in ("denoise", "vae"):
+        with pytest.raises(SystemExit) as exc:
+            train(["--model", model, "--code-steps", "5"])
+        assert exc.value.code == 2
+    monkeypatch.delenv("DLS_DATA", raising=False)
+    run, metrics = face_run
+    # the run's own setting is the recipe's; evaluate can turn it off
+    plain = evaluate(["--run", str(run), "--code-steps", "0", "--run-dir", str(run.parent / "eval-plain")])
+    assert "encoder_mse" not in plain
+    assert plain["mse"] == pytest.approx(metrics["test_encoder_mse"], rel=1e-3)
+
+
 def test_a_denoising_autoencoder_starts_as_the_wiener_filter_of_its_rank():
     from sklearn.decomposition import PCA
 
@@ -459,6 +517,9 @@ def test_train_writes_the_run_folder_and_beats_the_mean_face(face_run):
     # it starts as PCA (whose figure is 5x below the mean face's here) and 2 epochs keep it there
     assert saved["test_mse"] <= saved["test_pca_mse"] * 1.01 < 0.5 * saved["test_mean_image_mse"]
     assert saved["test_mse_vs_pca"] == pytest.approx(saved["test_mse"] / saved["test_pca_mse"])
+    # the recipe fits each code for 30 steps; the encoder's codes alone are scored beside
+    assert saved["test_code_steps"] == 30 and saved["test_mse"] < saved["test_encoder_mse"]
+    assert saved["test_encoder_mse_vs_pca"] == pytest.approx(saved["test_encoder_mse"] / saved["test_pca_mse"])
 
 
 def test_evaluate_scores_the_held_out_images_as_train_did(face_run, monkeypatch):
@@ -593,9 +654,10 @@ def test_ae_on_real_faces_beats_the_mean_face_and_its_pca_start(dls_data, runs_r
     from tests.conftest import real_dataset
 
     metrics = main(["--model", "ae", "--data-dir", str(real_dataset(dls_data, "faces")), "--epochs", "1",
-                    "--limit-batches", "12", "--width", "16", "--run-name", "ae"])
+                    "--limit-batches", "12", "--width", "16", "--code-steps", "10", "--run-name", "ae"])
     assert metrics["test_images"] == 280
-    assert metrics["test_mse"] < metrics["test_pca_mse"] < 0.5 * metrics["test_mean_image_mse"]
+    assert metrics["test_encoder_mse"] < metrics["test_pca_mse"] < 0.5 * metrics["test_mean_image_mse"]
+    assert metrics["test_mse"] < 0.995 * metrics["test_encoder_mse"]      # fitting the codes helps
 
 
 def test_predictor_generates_the_samples_of_the_sample_command(digit_runs, tmp_path):
