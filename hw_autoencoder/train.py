@@ -40,7 +40,7 @@ DATASET_OF = {"ae": "faces", "denoise": "faces", "vae": "digits", "cvae": "digit
 JITTER = {"none": None, "shift": dict(shift=3.0, scale=0.05),
           "full": dict(shift=3.0, scale=0.05, rotate=5.0, brightness=0.1)}  # jitter_faces' arguments
 RECIPES = {
-    "ae": dict(epochs=60, batch_size=32, lr=1e-3, latent=64, refine=32, jitter="shift", code_steps=30),
+    "ae": dict(epochs=55, batch_size=32, lr=1e-3, latent=64, refine=32, jitter="shift", code_steps=30),
     "denoise": dict(epochs=20, batch_size=32, lr=1e-3, latent=256, refine=32, jitter="shift", code_steps=0),
     "vae": dict(epochs=20, batch_size=64, lr=1e-3, latent=20, shift=0, blocks=1),
     "cvae": dict(epochs=10, batch_size=64, lr=1e-3, latent=3, shift=0, blocks=0),
