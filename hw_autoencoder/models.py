@@ -203,8 +203,8 @@ class Autoencoder(nn.Module):
         gradients too); the result is detached.
 
         On the faces, the encoder of a network trained on 1008 photos generalises worse than its
-        decoder: 30 steps take unseen faces from 0.915x PCA's MSE to 0.828x (validation faces,
-        split seed 0)."""
+        decoder: after the recipe's 55 epochs, 30 steps take unseen faces from 0.916x PCA's MSE
+        to 0.835x (validation faces, split seed 0)."""
         target = x.detach().float()
         with torch.enable_grad():
             code = code.detach().float().clone().requires_grad_(True)
