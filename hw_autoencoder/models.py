@@ -187,7 +187,8 @@ class Autoencoder(nn.Module):
         ``code_steps``) steps of :meth:`fit_code`. Training always uses the encoder's code."""
         code = self.encoder(x)
         if self.linear:
-            code = code + (x.flatten(1) - self.mean) @ self.components.T
+            with torch.autocast(x.device.type, enabled=False):   # PCA's part in fp32 under mixed precision
+                code = code.float() + (x.float().flatten(1) - self.mean) @ self.components.T
         steps = self.code_steps if steps is None else steps
         if steps and not self.training:
             code = self.fit_code(x, code, steps)
@@ -219,9 +220,10 @@ class Autoencoder(nn.Module):
         out = self.decoder(code)
         if not self.linear:
             return torch.sigmoid(out)
-        out = out + (self.mean + code @ self.components).view(-1, *self.shape)
+        with torch.autocast(code.device.type, enabled=False):    # as in encode
+            out = out.float() + (self.mean + code.float() @ self.components).view(-1, *self.shape)
         if self.refiner is not None:
-            out = out + self.refiner(out)
+            out = out + self.refiner(out).float()
         return out if self.training else out.clamp(0, 1)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -136,6 +136,22 @@ def test_autoencoder_starts_as_pca_with_as_many_components():
     assert code.shape == (20, 8)
 
 
+def test_the_pca_part_stays_in_fp32_under_mixed_precision():
+    faces = make_faces(60, seed=4)
+    model = Autoencoder((3, 64, 64), latent=8, width=4, linear=True, refine=4)
+    model.init_pca(faces.images[:40])
+    model.eval()
+    with torch.no_grad():
+        full, code = model(faces.images[40:])
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            mixed, mixed_code = model(faces.images[40:])
+    # the convolutional parts start at zero, so only PCA's part speaks: bf16 (8-bit mantissa)
+    # would be off by about 1e-3 here
+    assert mixed.dtype == mixed_code.dtype == torch.float32
+    torch.testing.assert_close(mixed, full, atol=1e-5, rtol=0)
+    torch.testing.assert_close(mixed_code, code, atol=1e-4, rtol=1e-5)
+
+
 def test_a_mirrored_start_is_the_pca_of_the_photos_and_their_mirror_images():
     from sklearn.decomposition import PCA
 
