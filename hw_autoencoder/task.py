@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from core.trainer import Task
+from core.trainer import Task, unwrap
 
 from .data import add_noise, jitter_faces, random_shifts
 from .models import VAE, KL_divergence, elbo_terms, log_likelihood
@@ -34,7 +34,8 @@ class AutoencoderTask(Task):
 
     def validation_step(self, batch) -> dict:
         images = batch[0]       # scored with the encoder's codes: fit_code's steps are for after training
-        reconstruction = self.model.decode(self.model.encode(self.inputs(images), steps=0))
+        model = unwrap(self.model)                  # under torchrun the Trainer wraps it in DDP
+        reconstruction = model.decode(model.encode(self.inputs(images), steps=0))
         return {"loss": F.mse_loss(reconstruction.float(), images, reduction="none").flatten(1).mean(1)}
 
     def configure_optimizers(self):

@@ -214,6 +214,31 @@ def test_fit_code_lowers_each_images_error_and_leaves_the_weights_alone():
     model(x)
 
 
+def test_validation_scores_the_encoders_codes_also_inside_ddp():
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel
+
+    from hw_autoencoder.task import AutoencoderTask
+
+    faces = make_faces(60, seed=3).images
+    model = nonlinear_face_model(faces[:40])
+    x = faces[40:]
+    with torch.no_grad():
+        expected = (model.decode(model.encode(x, steps=0)) - x).pow(2).flatten(1).mean(1)
+        fitted = (model(x)[0] - x).pow(2).flatten(1).mean(1)
+    task = AutoencoderTask(model)
+    with torch.no_grad():
+        torch.testing.assert_close(task.validation_step((x,))["loss"], expected)
+    assert fitted.mean() < expected.mean()         # so the check above tells the two apart
+    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+    try:                                           # the Trainer wraps the model so under torchrun
+        task.model = DistributedDataParallel(model)
+        with torch.no_grad():
+            torch.testing.assert_close(task.validation_step((x,))["loss"], expected)
+    finally:
+        dist.destroy_process_group()
+
+
 def test_code_steps_is_refused_where_it_does_not_apply(face_run, monkeypatch):
     from hw_autoencoder.evaluate import main as evaluate
     from hw_autoencoder.train import main as train
