@@ -616,6 +616,17 @@ def digit_runs(tmp_path_factory):
     return root
 
 
+def test_evaluate_refuses_code_steps_for_a_vae_run(digit_runs, tmp_path, monkeypatch, capsys):
+    from hw_autoencoder.evaluate import main as evaluate
+
+    monkeypatch.delenv("DLS_DATA", raising=False)
+    with pytest.raises(SystemExit) as exc:
+        evaluate(["--run", str(digit_runs / "vae"), "--code-steps", "5", "--run-dir", str(tmp_path / "eval")])
+    assert exc.value.code == 2
+    assert capsys.readouterr().err.strip().endswith(f"--code-steps: only an ae run fits its codes; {digit_runs / 'vae'} is a vae run")
+    assert not (tmp_path / "eval").exists()
+
+
 def test_vae_metrics_are_the_elbo_terms(digit_runs):
     from hw_autoencoder.latent import load_model
     from hw_autoencoder.models import ResidualBlock
