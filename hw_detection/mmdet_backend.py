@@ -106,8 +106,8 @@ def _register_centred_affine() -> None:
         return
 
     class CentredRandomAffine(RandomAffine):
-        """``RandomAffine`` that scales about the image centre, as torchvision's does for the
-        native backend. MMDetection 3.3's scales about the top-left corner (its warp is
+        """``RandomAffine`` that scales about the image centre, as albumentations' ``Affine``
+        does for the native backend. MMDetection 3.3's scales about the top-left corner (its warp is
         translate @ shear @ rotate @ scale), so that a zoom-out leaves the picture in the
         top-left corner with black to the right and below, and a zoom-in cuts off only the
         right and bottom: objects near those edges are lost more often than others."""
