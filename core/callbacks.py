@@ -18,14 +18,19 @@ from __future__ import annotations
 
 import math
 import os
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pandas as pd
 import torch
 
-if TYPE_CHECKING:  # pragma: no cover
+from .checkpoint import task_named_parameters, task_state_dict
+
+if TYPE_CHECKING:  # pragma: no cover (annotations only: no import at run time)
     from .trainer import Task, Trainer
+
+_clock = time.perf_counter  # the time budget's clock (tests replace it)
 
 
 class Callback:
@@ -104,7 +109,6 @@ class EarlyStopping(Callback):
         self.patience, self.min_delta = patience, min_delta
         self.best: float | None = None
         self.wait = 0
-        self.stopped_epoch: int | None = None
         self._restored = False
 
     def on_fit_start(self, trainer, task):
@@ -123,16 +127,15 @@ class EarlyStopping(Callback):
             return
         self.wait += 1
         if self.wait >= self.patience:
-            self.stopped_epoch = trainer.epoch
             trainer.should_stop = True
             trainer.log(f"early stopping: no improvement of {self.monitor} for {self.patience} epochs "
                         f"(best {self.best:.4f})")
 
     def state_dict(self):
-        return {"best": self.best, "wait": self.wait, "stopped_epoch": self.stopped_epoch}
+        return {"best": self.best, "wait": self.wait}
 
     def load_state_dict(self, state):
-        self.best, self.wait, self.stopped_epoch = state["best"], state["wait"], state["stopped_epoch"]
+        self.best, self.wait = state["best"], state["wait"]
         self._restored = True
 
 
@@ -163,11 +166,9 @@ class ModelCheckpoint(Callback):
 
     order = 100
 
-    def __init__(self, dirpath: str | os.PathLike, monitor: str | None = "val_loss", mode: str = "min",
-                 save_last: bool = True):
+    def __init__(self, dirpath: str | os.PathLike, monitor: str | None = "val_loss", mode: str = "min"):
         self.dirpath = Path(dirpath)
         self.monitor, self.mode = monitor, _check_mode(mode)
-        self.save_last = save_last
         self.best: float | None = None
         self.best_epoch: int | None = None
 
@@ -189,8 +190,7 @@ class ModelCheckpoint(Callback):
             return
         if improved:
             trainer.save_checkpoint(self.best_path)
-        if self.save_last:
-            trainer.save_checkpoint(self.last_path)
+        trainer.save_checkpoint(self.last_path)
 
     def state_dict(self):
         return {"best": self.best, "best_epoch": self.best_epoch}
@@ -229,8 +229,6 @@ class EMA(Callback):
         self._backup: dict[str, torch.Tensor] = {}
 
     def on_fit_start(self, trainer, task):
-        from .trainer import task_named_parameters
-
         self._params = {name: p for name, p in task_named_parameters(task)
                         if p.requires_grad and p.is_floating_point()}
         restored = self.averages  # from a resumed checkpoint, else empty
@@ -261,8 +259,6 @@ class EMA(Callback):
 
     def averaged_state_dict(self, task) -> dict:
         """The task's state dict with the averaged parameters in place of the trained ones."""
-        from .trainer import task_state_dict
-
         return {key: self.averages.get(key, value) for key, value in task_state_dict(task).items()}
 
     def on_save_checkpoint(self, trainer, task, checkpoint):
@@ -272,8 +268,77 @@ class EMA(Callback):
         if "ema" in checkpoint:
             self.averages = {k: v.detach().clone() for k, v in checkpoint["ema"].items()}
 
-    def state_dict(self):
-        return {"decay": self.decay, "updates": self.updates}
+    def state_dict(self):  # the decay is the constructor's: a resume may change it
+        return {"updates": self.updates}
 
     def load_state_dict(self, state):
         self.updates = state["updates"]
+
+
+class TimeBudget(Callback):
+    """End the fit within ``minutes`` of its start, and fit the epochs to that budget.
+
+    At each epoch's end the number of epochs is set to what fits in the time left, from the
+    median of the last three epochs' wall times (start to start, so validation and checkpoints
+    count), and length-dependent LR schedules (``OneCycleLR``, ``CosineAnnealingLR``) are
+    resized to match. After the first and second epochs the plan may grow or shrink (the first
+    epoch carries one-time costs); later it only shrinks, so a one-cycle schedule's decay never
+    jumps back up. After each training batch, if one more batch as long as the last one, then
+    the epoch's validation and checkpoints (as long as the previous epoch's), would end past the
+    deadline, the epoch ends there and the run ends as a normal one does.
+
+    Under DDP rank 0's clock decides both and broadcasts the decision, so every process plans
+    the same epochs and stops after the same batch (their clocks and speeds may differ).
+    """
+
+    order = 20  # before ModelCheckpoint, which saves the plan
+
+    def __init__(self, minutes: float):
+        if not minutes > 0:
+            raise ValueError(f"time budget must be > 0 minutes, got {minutes}")
+        self.minutes = minutes
+        self.deadline: float | None = None
+        self._epoch_starts: list[float] = []
+        self._batch_end: float | None = None
+        self._batch_seconds = 0.0
+        self._train_end: float | None = None
+        self._tail_seconds = 0.0  # what an epoch spends after its training batches
+
+    def on_fit_start(self, trainer, task):
+        self.deadline = _clock() + 60.0 * self.minutes
+        self._epoch_starts = []
+
+    def on_train_epoch_start(self, trainer, task):
+        now = _clock()
+        self._epoch_starts.append(now)
+        if self._train_end is not None:
+            self._tail_seconds = now - self._train_end
+        self._batch_end = now
+
+    def on_train_batch_end(self, trainer, task, outputs, batch, batch_index):
+        now = _clock()
+        self._batch_seconds = now - self._batch_end
+        self._batch_end = self._train_end = now
+        out_of_time = now + self._batch_seconds + self._tail_seconds > self.deadline
+        if trainer.broadcast(float(out_of_time)) > 0.5:
+            trainer.log(f"time limit: the budget of {self.minutes:.1f} min ends after {batch_index + 1} batches "
+                        f"of epoch {trainer.epoch + 1} (time kept for validation and checkpoints); ending the run")
+            trainer.should_stop = True
+
+    def on_epoch_end(self, trainer, task, metrics):
+        if trainer.should_stop:
+            return
+        now = _clock()
+        window = self._epoch_starts[-3:] + [now]
+        recent = [b - a for a, b in zip(window, window[1:])]
+        epoch_seconds = sorted(recent)[len(recent) // 2]
+        remaining = self.deadline - now
+        fitted = trainer.epoch + max(0, math.floor(0.95 * remaining / epoch_seconds))
+        early = len(self._epoch_starts) <= 2
+        planned = int(trainer.broadcast(fitted if early else min(trainer.max_epochs, fitted)))
+        if planned != trainer.max_epochs:
+            trainer.log(f"time limit: {planned} epochs fit in {self.minutes:.1f} min "
+                        f"({epoch_seconds:.1f} s per epoch, {remaining / 60:.1f} min left); the LR schedule follows")
+            trainer.max_epochs = planned
+            trainer.resize_schedules()
+

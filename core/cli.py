@@ -10,8 +10,8 @@ A command is built the same way in every homework::
         parser.add_argument("--width", type=cli.positive_int, default=16)  # checked while parsing
         args = cli.parse_args(parser, argv)             # --config FILE sets defaults; all values checked
         ...                                             # load the data: raise UserError / DataError on bad input
-        run = cli.RunDir.reserve("hw_x", args)          # the folder, created empty; nothing written yet
-        trainer = Trainer.from_args(args, run_dir=run.path, callbacks=[run.start_callback(args)])
+        run = RunDir.reserve("hw_x", args)              # core.runs: the folder, created empty
+        trainer = cli.build_trainer(args, run_dir=run.path, callbacks=[run.start_callback(args)])
         trainer.fit(task, train_loader, val_loader, resume=args.resume)   # args.json once the run starts
         run.save_metrics(metrics)
         run.summary(metrics)
@@ -20,7 +20,7 @@ A command is built the same way in every homework::
         cli.run_command(main)
 
 A command without a Trainer checks its options and reads its data, then calls
-``run = cli.RunDir.create("hw_x", args)`` (= ``reserve`` + ``run.start(args)``, which writes
+``run = RunDir.create("hw_x", args)`` (:class:`core.runs.RunDir`) (= ``reserve`` + ``run.start(args)``, which writes
 ``args.json``) before its real work, so that an unwritable folder stops it before that work.
 
 Bad option values stop the command with one argparse-style line (``prog: error: argument
@@ -45,23 +45,19 @@ the final arguments are saved as ``args.json`` (as in timm's train.py), which wo
 from __future__ import annotations
 
 import argparse
-import itertools
 import json
 import math
 import os
-import shutil
 import sys
-import time
 from pathlib import Path
 from typing import Callable
 
-from .device import broadcast_object, is_main_process, pick_device
-from .errors import UserError
+import torch
 
-RUNS_ROOT_ENV = "DLS_RUNS"
-ARGS_FILE = "args.json"
-RECORD_KEYS = ("homework", "command")  # written into args.json beside the options
-_unstarted: set[Path] = set()  # run folders this process created and has not started yet
+from .device import pick_device
+from .errors import UserError
+from .runs import RECORD_KEYS, remove_unstarted
+
 
 
 def run_command(main: Callable[..., object], argv: list[str] | None = None) -> None:
@@ -79,22 +75,14 @@ def run_command(main: Callable[..., object], argv: list[str] | None = None) -> N
     try:
         main() if argv is None else main(argv)
     except UserError as exc:
-        _remove_unstarted()
+        remove_unstarted()
         print(f"error: {exc}", file=sys.stderr, flush=True)
         raise SystemExit(2) from None
     except KeyboardInterrupt:
-        _remove_unstarted()
+        remove_unstarted()
         print("interrupted", file=sys.stderr, flush=True)
         raise SystemExit(130) from None
     raise SystemExit(0)
-
-
-def _remove_unstarted() -> None:
-    """Delete the run folders this process created and never started, if still without files."""
-    while _unstarted:
-        path = _unstarted.pop()
-        if path.is_dir() and not _holds_files(path):
-            shutil.rmtree(path, ignore_errors=True)
 
 
 # -- option checks: argparse `type=` functions ------------------------------------------------
@@ -237,7 +225,12 @@ class _DefaultsFormatter(argparse.ArgumentDefaultsHelpFormatter):
 
 class CommandParser(argparse.ArgumentParser):
     """An ``ArgumentParser`` whose errors are one line, ``prog: error: message`` (exit 2),
-    without the usage block."""
+    without the usage block, and that takes options only by their full names (``--los`` is
+    an error, not ``--loss``)."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str):
         self.exit(2, f"{self.prog}: error: {message}\n")
@@ -288,8 +281,9 @@ def add_training_args(parser: argparse.ArgumentParser, *, epochs: int | None = 1
     group.add_argument("--limit-batches", type=positive_int, default=None,
                        help="use at most this many batches per epoch (train and val)")
     group.add_argument("--time-limit", type=positive_float, default=None, metavar="MINUTES",
-                       help="fit the number of epochs and the LR schedule to this many minutes of training, "
-                            "from the first epoch's time (--epochs then only sizes the first epoch's schedule)")
+                       help="end the command within this many minutes of its start (data loading counts): "
+                            "the number of epochs and the LR schedule are fitted to the time left, from the "
+                            "measured epoch time (--epochs then only sizes the first epoch's schedule)")
     group.add_argument("--dry-run", action="store_true", help="one epoch of two batches, to check the pipeline")
     group.add_argument("--resume", type=existing_file, default=None,
                        help="checkpoint to resume from (e.g. runs/<hw>/<name>/last.pt); with --run-dir set "
@@ -298,13 +292,16 @@ def add_training_args(parser: argparse.ArgumentParser, *, epochs: int | None = 1
     return group
 
 
-def add_run_args(parser: argparse.ArgumentParser) -> argparse._ArgumentGroup:
-    """``--run-dir`` / ``--run-name`` (where the run's files go) and ``--overwrite``."""
+def add_run_args(parser: argparse.ArgumentParser, default: str = "runs/<homework>/<run-name>"
+                 ) -> argparse._ArgumentGroup:
+    """``--run-dir`` / ``--run-name`` (where the command's files go) and ``--overwrite``;
+    ``default`` says in ``--help`` where they go otherwise."""
     group = parser.add_argument_group("outputs")
     group.add_argument("--run-dir", type=str, default=None,
-                       help="write the run exactly here (default runs/<homework>/<run-name>)")
+                       help=f"write the outputs exactly here (default {default})")
     group.add_argument("--run-name", type=run_name, default=None,
-                       help="name of the run folder (default: a timestamp, made unique)")
+                       help="name of the output folder, inside the default's parent (default: a timestamp, "
+                            "made unique)")
     group.add_argument("--overwrite", action="store_true",
                        help="replace the run already in --run-dir/--run-name (its files are deleted first)")
     return group
@@ -407,11 +404,6 @@ def parse_args(parser: argparse.ArgumentParser, argv: list[str] | None = None) -
 
 # -- the run folder ---------------------------------------------------------------------------
 
-def runs_root() -> Path:
-    """Where default run folders go: ``$DLS_RUNS``, else ``runs`` in the current folder."""
-    return Path(os.environ.get(RUNS_ROOT_ENV, "runs"))
-
-
 def recipe_epilog(recipes: dict[str, dict]) -> str:
     """The ``--help`` epilog listing each recipe's values, for commands whose options left
     at None take a recipe chosen by the data (built-in or real) or the model."""
@@ -439,225 +431,28 @@ def apply_recipe(args: argparse.Namespace, recipe: dict, skip: tuple[str, ...] =
     return {key: getattr(args, key, None) for key in recipe}
 
 
-class RunDir:
-    """The folder a run writes to: ``runs/<homework>/<name>/`` or exactly ``--run-dir``.
+# -- building the Trainer from options ----------------------------------------------------------
 
-    Holds ``args.json`` (written when the run starts), ``history.csv``, ``best.pt``/``last.pt``,
-    ``plots/*.png``, ``metrics.json`` and, where the homework has one, ``submission.csv``.
-    A folder is never reused silently: see :meth:`reserve`.
+def build_trainer(args: argparse.Namespace, run_dir=None, **overrides):
+    """A :class:`core.trainer.Trainer` from the options of :func:`add_training_args`;
+    ``overrides`` are passed to it as they are (``monitor``, ``callbacks``...).
+
+    ``--threads`` sets PyTorch's thread count for the process (the option asks for it).
+    ``--time-limit`` counts from the command's start: the time already spent (imports,
+    loading the data) is taken from the training budget; ``--dry-run`` ignores it.
     """
+    from .device import process_age
+    from .trainer import Trainer
 
-    def __init__(self, path: str | os.PathLike, homework: str | None = None):
-        self.path = Path(path)
-        self.homework = homework
+    threads = getattr(args, "threads", None)
+    if threads is not None:
+        torch.set_num_threads(threads)
+    time_limit = None if getattr(args, "dry_run", False) else getattr(args, "time_limit", None)
+    if time_limit is not None:
+        time_limit = max(time_limit / 20, time_limit - (process_age() or 0.0) / 60)
+    kwargs = dict(max_epochs=args.epochs, run_dir=run_dir, device=args.device, precision=args.precision,
+                  grad_clip=args.grad_clip, accumulate=args.accumulate, limit_batches=args.limit_batches,
+                  seed=args.seed, deterministic=args.deterministic, patience=args.patience, time_limit=time_limit)
+    kwargs.update(overrides)
+    return Trainer(**kwargs)
 
-    @classmethod
-    def reserve(cls, homework: str, args: argparse.Namespace | None = None, *, name: str | None = None,
-                parent: str | os.PathLike | None = None, prefix: str = "") -> "RunDir":
-        """Claim the run folder and create it (with ``plots/``), writing nothing else.
-
-        The folder is ``args.run_dir`` if given, else ``<parent>/<args.run_name or name>``, else
-        ``<parent>/<prefix><timestamp>`` made unique with ``-2``, ``-3`` ... (``parent``
-        defaults to ``runs/<homework>``). A named folder that is not empty is refused unless
-        ``args.resume`` is a checkpoint inside it (or ``True``: the command continues its
-        own run there) or ``args.overwrite`` is set and it holds a run (``args.json``), in
-        which case it is emptied first. Under ``torchrun`` rank 0 decides; every rank gets
-        the same folder or the same error.
-
-        Raises:
-            UserError: the folder holds a run, is not a folder, or cannot be written.
-        """
-        device = pick_device(getattr(args, "device", None) or "auto")
-        decision = (None, None)
-        if is_main_process():
-            try:
-                path, created = _claim(homework, args, name, parent, prefix)
-                decision = (str(path), None)
-                if created:
-                    _unstarted.add(path)
-            except UserError as exc:
-                decision = (None, str(exc))
-        path, error = broadcast_object(decision, device)
-        if error is not None:
-            raise UserError(error)
-        return cls(path, homework)
-
-    @classmethod
-    def create(cls, homework: str, args: argparse.Namespace | None = None, *, name: str | None = None,
-               parent: str | os.PathLike | None = None, prefix: str = "") -> "RunDir":
-        """:meth:`reserve` the folder and :meth:`start` the run in it (``args.json``) at once:
-        for commands that have checked everything by the time they call it."""
-        run = cls.reserve(homework, args, name=name, parent=parent, prefix=prefix)
-        if args is not None:
-            run.start(args)
-        return run
-
-    def start(self, args: argparse.Namespace) -> Path:
-        """The run really starts: save the final arguments as ``args.json`` (rank 0 only), with
-        ``"homework"`` (which package wrote the run: see :mod:`core.predictor`) and the command."""
-        _unstarted.discard(self.path)
-        return self.save_json(ARGS_FILE, {**vars(args), "homework": self.homework, "command": " ".join(sys.argv)})
-
-    def start_callback(self, args: argparse.Namespace):
-        """A Trainer callback that calls :meth:`start` when ``fit`` starts, i.e. after a
-        ``--resume`` checkpoint has been read: a failed resume leaves ``args.json`` alone."""
-        from .callbacks import Callback
-
-        run = self
-
-        class StartRun(Callback):
-            order = 1000  # after the built-in callbacks, so their saved-state keys do not move
-
-            def on_fit_start(self, trainer, task) -> None:
-                run.start(args)
-
-        return StartRun()
-
-    @property
-    def plots(self) -> Path:
-        return self.path / "plots"
-
-    def __truediv__(self, name: str) -> Path:
-        return self.path / name
-
-    def __fspath__(self) -> str:
-        return str(self.path)
-
-    def __repr__(self) -> str:
-        return f"RunDir({str(self.path)!r})"
-
-    def save_json(self, name: str, data: dict) -> Path:
-        """Write ``data`` as indented JSON, atomically (paths and NumPy scalars become plain
-        values). Under DDP only rank 0 writes."""
-        target = self.path / name
-        if not is_main_process():
-            return target
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_name(target.name + ".tmp")
-        tmp.write_text(json.dumps(data, indent=2, default=_json_default) + "\n")
-        os.replace(tmp, target)
-        return target
-
-    def save_metrics(self, metrics: dict) -> Path:
-        """Write the final metrics as flat ``{"name": number}`` JSON (``metrics.json``)."""
-        flat = {}
-        for key, value in metrics.items():
-            if hasattr(value, "item") and getattr(value, "ndim", 0) == 0:  # NumPy / torch scalars
-                value = value.item()
-            if not isinstance(value, (int, float)) or isinstance(value, bool):
-                raise TypeError(f"metrics.json: {key!r} is {value!r}, expected a number")
-            flat[key] = None if isinstance(value, float) and math.isnan(value) else value
-        return self.save_json("metrics.json", flat)
-
-    def summary(self, metrics: dict | None = None) -> None:
-        """Print the closing lines: where the files are, and the final metrics."""
-        if not is_main_process():
-            return
-        print(f"run folder: {self.path}")
-        files = sorted(p.relative_to(self.path).as_posix() for p in self.path.rglob("*") if p.is_file())
-        if files:
-            print("  files: " + ", ".join(files))
-        if metrics:
-            print("  metrics: " + "  ".join(f"{k}={_fmt(v)}" for k, v in metrics.items()))
-
-
-def _claim(homework: str, args, name: str | None, parent, prefix: str) -> tuple[Path, bool]:
-    """Rank 0's half of :meth:`RunDir.reserve`: pick, check and create the folder; also
-    whether it was created now."""
-    root = Path(parent) if parent is not None else runs_root() / homework
-    run_dir = getattr(args, "run_dir", None)
-    chosen = getattr(args, "run_name", None) or name
-    if run_dir:
-        path, flag = Path(run_dir).expanduser(), f"--run-dir {run_dir}"
-    elif chosen:
-        path, flag = root / chosen, f"--run-name {chosen} ({root / chosen})"
-    else:
-        return _claim_unique(root, prefix), True
-    _check_named(path, flag, getattr(args, "resume", None), bool(getattr(args, "overwrite", False)))
-    created = not path.exists()
-    _make_folder(path, flag, exist_ok=True)
-    return path, created
-
-
-def _claim_unique(root: Path, prefix: str) -> Path:
-    """``root/<prefix><timestamp>``, or with ``-2``, ``-3`` ... when a run started in the same
-    second already took it; ``mkdir`` without ``exist_ok`` makes the claim atomic."""
-    _make_folder(root, str(root), exist_ok=True, plots=False)
-    stamp = prefix + time.strftime("%Y%m%d-%H%M%S")
-    for i in itertools.count(1):
-        path = root / (stamp if i == 1 else f"{stamp}-{i}")
-        try:
-            _make_folder(path, str(path), exist_ok=False)
-            return path
-        except FileExistsError:
-            continue
-    raise AssertionError("unreachable")
-
-
-def _make_folder(path: Path, flag: str, exist_ok: bool, plots: bool = True) -> None:
-    try:
-        path.mkdir(parents=True, exist_ok=exist_ok)
-        if plots:
-            (path / "plots").mkdir(exist_ok=True)
-    except FileExistsError:
-        if not exist_ok:
-            raise
-        raise UserError(f"{flag}: exists and is not a folder") from None
-    except OSError as exc:
-        raise UserError(f"{flag}: cannot create the run folder ({exc.strerror or exc})") from None
-    if not os.access(path, os.W_OK | os.X_OK):
-        raise UserError(f"{flag}: the folder is not writable")
-
-
-def _check_named(path: Path, flag: str, resume, overwrite: bool) -> None:
-    """Refuse a named folder that is not empty, unless the run resumes there or overwrites it."""
-    if path.exists() and not path.is_dir():
-        raise UserError(f"{flag}: exists and is not a folder")
-    if not path.is_dir() or not _holds_files(path):
-        return
-    resumes_here = resume is True or (
-        isinstance(resume, (str, os.PathLike)) and Path(resume).expanduser().resolve().parent == path.resolve())
-    holds_run = (path / ARGS_FILE).is_file()
-    if resumes_here and overwrite:
-        raise UserError(f"{flag}: --overwrite would delete the run that --resume continues; give one of them")
-    if resumes_here:
-        return
-    if overwrite and holds_run:
-        _empty_folder(path, flag)
-        return
-    if overwrite:
-        raise UserError(f"{flag}: the folder is not empty and holds no {ARGS_FILE}, so it is not a run folder; "
-                        "--overwrite only replaces a run: choose a new or empty folder")
-    what = "holds a run" if holds_run else "is not empty"
-    raise UserError(f"{flag}: the folder already {what}; choose another --run-name/--run-dir, "
-                    "--resume its last.pt to continue it, or add --overwrite to replace it")
-
-
-def _holds_files(path: Path) -> bool:
-    """Whether ``path`` holds any file (an empty ``plots/`` left by an unstarted run does not count)."""
-    return any(not p.is_dir() for p in path.rglob("*"))
-
-
-def _empty_folder(path: Path, flag: str) -> None:
-    try:
-        for child in path.iterdir():
-            if child.is_dir() and not child.is_symlink():
-                shutil.rmtree(child)
-            else:
-                child.unlink()
-    except OSError as exc:
-        raise UserError(f"{flag}: cannot empty the folder for --overwrite ({exc})") from None
-
-
-def _fmt(value) -> str:
-    return f"{value:.4f}" if isinstance(value, float) else str(value)
-
-
-def _json_default(value):
-    if isinstance(value, Path):
-        return str(value)
-    if hasattr(value, "item"):  # NumPy / torch scalars
-        return value.item()
-    if hasattr(value, "tolist"):
-        return value.tolist()
-    raise TypeError(f"cannot write {type(value).__name__} to JSON")

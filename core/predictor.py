@@ -11,10 +11,8 @@ answers; :mod:`core.serve` holds no homework logic.
 
 Which homework a run folder belongs to
     ``args.json`` in the run folder holds ``"homework": "hw_<name>"`` (written by
-    :meth:`core.cli.RunDir.create`). Runs saved before that key existed are recognised by the
-    ``command`` that args.json records (``.../hw_<name>/train.py ...``), else by their place,
-    ``runs/hw_<name>/<run-name>/``. Only names of the form ``hw_<letters, digits, _>`` are
-    ever imported.
+    :meth:`core.runs.RunDir.start`; :func:`core.runs.run_homework` reads it). Only names of
+    the form ``hw_<letters, digits, _>`` are ever imported.
 
 What a homework provides
     ``hw_<name>/predict.py`` defines ``load_predictor(run_dir: Path) -> Predictor``: it reads
@@ -61,8 +59,7 @@ from __future__ import annotations
 import base64
 import importlib
 import io
-import json
-import re
+
 from pathlib import Path
 from typing import Sequence
 
@@ -70,12 +67,13 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, UnidentifiedImageError
 
+from .checkpoint import load_checkpoint as load_weights, submodule_weights as task_weights  # noqa: F401 (until every homework has load_model)
 from .errors import UserError
+from .runs import read_metrics, run_homework
 
 
 KINDS = ("classification", "segmentation", "detection", "generation")
 MAX_PIXELS = 40_000_000  # 40 megapixels: a 7000 x 5700 photo; decoded RGB that is 120 MB
-HOMEWORK_NAME = re.compile(r"hw_[a-z0-9_]+")
 
 
 class ImageError(UserError):
@@ -209,63 +207,6 @@ def render(result: dict, image: Image.Image | None = None) -> Image.Image:
     return picture
 
 
-# -- run folders ----------------------------------------------------------------------------------
-def run_homework(run_dir: str | Path) -> str:
-    """The homework package that wrote a run folder (see the module docstring).
-
-    Raises:
-        UserError: no such folder, no ``args.json``, or no homework named in it.
-    """
-    run_dir = Path(run_dir)
-    args_path = run_dir / "args.json"
-    if not args_path.is_file():
-        raise UserError(f"{run_dir}: no args.json (is this a run folder written by a homework's train command?)")
-    try:
-        args = json.loads(args_path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise UserError(f"{args_path}: not valid JSON ({exc})") from None
-    candidates = [args.get("homework")]
-    command = str(args.get("command") or "").split(" ")[0]
-    candidates.append(Path(command).parent.name if command else None)
-    candidates.append(run_dir.resolve().parent.name)
-    for name in candidates:
-        if isinstance(name, str) and HOMEWORK_NAME.fullmatch(name):
-            return name
-    raise UserError(f"{args_path}: does not say which homework wrote it (no 'homework' entry)")
-
-
-def read_metrics(run_dir: str | Path) -> dict:
-    """The run's ``metrics.json`` (``{}`` when it has none)."""
-    path = Path(run_dir) / "metrics.json"
-    if not path.is_file():
-        return {}
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise UserError(f"{path}: not valid JSON ({exc})") from None
-
-
-def load_weights(path: str | Path) -> dict:
-    """A checkpoint written by :class:`core.trainer.Trainer`, read weights-only (loading it
-    cannot execute code): :func:`core.trainer.load_checkpoint` without a task.
-
-    Raises:
-        UserError: the file is missing, would run code, or is not such a checkpoint.
-    """
-    from .trainer import load_checkpoint
-
-    return load_checkpoint(path)
-
-
-def task_weights(checkpoint: dict, prefix: str = "model.") -> dict:
-    """The state dict of the task's submodule ``prefix`` (``model.`` by default) in a checkpoint
-    read by :func:`core.trainer.load_checkpoint`: the EMA weights when the run kept them (the
-    ones it reports), else the trained ones."""
-    from .trainer import inference_weights
-
-    return {k.removeprefix(prefix): v for k, v in inference_weights(checkpoint).items() if k.startswith(prefix)}
-
-
 # -- the interface --------------------------------------------------------------------------------
 class Predictor:
     """A trained model of one run, ready to answer (see the module docstring)."""
@@ -330,7 +271,7 @@ def predict_main(homework: str, argv: list[str] | None = None, results_file: str
     as the web service returns them, ``{input: result}``) and a picture of each result into
     ``DIR`` (default ``<run>/predict-<timestamp>/``; ``--run-dir`` is the same option under the
     name the train commands use). Returns ``{input: result}``."""
-    from . import cli
+    from . import cli, runs
 
     parser = cli.make_parser(f"{homework}.predict", "Predict with a trained run, image by image.")
     parser.add_argument("--run", required=True, help=f"run folder written by {homework}.train")
@@ -356,7 +297,7 @@ def predict_main(homework: str, argv: list[str] | None = None, results_file: str
         if not path.is_file():
             raise UserError(f"{path}: image file not found")
         images[str(path)] = open_image(path.read_bytes(), args.max_pixels, what=str(path))
-    run = cli.RunDir.create(homework, args, parent=args.run, prefix="predict-")  # a new folder each time
+    run = runs.RunDir.create(homework, args, parent=args.run, prefix="predict-")  # a new folder each time
     results = {}
     if predictor.kind == "generation":
         results[f"seed {args.seed}"] = result = predictor.generate(args.seed, args.count)

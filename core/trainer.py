@@ -66,9 +66,10 @@ sized to the run; ``--patience``, ``--device``, ``--threads``, ``--num-workers``
 ``history.csv`` is written after the epoch's checkpoint, atomically. Ctrl-C during ``fit``
 prints the last checkpoint and the command that resumes from it.
 
-``time_limit`` (``--time-limit MINUTES``) fits the number of epochs, and the length of a
-``OneCycleLR`` or ``CosineAnnealingLR``, to the budget from the measured epoch time, and
-ends the run inside it, saving as a normal end does.
+``time_limit`` (``--time-limit MINUTES``) adds a :class:`core.callbacks.TimeBudget`: the number
+of epochs, and the length of a ``OneCycleLR`` or ``CosineAnnealingLR``, are fitted to the budget
+from the measured epoch time, and the run ends inside it, saving as a normal end does. Under
+DDP rank 0 decides and broadcasts, so every process trains the same batches.
 
 Under DDP (``torchrun``) each process reads its shard (a user's sampler, e.g.
 ``WeightedRandomSampler``, is sharded, not replaced); parameters registered on the task
@@ -79,12 +80,11 @@ from __future__ import annotations
 import contextlib
 import math
 import os
-import re
 import shlex
 import sys
 import time
 import warnings
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 import torch
@@ -94,13 +94,11 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import BatchSampler, DataLoader, DistributedSampler, RandomSampler, Sampler, SequentialSampler
 from tqdm.auto import tqdm
 
-from .callbacks import Callback, EarlyStopping, HistoryCSV, ModelCheckpoint
-from .device import (DistInfo, autocast, autocast_dtype, barrier, init_distributed, pick_device, process_age,
+from .callbacks import Callback, EarlyStopping, HistoryCSV, ModelCheckpoint, TimeBudget
+from .checkpoint import load_checkpoint, load_task_weights, save_atomic, task_state_dict
+from .device import (DistInfo, autocast, autocast_dtype, barrier, dist_info, init_distributed, pick_device,
                      rng_state, seed_everything, set_rng_state)
 from .errors import UserError
-
-
-_clock = time.perf_counter  # the Trainer's clock (tests replace it)
 
 
 class Task(nn.Module):
@@ -175,82 +173,6 @@ def move_to_device(batch, device: torch.device, non_blocking: bool = False):
     return batch
 
 
-def unwrap(module: nn.Module) -> nn.Module:
-    """The plain module inside a DDP wrapper (or the module itself)."""
-    return module.module if isinstance(module, DistributedDataParallel) else module
-
-
-def task_state_dict(task: Task) -> dict:
-    """The task's weights with DDP wrappers removed, so they load into an unwrapped task."""
-    state = {}
-    for name, child in task.named_children():
-        for key, value in unwrap(child).state_dict().items():
-            state[f"{name}.{key}"] = value
-    for key, value in task.state_dict().items():  # parameters/buffers registered on the task itself
-        if "." not in key:
-            state[key] = value
-    return state
-
-
-def task_named_parameters(task: Task) -> Iterator[tuple[str, nn.Parameter]]:
-    """``(name, parameter)`` pairs named as in :func:`task_state_dict` (no DDP prefixes)."""
-    yield from task.named_parameters(recurse=False)
-    for name, child in task.named_children():
-        for key, param in unwrap(child).named_parameters():
-            yield f"{name}.{key}", param
-
-
-def load_checkpoint(path: str | os.PathLike, task: Task | None = None, map_location="cpu",
-                    ema: bool = True) -> dict:
-    """Read a checkpoint written by the Trainer and, if ``task`` is given, load its weights.
-
-    The file is read with ``torch.load(weights_only=True)``: a file holding Python objects
-    that would run code when loaded is refused with :class:`~core.errors.UserError`, as are a
-    missing file and a checkpoint of another model (the message names the file and the
-    problem). With ``ema`` (default), a checkpoint of a run with :class:`core.callbacks.EMA`
-    loads the averaged weights (the ones validation used) into ``task``.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"{path}: checkpoint not found")
-    try:
-        checkpoint = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as exc:  # UnpicklingError for code-carrying pickles and junk, others for junk
-        text = str(exc)
-        found = re.search(r"Unsupported global: GLOBAL (\S+)", text)
-        if found:
-            raise UserError(f"{path}: refused: the file holds Python objects that could run code when loaded "
-                            f"({found.group(1)}); only checkpoints of tensors and plain values are read") from None
-        detail = re.search(r"WeightsUnpickler error:\s*(.+)", text) or re.search(r"(.+)", text)
-        reason = detail.group(1).strip() if detail else type(exc).__name__
-        raise UserError(f"{path}: cannot read checkpoint ({reason[:200]})") from None
-    if not isinstance(checkpoint, dict) or "task" not in checkpoint:
-        raise UserError(f"{path}: not a checkpoint written by core.Trainer (no 'task' entry)")
-    if task is not None:
-        load_task_weights(task, inference_weights(checkpoint) if ema else checkpoint["task"], path)
-    return checkpoint
-
-
-def inference_weights(checkpoint: dict) -> dict:
-    """The weights a run reports: the EMA average when the run kept one, else the trained ones."""
-    return checkpoint.get("ema") or checkpoint["task"]
-
-
-def load_task_weights(task: Task, state: dict, source: str | os.PathLike = "checkpoint") -> None:
-    """``task.load_state_dict(state)``, with a mismatch reported as one :class:`UserError` line."""
-    own = task_state_dict(task)
-    missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
-    shapes = [k for k in own if k in state and tuple(own[k].shape) != tuple(state[k].shape)]
-    if missing or unexpected or shapes:
-        problems = []
-        for label, keys in (("missing", missing), ("unexpected", unexpected), ("shape differs for", shapes)):
-            if keys:
-                problems.append(f"{label} {', '.join(keys[:3])}{' ...' if len(keys) > 3 else ''} ({len(keys)})")
-        raise UserError(f"{source}: checkpoint of another model ({type(task).__name__} does not fit it): "
-                        + "; ".join(problems))
-    task.load_state_dict(state)
-
-
 class _OptimizerSetup:
     """The parsed result of ``Task.configure_optimizers``."""
 
@@ -315,14 +237,14 @@ class Trainer:
         seed / deterministic: seeding and deterministic kernels, applied in ``fit``.
         callbacks: extra :class:`~core.callbacks.Callback` objects.
         progress: show tqdm bars; default only on an interactive terminal outside CI.
-        threads: CPU threads for PyTorch's kernels (``None``: leave PyTorch's setting).
-        time_limit: minutes the fit may take. After the first epoch the number of epochs is
-            fitted to the budget from that epoch's wall time, and length-dependent LR schedules
-            (``OneCycleLR``, ``CosineAnnealingLR``) are resized to match; the second epoch
-            may correct the plan either way, later epochs only shrink it if they run slower.
-            ``max_epochs`` then only sizes the first epoch's schedule. If the budget runs out
-            inside an epoch, that epoch ends early and the run ends as a normal one does
-            (validation, checkpoints).
+        time_limit: minutes ``fit`` may take, counted from its start: a
+            :class:`~core.callbacks.TimeBudget` fits the number of epochs (and the length of
+            ``OneCycleLR``/``CosineAnnealingLR`` schedules) to it and ends the run inside it;
+            ``max_epochs`` then only sizes the first epoch's schedule. Under DDP rank 0's clock
+            decides and every process follows.
+
+    Building a Trainer has no effect outside it: the process group is joined (under
+    ``torchrun``) when ``fit`` starts, and PyTorch's thread count is the caller's to set.
     """
 
     def __init__(self, max_epochs: int = 10, run_dir: str | os.PathLike | None = None,
@@ -330,14 +252,9 @@ class Trainer:
                  device: str = "auto", precision: str = "auto", grad_clip: float | None = None,
                  accumulate: int = 1, limit_batches: int | None = None, seed: int | None = 42,
                  deterministic: bool = False, callbacks: Iterable[Callback] = (),
-                 progress: bool | None = None, log_every_epoch: bool = True, threads: int | None = None,
-                 time_limit: float | None = None):
+                 progress: bool | None = None, log_every_epoch: bool = True, time_limit: float | None = None):
         if accumulate < 1:
             raise ValueError(f"accumulate must be >= 1, got {accumulate}")
-        if threads is not None:
-            if threads < 1:
-                raise ValueError(f"threads must be >= 1, got {threads}")
-            torch.set_num_threads(threads)
         if patience is not None and monitor is None:
             raise ValueError("patience needs a monitored metric: give monitor (e.g. 'val_loss')")
         self.max_epochs = max_epochs
@@ -349,7 +266,7 @@ class Trainer:
             raise ValueError(f"time_limit must be > 0 minutes, got {time_limit}")
         self.time_limit = time_limit
         self.device = pick_device(device)
-        self.dist: DistInfo = init_distributed(self.device)
+        self.dist: DistInfo = dist_info()  # from torchrun's environment; the group is joined in fit
         self.amp_dtype = autocast_dtype(precision, self.device)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
         self.progress = progress if progress is not None else (
@@ -360,6 +277,8 @@ class Trainer:
         self._monitoring: list[Callback] = []  # built-in callbacks that follow self.monitor
         if patience is not None:
             self._monitoring.append(EarlyStopping(monitor, mode, patience))
+        if time_limit is not None:
+            self.callbacks.append(TimeBudget(time_limit))
         if self.run_dir is not None:
             self.callbacks.append(HistoryCSV(self.run_dir / "history.csv"))
             self._monitoring.append(ModelCheckpoint(self.run_dir, monitor, mode))
@@ -379,30 +298,7 @@ class Trainer:
         self.train_loader: DataLoader | None = None
         self._scaler_stepped = False
         self._batch_index = 0
-        self._deadline: float | None = None   # perf_counter() by which fit must end (time_limit)
-        self._epoch_starts: list[float] = []
-        self._train_end: float | None = None
-        self._tail_seconds = 0.0     # time an epoch spends after its training batches
-        self._batch_start: float | None = None
-        self._batch_seconds = 0.0
         self._optimizer_settings: list[list[dict]] = []
-
-    @classmethod
-    def from_args(cls, args, run_dir=None, **overrides) -> "Trainer":
-        """Build a Trainer from the options of :func:`core.cli.add_training_args`.
-
-        ``--time-limit`` counts from the command's start: the time already spent (imports,
-        loading the data) is taken from the training budget."""
-        time_limit = None if getattr(args, "dry_run", False) else getattr(args, "time_limit", None)
-        if time_limit is not None:
-            time_limit = max(time_limit / 20, time_limit - (process_age() or 0.0) / 60)
-        kwargs = dict(max_epochs=args.epochs, run_dir=run_dir, device=args.device, precision=args.precision,
-                      grad_clip=args.grad_clip, accumulate=args.accumulate, limit_batches=args.limit_batches,
-                      seed=args.seed, deterministic=args.deterministic, patience=args.patience,
-                      threads=getattr(args, "threads", None),
-                      time_limit=time_limit)
-        kwargs.update(overrides)
-        return cls(**kwargs)
 
     # -- public API ---------------------------------------------------------------------------
     def fit(self, task: Task, train_loader: DataLoader, val_loader: DataLoader | None = None,
@@ -412,6 +308,7 @@ class Trainer:
         Ctrl-C prints where the last checkpoint is and the command that resumes from it,
         then raises ``KeyboardInterrupt`` again (``core.cli.run_command`` exits with 130).
         """
+        self.dist = init_distributed(self.device)
         if self.seed is not None:
             seed_everything(self.seed, self.deterministic)
         self._attach(task, val_loader)
@@ -422,8 +319,6 @@ class Trainer:
         setup = _OptimizerSetup(task.configure_optimizers())
         self.optimizers, self.schedulers = setup.optimizers, setup.schedulers
         self._optimizer_settings = _optimizer_settings(self.optimizers)
-        if self.time_limit is not None:
-            self._deadline = _clock() + 60.0 * self.time_limit
         if resume is not None:
             self._restore(resume)
         if self.dist.enabled:
@@ -476,6 +371,22 @@ class Trainer:
             if isinstance(cb, ModelCheckpoint) and cb.last_path.is_file():
                 return cb.last_path
         return None
+
+    def broadcast(self, value: float) -> float:
+        """Rank 0's ``value`` on every process (``value`` itself when not distributed): for a
+        decision every process must share, such as stopping after this batch."""
+        if not self.dist.enabled:
+            return value
+        box = torch.tensor([float(value)], dtype=torch.float64, device=self.device)
+        dist.broadcast(box, src=0)
+        return box.item()
+
+    def resize_schedules(self) -> None:
+        """Fit length-dependent LR schedules (:func:`resize_schedule`) to ``max_epochs``, after
+        a callback changed it."""
+        for sched in self.schedulers:
+            total = self.estimated_stepping_batches if sched["interval"] == "step" else self.max_epochs
+            resize_schedule(sched["scheduler"], total)
 
     def log(self, message: str) -> None:
         """Print on rank 0 only (tqdm-safe)."""
@@ -549,17 +460,13 @@ class Trainer:
     # -- one epoch ----------------------------------------------------------------------------
     def _run_epoch(self, task: Task, train_loader: DataLoader, val_loader: DataLoader | None) -> None:
         epoch = self.epoch + 1
-        start = _clock()
-        self._epoch_starts.append(start)
-        if self._train_end is not None:  # validation, checkpoints and logging of the last epoch
-            self._tail_seconds = start - self._train_end
+        start = time.perf_counter()
         sampler = getattr(train_loader, "sampler", None)
         if hasattr(sampler, "set_epoch"):
             sampler.set_epoch(epoch)
         for cb in self.callbacks:
             cb.on_train_epoch_start(self, task)
         metrics = {f"train_{k}": v for k, v in self._train_epoch(task, train_loader, epoch).items()}
-        self._train_end = _clock()
         if val_loader is not None:
             for cb in self.callbacks:
                 cb.on_validation_start(self, task)
@@ -576,10 +483,8 @@ class Trainer:
                 else:
                     sched["scheduler"].step()
         self.epoch = epoch
-        row = {"epoch": epoch, **metrics, "time": round(_clock() - start, 3)}
+        row = {"epoch": epoch, **metrics, "time": round(time.perf_counter() - start, 3)}
         self.history.append(row)
-        if self._deadline is not None:
-            self._fit_to_time_limit()
         for cb in self.callbacks:
             cb.on_epoch_end(self, task, metrics)
         if self.log_every_epoch:
@@ -595,7 +500,6 @@ class Trainer:
         n_batches = self._num_batches(loader)
         if n_batches == 0:
             raise ValueError("the training loader is empty (no batches): check the dataset size and batch size")
-        self._batch_start = None
         batch_hooks = [cb for cb in self.callbacks if type(cb).on_train_batch_end is not Callback.on_train_batch_end]
         sums: dict[str, float] = {}
         count = 0
@@ -603,11 +507,6 @@ class Trainer:
                    disable=not self.progress, dynamic_ncols=True)
         for i, batch in enumerate(loader):
             if i >= n_batches:
-                break
-            if self._deadline is not None and self._out_of_time():
-                self.log(f"time limit: the budget of {self.time_limit:.1f} min ends after {i} batches of epoch "
-                         f"{epoch} (time kept for validation and checkpoints); ending the run")
-                self.should_stop = True
                 break
             self._batch_index = i
             batch = move_to_device(batch, self.device)
@@ -629,6 +528,8 @@ class Trainer:
             bar.update(1)
             if "loss" in logs:
                 bar.set_postfix(loss=f"{float(logs['loss']):.4f}")
+            if self.should_stop:  # a callback (the time budget) ended the run after this batch
+                break
         bar.close()
         return self._reduce(sums, count)
 
@@ -723,12 +624,7 @@ class Trainer:
 
     def save_checkpoint(self, path: str | os.PathLike) -> Path:
         """Write a full checkpoint atomically (a crash mid-write leaves the old file intact)."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(path.suffix + ".tmp")
-        torch.save(self.checkpoint_state(), tmp)
-        os.replace(tmp, path)
-        return path
+        return save_atomic(self.checkpoint_state(), path)
 
     def _restore(self, path: str | os.PathLike) -> None:
         checkpoint = load_checkpoint(path, map_location=self.device)
@@ -794,37 +690,6 @@ class Trainer:
                                 f"({saved_steps} optimiser steps), these options give {self.max_epochs} epochs "
                                 f"({self.estimated_stepping_batches} steps); resume with --epochs {saved_epochs} "
                                 "and the run's batch options, or start a new run")
-
-    def _out_of_time(self) -> bool:
-        """Whether one more batch (as long as the previous one) and the epoch's validation and
-        checkpoints (as long as the last epoch's) would end past the deadline. The batches it
-        skips are the last of a one-cycle schedule, at an LR near zero."""
-        now = _clock()
-        if self._batch_start is not None:
-            self._batch_seconds = now - self._batch_start
-        self._batch_start = now
-        return now + self._batch_seconds + self._tail_seconds > self._deadline
-
-    def _fit_to_time_limit(self) -> None:
-        """Fit ``max_epochs`` to what is left of the budget, from the recent epochs' wall time
-        (start to start, so checkpoint writing counts). After the first and second epochs the
-        plan may grow or shrink; later it only shrinks (a busy machine), so the LR of a one-cycle
-        schedule's decay never jumps back up."""
-        now = _clock()
-        window = self._epoch_starts[-3:] + [now]
-        recent = [b - a for a, b in zip(window, window[1:])]
-        epoch_seconds = sorted(recent)[len(recent) // 2]
-        remaining = self._deadline - now
-        fitted = self.epoch + max(0, math.floor(0.95 * remaining / epoch_seconds))
-        early = len(self._epoch_starts) <= 2  # the first epoch carries one-time costs: the second may correct it
-        planned = fitted if early else min(self.max_epochs, fitted)
-        if planned != self.max_epochs:
-            self.log(f"time limit: {planned} epochs fit in {self.time_limit:.1f} min "
-                     f"({epoch_seconds:.1f} s per epoch, {remaining / 60:.1f} min left); the LR schedule follows")
-            self.max_epochs = planned
-            for sched in self.schedulers:
-                total = self.estimated_stepping_batches if sched["interval"] == "step" else self.max_epochs
-                resize_schedule(sched["scheduler"], total)
 
     def _report_interrupt(self) -> None:
         """After Ctrl-C: say where the last checkpoint is and how to continue from it."""

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from core import cli
+from core import cli, runs
 from core.data import DataError
 from core.device import echo, pick_device
 from core.plots import image_grid
@@ -184,7 +184,7 @@ def main(argv: list[str] | None = None) -> dict:
     train, test, source, same = run_data(args.run, config, args.data_dir)
     echo(f"model: {config['name']} (latent {config['latent']}) from {args.run}; scoring "
          + (f"the {len(test)} held-out test images" if same else f"all {len(test)} images"))
-    run = cli.RunDir.create("hw_autoencoder", args, parent=Path(args.run),
+    run = runs.RunDir.create("hw_autoencoder", args, parent=Path(args.run),
                             prefix=f"eval-{source.root.name if source.root else 'builtin'}-")
     metrics = score(model, config, test, train, args.seed)
     run.save_metrics(metrics)

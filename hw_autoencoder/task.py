@@ -6,7 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from core.trainer import Task, unwrap
+from core.checkpoint import unwrap
+from core.trainer import Task
 
 from .data import add_noise, jitter_faces, random_shifts
 from .models import VAE, KL_divergence, elbo_terms, log_likelihood

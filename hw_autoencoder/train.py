@@ -22,13 +22,12 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader
 
-from core import cli
+from core import cli, runs
 from core.data import DataSource, InMemoryImages, resolve_data_root
 from core.device import echo
 from core.inference import count_parameters
 from core.mnist import RAW_DIR, download_mnist
 from core.plots import image_grid, plot_history
-from core.trainer import Trainer
 
 from .data import ImageSet, builtin_digits, load_digits, load_faces, make_faces, split_indices
 from .evaluate import reconstruction_figure, score
@@ -175,8 +174,8 @@ def main(argv: list[str] | None = None) -> dict:
     echo(f"model: {type(model).__name__}, code size {args.latent}, {count_parameters(model):,} parameters")
     task = make_task(args, model)
     args.data_root = str(source.root) if source.root else None
-    run = cli.RunDir.reserve("hw_autoencoder", args)
-    trainer = Trainer.from_args(args, run_dir=run.path, monitor="val_loss", mode="min",
+    run = runs.RunDir.reserve("hw_autoencoder", args)
+    trainer = cli.build_trainer(args, run_dir=run.path, monitor="val_loss", mode="min",
                                 callbacks=[run.start_callback(args)])
     start = time.perf_counter()
     history = trainer.fit(task, train_loader, val_loader, resume=args.resume)
@@ -198,7 +197,7 @@ def main(argv: list[str] | None = None) -> dict:
     return metrics
 
 
-def write_plots(run: cli.RunDir, model, config: dict, test: ImageSet) -> None:
+def write_plots(run: runs.RunDir, model, config: dict, test: ImageSet) -> None:
     """Curves, held-out reconstructions and samples (the AE's from a Gaussian fitted to its
     training codes, the VAE's from the prior N(0, I), the CVAE's one row per digit)."""
     plot_history(run / "history.csv", run.plots / "history.png", title=config["name"])

@@ -24,7 +24,7 @@ import time
 
 import pandas as pd
 
-from core import cli
+from core import cli, runs
 from core.data import resolve_data_root
 
 from . import eda
@@ -122,7 +122,7 @@ def main(argv: list[str] | None = None) -> dict:
     data = load_churn(source.root)
     X, y = data.X, data.y
     cli.check_folds(args.folds, y, "--folds")
-    run = cli.RunDir.create("hw_churn", args)
+    run = runs.RunDir.create("hw_churn", args)
 
     # -- data report and EDA figures
     eda.print_report(data.train, data.report)

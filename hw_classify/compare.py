@@ -16,7 +16,7 @@ import shlex
 
 import pandas as pd
 
-from core import cli
+from core import cli, runs
 from core.data import resolve_data_root
 from core.plots import save_figure
 
@@ -86,7 +86,7 @@ def figure(table: pd.DataFrame, path) -> None:
 def main(argv: list[str] | None = None) -> dict:
     args = cli.parse_args(build_parser(), argv)
     data = resolve_data_root("simpsons", args.data_dir, builtin="built-in generated shapes").description
-    run = cli.RunDir.create("hw_classify", args, prefix="compare-")
+    run = runs.RunDir.create("hw_classify", args, prefix="compare-")
     rows = []
     for arch in args.archs:
         print(f"== {arch}")

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from core import cli
+from core import cli, runs
 from core.data import ImageClassificationDataset
 from core.device import is_main_process
 from core.inference import predict
@@ -49,7 +49,7 @@ def worst_mistakes(probs: torch.Tensor, labels: np.ndarray, n: int = 16) -> np.n
     return wrong[np.argsort(-confidence, kind="stable")][:n]
 
 
-def evaluate_and_report(run: cli.RunDir, model: nn.Module, val_set: ImageClassificationDataset,
+def evaluate_and_report(run: runs.RunDir, model: nn.Module, val_set: ImageClassificationDataset,
                         classes: list[str], device, title: str = "") -> dict:
     """Score ``model`` on the validation set, without and with flip TTA; write per_class.csv
     and the plots (without TTA, as ``submit`` predicts by default); return ``val_*`` metrics

@@ -29,11 +29,11 @@ import time
 import torch
 from torch.utils.data import DataLoader, WeightedRandomSampler
 
-from core import cli
+from core import cli, runs
 from core.data import ImageClassificationDataset, resolve_data_root, stratified_folds, stratified_split
 from core.device import echo
 from core.inference import count_parameters
-from core.trainer import Trainer, load_checkpoint
+from core.checkpoint import load_checkpoint
 
 from .data import AUGMENTS, LOAD_SCALE, ClassificationData, build_transform, decode_data, load_layout, make_shapes
 from .models import build_model, pretrained_state
@@ -201,8 +201,8 @@ def main(argv: list[str] | None = None) -> dict:
     train_loader, val_loader, val_set = make_loaders(data, args)
     task = build_task(args, data, train_loader.dataset.labels, state)
 
-    run = cli.RunDir.reserve("hw_classify", args)
-    trainer = Trainer.from_args(args, run_dir=run.path, monitor="val_f1_macro", mode="max",
+    run = runs.RunDir.reserve("hw_classify", args)
+    trainer = cli.build_trainer(args, run_dir=run.path, monitor="val_f1_macro", mode="max",
                                 callbacks=[StageSchedule(), run.start_callback(args)])
     if trainer.device.type == "cpu":  # channels-last convolutions: faster train steps on CPU (bench/classify.py)
         task.model.to(memory_format=torch.channels_last)

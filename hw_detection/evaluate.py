@@ -8,7 +8,7 @@ boxes into ``--run-dir`` (default: ``<run>/eval-<data folder name>[-2 ...]``).
 """
 from __future__ import annotations
 
-from core import cli
+from core import cli, runs
 from core.data import resolve_data_root
 
 from .data import load_voc, make_scenes
@@ -35,7 +35,7 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"model: CenterNet ({train_args.get('backend', 'torch')}) from {args.run}; "
           f"dataset: {data.description}: {data.report()}")
     name = source.root.name if source.root else "builtin"
-    run = cli.RunDir.create("hw_detection", args, parent=args.run, prefix=f"eval-{name}-")  # or --run-dir
+    run = runs.RunDir.create("hw_detection", args, parent=args.run, prefix=f"eval-{name}-")  # or --run-dir
     metrics, arrays, predictions = evaluate(detector, data, args.score_threshold)
     metrics = {"images": len(data), **{k: round(v, 4) for k, v in metrics.items()}}
     run.save_metrics(metrics)

@@ -33,7 +33,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from core import cli
+from core import cli, runs
 from core.errors import UserError
 
 from .data import DetectionData
@@ -236,7 +236,7 @@ def history_from_scalars(work_dir: Path, path: Path) -> list[dict]:
 
 
 def train_mmdet(args: argparse.Namespace, train: DetectionData, val: DetectionData,
-                run: cli.RunDir) -> tuple["MMDetDetector", list[dict]]:
+                run: runs.RunDir) -> tuple["MMDetDetector", list[dict]]:
     """Train with mmengine's Runner; the model, its config and history.csv go into ``run``."""
     require_mmdet()
     from mmengine.config import Config

@@ -21,7 +21,7 @@ import time
 import torch
 from torch.utils.data import DataLoader
 
-from core import cli
+from core import cli, runs
 from core.data import resolve_data_root
 from core.detection.augment import DetectionDataset, collate
 from core.detection.centernet import CenterNet, CenterNetTask
@@ -29,7 +29,7 @@ from core.detection.evaluate import detection_metrics
 from core.device import echo
 from core.errors import UserError
 from core.plots import box_overlays, plot_history
-from core.trainer import Trainer, load_checkpoint
+from core.checkpoint import load_checkpoint
 
 from .data import CLASSES, DetectionData, classes_option, load_voc, make_scenes, split_indices
 from .detector import MODEL_FILE, Detector
@@ -90,7 +90,7 @@ def load_data(args: argparse.Namespace) -> tuple[DetectionData, dict]:
     return data, {key: getattr(args, key) for key in recipe}
 
 
-def train_native(args, train: DetectionData, val: DetectionData, run: cli.RunDir) -> tuple[Detector, list]:
+def train_native(args, train: DetectionData, val: DetectionData, run: runs.RunDir) -> tuple[Detector, list]:
     """core.Trainer on CenterNet; returns the last epoch's model (saved as ``model.pt``)."""
     train_loader = DataLoader(DetectionDataset(train.samples, args.size, train=True), batch_size=args.batch_size,
                               shuffle=True, num_workers=args.num_workers, collate_fn=collate,
@@ -102,7 +102,7 @@ def train_native(args, train: DetectionData, val: DetectionData, run: cli.RunDir
     if not torch.cuda.is_available():
         model.to(memory_format=torch.channels_last)
     task = CenterNetTask(model, lr=args.lr)  # one-cycle over trainer.estimated_stepping_batches
-    trainer = Trainer.from_args(args, run_dir=run.path, monitor="val_map50", mode="max",
+    trainer = cli.build_trainer(args, run_dir=run.path, monitor="val_map50", mode="max",
                                 callbacks=[run.start_callback(args)])
     history = trainer.fit(task, train_loader, val_loader, resume=args.resume)
     load_checkpoint(run / "last.pt", task)  # the one-cycle schedule ends at a tiny LR: keep the last
@@ -118,7 +118,7 @@ def evaluate(detector, data: DetectionData, score_threshold: float) -> tuple[dic
     return detection_metrics(predictions, targets, data.class_names, score_threshold), arrays, predictions
 
 
-def write_figures(run: cli.RunDir, data: DetectionData, arrays: list, predictions: list, score_threshold: float,
+def write_figures(run: runs.RunDir, data: DetectionData, arrays: list, predictions: list, score_threshold: float,
                   name: str = "predictions.png", n: int = 6) -> None:
     n = min(n, len(data))
     truths = [{"boxes": s.boxes, "labels": s.labels} for s in data.samples[:n]]
@@ -135,7 +135,7 @@ def main(argv: list[str] | None = None) -> dict:
     train, val = data.subset(train_ix), data.subset(val_ix)
     echo(f"recipe: {'  '.join(f'{k}={v}' for k, v in recipe.items())}  backend={args.backend}  dcn={args.dcn}; "
          f"split: {len(train)} train / {len(val)} val (split seed {args.split_seed})")
-    run = cli.RunDir.reserve("hw_detection", args)
+    run = runs.RunDir.reserve("hw_detection", args)
     start = time.perf_counter()
     if args.backend == "mmdet":
         from .mmdet_backend import train_mmdet

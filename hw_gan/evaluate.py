@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from core import cli
+from core import cli, runs
 from core.device import echo
 from core.errors import UserError
 
@@ -91,7 +91,7 @@ def main(argv: list[str] | None = None) -> dict:
     echo(f"comparing {n} real and {n} generated images at {train_args['image_size']} px")
 
     data_name = Path(args.data_dir).resolve().name if args.data_dir else "holdout"
-    run = cli.RunDir.create("hw_gan", args, parent=run_path, prefix=f"eval-{data_name}-")  # a new folder each time
+    run = runs.RunDir.create("hw_gan", args, parent=run_path, prefix=f"eval-{data_name}-")  # a new folder each time
     metrics = {"n": n, **score(real_images, fake_images, args.folds, args.seed)}
     if args.baseline and train is not None:
         pca = pca_gaussian_samples(train.images, n, seed=args.seed)

@@ -17,7 +17,7 @@ from core.callbacks import EMA, Callback
 from core.device import is_main_process
 from core.errors import UserError
 from core.predictor import task_weights
-from core.trainer import load_checkpoint, unwrap
+from core.checkpoint import load_checkpoint, unwrap
 
 from .data import to_unit
 from .models import Generator

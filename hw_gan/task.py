@@ -16,7 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from core.trainer import Task, unwrap
+from core.checkpoint import unwrap
+from core.trainer import Task
 
 LOSSES = ("bce", "saturating", "hinge")
 

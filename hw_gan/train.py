@@ -23,14 +23,13 @@ import time
 import torch
 from torch.utils.data import DataLoader
 
-from core import cli
+from core import cli, runs
 from core.data import DataError, InMemoryImages, resolve_data_root
 from core.device import echo
 from core.callbacks import EMA
 from core.errors import UserError
 from core.inference import count_parameters
 from core.plots import plot_history
-from core.trainer import Trainer
 
 from .data import Faces, builtin_faces, load_faces, split_holdout
 from .models import Discriminator, Generator, check_image_size
@@ -112,11 +111,11 @@ def main(argv: list[str] | None = None) -> dict:
          f"{count_parameters(discriminator):,} parameters at {args.image_size} px, width {args.width}")
     task = GANTask(generator, discriminator, lr=args.lr, betas=(args.beta1, 0.999), loss=args.loss,
                    label_smoothing=args.label_smoothing, instance_noise=args.instance_noise, seed=args.seed)
-    run = cli.RunDir.reserve("hw_gan", args)
+    run = runs.RunDir.reserve("hw_gan", args)
     run.save_json("split.json", {"data": str(source.root) if source.root else "built-in",
                                  "holdout": held.names, "train": train.names})
     callbacks = [run.start_callback(args), SampleGrids(run.plots)] + ([EMA(args.ema)] if args.ema else [])
-    trainer = Trainer.from_args(args, run_dir=run.path, callbacks=callbacks)
+    trainer = cli.build_trainer(args, run_dir=run.path, callbacks=callbacks)
     if trainer.device.type == "cpu":  # bench/gan.py: channels-last convolutions are faster on the CPU
         task.to(memory_format=torch.channels_last)
     start = time.perf_counter()

@@ -18,7 +18,7 @@ import time
 
 import numpy as np
 
-from core import cli
+from core import cli, runs
 from core.data import require_file, resolve_data_root
 from core.errors import UserError
 from core.plots import bar_compare
@@ -78,7 +78,7 @@ def main(argv: list[str] | None = None) -> dict:
         raise UserError(str(exc)) from None
     X, y = table.X, table.y
     cli.check_folds(args.cv, y, "--cv")
-    run = cli.RunDir.create("hw_knn", args)  # before the grid searches: an unwritable folder stops us now
+    run = runs.RunDir.create("hw_knn", args)  # before the grid searches: an unwritable folder stops us now
     X_train, X_test, y_train, y_test = split(X, y)
     print(f"split: {len(X_train)} train / {len(X_test)} test, classes {np.unique(y).tolist()}")
     metrics: dict = {"n_rows": len(X), "n_features": X.shape[1]}

@@ -15,7 +15,7 @@ import argparse
 
 import numpy as np
 
-from core import cli
+from core import cli, runs
 from core.data import resolve_data_root
 
 from .compare import compare_with_sklearn
@@ -47,7 +47,7 @@ def main(argv: list[str] | None = None) -> dict:
     mnist_data = None if mnist.builtin else load_mnist_01(mnist.root)
     if mnist_data is not None:
         cli.check_folds(args.cv, mnist_data[1], "--cv")
-    run = cli.RunDir.create("hw_logreg", args)
+    run = runs.RunDir.create("hw_logreg", args)
     metrics: dict = {}
 
     print("== part 1: gradient descent on sin(x1)^2 + sin(x2)^2, lr=0.1, 20 steps")

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from core import cli
+from core import cli, runs
 from core.data import DataError, resolve_data_root
 from core.device import echo
 
@@ -67,7 +67,7 @@ def main(argv: list[str] | None = None) -> dict:
     echo(f"model from {args.run}: {'reader' if reader else ''}{' + ' if reader and detector else ''}"
          f"{'detector' if detector else ''}; scoring the {args.split} split: "
          f"{len(crops) if crops is not None else 0} crops, {len(photos)} photos")
-    run = cli.RunDir.create("hw_plates", args, parent=args.run, prefix="eval-")
+    run = runs.RunDir.create("hw_plates", args, parent=args.run, prefix="eval-")
 
     metrics = {}
     if reader is not None:

@@ -22,11 +22,11 @@ import time
 import torch
 from torch.utils.data import DataLoader
 
-from core import cli
+from core import cli, runs
 from core.data import resolve_data_root
 from core.device import echo
 from core.plots import plot_history
-from core.trainer import Trainer, load_checkpoint
+from core.checkpoint import load_checkpoint
 
 from .data import CropDataset, CropSet, Photo, collate_crops, load_crops, load_photos, make_rendered_plates
 from .models import CRNN, READER_ARCHS, count_parameters
@@ -115,7 +115,7 @@ def load_data(args, alphabet: Alphabet) -> tuple[CropSet, list[Photo], bool]:
     return crops, photos, source.builtin
 
 
-def train_reader(args, crops: CropSet, run: cli.RunDir) -> tuple[CRNN, dict]:
+def train_reader(args, crops: CropSet, run: runs.RunDir) -> tuple[CRNN, dict]:
     """Fit the CRNN on the train crops (best epoch by val exact); returns it and its numbers."""
     train, val = crops.split("train"), crops.split("val")
     train_loader = DataLoader(CropDataset(train, augment=not args.no_augment, seed=args.seed),
@@ -128,7 +128,7 @@ def train_reader(args, crops: CropSet, run: cli.RunDir) -> tuple[CRNN, dict]:
     echo(f"reader: {args.arch}, {count_parameters(model):,} parameters, input {args.height}x{args.width}, "
          f"{args.width // 4} frames")
     task = ReaderTask(model, lr=args.lr)
-    trainer = Trainer.from_args(args, run_dir=run / "reader", monitor="val_exact", mode="max",
+    trainer = cli.build_trainer(args, run_dir=run / "reader", monitor="val_exact", mode="max",
                                 callbacks=[run.start_callback(args)])
     start = time.perf_counter()
     history = trainer.fit(task, train_loader, val_loader, resume=args.resume)
@@ -138,7 +138,7 @@ def train_reader(args, crops: CropSet, run: cli.RunDir) -> tuple[CRNN, dict]:
                           "reader_parameters": count_parameters(model)}
 
 
-def train_detector(args, photos: list[Photo], run: cli.RunDir, start_run: bool):
+def train_detector(args, photos: list[Photo], run: runs.RunDir, start_run: bool):
     """Fit the plate CenterNet on the train photos (best epoch by val map50)."""
     from core.detection.augment import collate
     from core.detection.centernet import CenterNetTask
@@ -155,7 +155,7 @@ def train_detector(args, photos: list[Photo], run: cli.RunDir, start_run: bool):
     echo(f"detector: CenterNet (PlateNet width {args.det_width}), {count_parameters(model):,} parameters, "
          f"input {args.det_size}x{args.det_size}, heat map stride {model.stride}")
     task = CenterNetTask(model, lr=args.det_lr, topk=10)
-    trainer = Trainer.from_args(args, run_dir=run / "detector", monitor="val_map50", mode="max",
+    trainer = cli.build_trainer(args, run_dir=run / "detector", monitor="val_map50", mode="max",
                                 max_epochs=args.det_epochs, callbacks=[run.start_callback(args)] if start_run else [])
     start = time.perf_counter()
     history = trainer.fit(task, train_loader, val_loader, resume=args.resume)
@@ -172,7 +172,7 @@ def main(argv: list[str] | None = None) -> dict:
     crops, photos, builtin = load_data(args, alphabet)
     recipe = cli.apply_recipe(args, RECIPES["built-in" if builtin else "plates"])
     echo("recipe: " + "  ".join(f"{k}={v}" for k, v in recipe.items()) + f"  stage={args.stage}")
-    run = cli.RunDir.reserve("hw_plates", args)
+    run = runs.RunDir.reserve("hw_plates", args)
 
     metrics, reader, detector = {}, None, None
     if args.stage in ("read", "both"):

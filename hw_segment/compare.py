@@ -26,6 +26,7 @@ import numpy as np
 import pandas as pd
 
 from core import cli
+from core.runs import ARGS_FILE, RunDir
 from core.data import resolve_data_root
 from core.errors import UserError
 from core.inference import predict
@@ -78,7 +79,7 @@ def train_one(out: Path, name: str, options: list[str], data: str) -> dict:
     if (run_dir / "metrics.json").is_file() and record.is_file() and json.loads(record.read_text()) == request:
         print(f"== {name}: reusing {run_dir} (same options and data)")
         return json.loads((run_dir / "metrics.json").read_text())
-    replace = (run_dir / cli.ARGS_FILE).is_file()
+    replace = (run_dir / ARGS_FILE).is_file()
     print(f"== {name}" + (": settings differ from the run there, or it did not finish: training it again"
                           if replace else ""))
     metrics = train.main(options + ["--run-dir", str(run_dir)] + (["--overwrite"] if replace else []))
@@ -214,7 +215,7 @@ def main(argv: list[str] | None = None) -> dict:
     plan = grid_plan(args)
     check_plan(args, [{"options": common_options(args) + ["--model", "unet"]}] if args.against_smp else plan)
     data = resolve_data_root("ph2", args.data_dir, builtin="built-in procedural lesion images").description
-    run = cli.RunDir.create("hw_segment", args, prefix="compare-")
+    run = RunDir.create("hw_segment", args, prefix="compare-")
     if args.against_smp:
         summary = against_smp(args, run.path, data)
         run.save_metrics(summary)

@@ -16,7 +16,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from core import cli
+from core import cli, runs
 from core.data import DataError, resolve_data_root
 from core.device import pick_device
 from core.inference import predict
@@ -75,7 +75,7 @@ def main(argv: list[str] | None = None) -> dict:
     data = make_lesions(args.n_images, size, seed=12345) if source.builtin else load_ph2(source.root, size)
     print(f"model: {train_args['model']} (width {train_args['width']}) from {args.run}; data: {data.description}")
     # a new folder per evaluation: two data folders with the same name never share one
-    run = cli.RunDir.create("hw_segment", args, parent=args.run,
+    run = runs.RunDir.create("hw_segment", args, parent=args.run,
                             prefix=f"eval-{source.root.name if source.root else 'builtin'}-")
 
     device = pick_device(args.device)

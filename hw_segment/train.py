@@ -22,13 +22,13 @@ import time
 import torch
 from torch.utils.data import DataLoader
 
-from core import cli
+from core import cli, runs
 from core.data import resolve_data_root
 from core.device import echo
 from core.errors import UserError
 from core.inference import count_parameters, predict
 from core.plots import mask_overlays, plot_history
-from core.trainer import Trainer, load_checkpoint
+from core.checkpoint import load_checkpoint
 
 from .data import SegmentationData, SegmentationDataset, load_ph2, make_lesions, split_indices
 from .models import MODEL_NAMES, SMP_UNET, build_model, check_input_size
@@ -149,8 +149,8 @@ def main(argv: list[str] | None = None) -> dict:
     model = build_model(args.model, args.width, **model_options(args))
     echo(f"model: {args.model}, width {args.width}, {count_parameters(model):,} parameters")
     task = SegmentationTask(model, loss_fn, lr=args.lr)  # one-cycle over trainer.estimated_stepping_batches
-    run = cli.RunDir.reserve("hw_segment", args)
-    trainer = Trainer.from_args(args, run_dir=run.path, monitor="val_iou", mode="max",
+    run = runs.RunDir.reserve("hw_segment", args)
+    trainer = cli.build_trainer(args, run_dir=run.path, monitor="val_iou", mode="max",
                                 callbacks=[run.start_callback(args)])
     if trainer.device.type == "cpu":  # bench/segment.py: channels-last convolutions are ~1.2x faster on CPU
         model.to(memory_format=torch.channels_last)
@@ -174,7 +174,7 @@ def main(argv: list[str] | None = None) -> dict:
     return metrics
 
 
-def write_plots(run: cli.RunDir, model, split: SegmentationData, device, title: str, n: int = 6) -> None:
+def write_plots(run: runs.RunDir, model, split: SegmentationData, device, title: str, n: int = 6) -> None:
     """Training curves and image / truth / prediction overlays for the first ``n`` cases of ``split``."""
     plot_history(run / "history.csv", run.plots / "history.png", title=title)
     n = min(n, len(split))

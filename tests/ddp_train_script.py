@@ -58,7 +58,7 @@ def make_run_folder(report_dir: str) -> None:
     import os
     from pathlib import Path
 
-    from core.cli import RunDir
+    from core.runs import RunDir
     from core.device import barrier, is_main_process
 
     main = is_main_process()
@@ -75,7 +75,7 @@ def refuse_taken_folder(report_dir: str, taken: str) -> None:
     import os
     from pathlib import Path
 
-    from core.cli import RunDir
+    from core.runs import RunDir
     from core.device import barrier
     from core.errors import UserError
 

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from core import cli
+from core import cli, runs
 from core.errors import UserError
 from core.trainer import Task, Trainer
 
@@ -35,7 +35,7 @@ def make_parser():
 def demo_main(argv):
     """A command: parse, then a UserError or the run folder."""
     args = cli.parse_args(make_parser(), argv)
-    return cli.RunDir.create("hw_demo", args)
+    return runs.RunDir.create("hw_demo", args)
 
 
 # -- option checks ----------------------------------------------------------------------------
@@ -109,7 +109,7 @@ def test_a_runs_args_json_is_a_config_for_the_next_run(runs_root):
     first = demo_main(["--run-name", "first", "--lr", "0.5", "--loss", "bce"])
     args = cli.parse_args(make_parser(), ["--config", str(first / "args.json"), "--run-name", "second"])
     assert (args.lr, args.loss, args.run_name) == (0.5, "bce", "second")
-    assert cli.RunDir.create("hw_demo", args).path == runs_root / "hw_demo" / "second"
+    assert runs.RunDir.create("hw_demo", args).path == runs_root / "hw_demo" / "second"
 
 
 def test_missing_or_broken_config_is_one_line(tmp_path, cli_error):
@@ -164,7 +164,7 @@ def test_concurrent_runs_never_share_a_folder(runs_root, monkeypatch):
 
     def claim():
         barrier.wait()
-        paths.append(cli.RunDir.reserve("hw_demo", args).path)
+        paths.append(runs.RunDir.reserve("hw_demo", args).path)
 
     threads = [threading.Thread(target=claim) for _ in range(8)]
     for t in threads:
@@ -200,16 +200,16 @@ def test_resume_into_its_own_folder_is_allowed(tmp_path):
     run_dir = tmp_path / "run"
     demo_main(["--run-dir", str(run_dir)])
     (run_dir / "last.pt").write_bytes(b"x")
-    run = cli.RunDir.reserve("hw_demo", cli.parse_args(make_parser(), ["--run-dir", str(run_dir), "--resume",
+    run = runs.RunDir.reserve("hw_demo", cli.parse_args(make_parser(), ["--run-dir", str(run_dir), "--resume",
                                                                       str(run_dir / "last.pt")]))
     assert run.path == run_dir and (run_dir / "last.pt").is_file()
     with pytest.raises(UserError, match="--overwrite would delete the run that --resume continues"):
-        cli.RunDir.reserve("hw_demo", cli.parse_args(make_parser(), [
+        runs.RunDir.reserve("hw_demo", cli.parse_args(make_parser(), [
             "--run-dir", str(run_dir), "--resume", str(run_dir / "last.pt"), "--overwrite"]))
     other = tmp_path / "other.pt"
     other.write_bytes(b"x")  # a checkpoint elsewhere does not open this folder
     with pytest.raises(UserError, match="already holds a run"):
-        cli.RunDir.reserve("hw_demo", cli.parse_args(make_parser(), ["--run-dir", str(run_dir), "--resume", str(other)]))
+        runs.RunDir.reserve("hw_demo", cli.parse_args(make_parser(), ["--run-dir", str(run_dir), "--resume", str(other)]))
 
 
 def test_a_folder_that_is_not_a_run_is_never_emptied(tmp_path, cli_error):
@@ -226,7 +226,7 @@ def test_a_folder_that_is_not_a_run_is_never_emptied(tmp_path, cli_error):
 def test_a_run_that_fails_before_it_starts_leaves_no_folder(tmp_path, runs_root, cli_error):
     def fails_after_reserving(argv):
         args = cli.parse_args(make_parser(), argv)
-        cli.RunDir.reserve("hw_demo", args)
+        runs.RunDir.reserve("hw_demo", args)
         raise UserError("bad.pt: a checkpoint of another model")
 
     assert cli_error(fails_after_reserving, []) == "error: bad.pt: a checkpoint of another model"
@@ -292,10 +292,10 @@ class Line(Task):
 
 def fit(argv, task):
     args = cli.parse_args(make_parser(), argv)
-    run = cli.RunDir.reserve("hw_demo", args)
+    run = runs.RunDir.reserve("hw_demo", args)
     assert args.resume or not (run / "args.json").exists()  # reserved, not started
     data = TensorDataset(torch.randn(8, 2), torch.randn(8))
-    trainer = Trainer.from_args(args, run_dir=run.path, monitor="val_loss", mode="min", progress=False,
+    trainer = cli.build_trainer(args, run_dir=run.path, monitor="val_loss", mode="min", progress=False,
                                 callbacks=[run.start_callback(args)])
     trainer.fit(task, DataLoader(data, batch_size=4), DataLoader(data, batch_size=4), resume=args.resume)
     return run

@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from core import cli, plots
+from core import cli, plots, runs
 from core.data import DataError, image_folder_classes, list_images, load_image, resolve_data_root
 from core.metrics import accuracy, f1_micro, roc_auc
 from core.submission import SubmissionError, validate_submission, write_submission
@@ -148,7 +148,7 @@ def test_dry_run_is_one_short_epoch():
 
 def test_run_dir_layout(runs_root, tmp_path):
     args = cli.parse_args(make_parser(), ["--run-name", "first", "--seed", "3"])
-    run = cli.RunDir.create("hw_demo", args)
+    run = runs.RunDir.create("hw_demo", args)
     assert run.path == runs_root / "hw_demo" / "first"
     saved = json.loads((run / "args.json").read_text())
     assert saved["seed"] == 3 and saved["loss"] == "dice"
@@ -157,7 +157,7 @@ def test_run_dir_layout(runs_root, tmp_path):
     with pytest.raises(TypeError, match="'name' is 'x', expected a number"):
         run.save_metrics({"name": "x"})
 
-    explicit = cli.RunDir.create("hw_demo", cli.parse_args(make_parser(), ["--run-dir", str(tmp_path / "here")]))
+    explicit = runs.RunDir.create("hw_demo", cli.parse_args(make_parser(), ["--run-dir", str(tmp_path / "here")]))
     assert explicit.path == tmp_path / "here" and (tmp_path / "here" / "args.json").is_file()
 
 

@@ -124,20 +124,18 @@ def test_render_paints_the_mask_red():
 
 
 # -- run folders --------------------------------------------------------------------------------
-def test_run_homework_from_args_json_command_or_place(tmp_path):
+def test_run_homework_reads_args_json_and_refuses_what_it_cannot_name(tmp_path):
     run = tmp_path / "runs" / "hw_classify" / "a"
     run.mkdir(parents=True)
     (run / "args.json").write_text(json.dumps({"homework": "hw_segment"}))
     assert run_homework(run) == "hw_segment"
-    (run / "args.json").write_text(json.dumps({"command": "/x/hw_gan/train.py --epochs 2"}))
-    assert run_homework(run) == "hw_gan"
-    (run / "args.json").write_text(json.dumps({"command": "-c"}))
-    assert run_homework(run) == "hw_classify"
-    other = tmp_path / "elsewhere"
-    other.mkdir()
-    (other / "args.json").write_text(json.dumps({"homework": "os; import x"}))
-    with pytest.raises(UserError, match="does not say which homework"):
-        run_homework(other)
+    for args in ({"command": "/x/hw_gan/train.py --epochs 2"}, {"homework": "os; import x"}, {}):
+        (run / "args.json").write_text(json.dumps(args))
+        with pytest.raises(UserError, match="does not say which homework wrote it"):
+            run_homework(run)
+    (run / "args.json").write_text("{not json")
+    with pytest.raises(UserError, match="args.json: not valid JSON"):
+        run_homework(run)
     with pytest.raises(UserError, match="run folder not found"):
         load_predictor(tmp_path / "missing")
 

@@ -14,7 +14,8 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from core.callbacks import Callback, EarlyStopping
-from core.trainer import Task, Trainer, load_checkpoint
+from core.checkpoint import load_checkpoint
+from core.trainer import Task, Trainer
 
 HERE = Path(__file__).parent
 
@@ -885,7 +886,10 @@ def test_resize_one_cycle_continues_as_the_longer_schedule():
 
 
 class FakeClock(Callback):
-    """Each training batch takes ``seconds(epoch)`` of a fake clock."""
+    """Each training batch takes ``seconds(epoch)`` of a fake clock (it moves before any other
+    callback sees the batch's end, as real time does)."""
+
+    order = 0
 
     def __init__(self, seconds):
         self.now, self.seconds = 1000.0, seconds
@@ -898,10 +902,10 @@ class FakeClock(Callback):
 
 
 def fit_against_clock(monkeypatch, seconds, minutes, epochs=3):
-    import core.trainer
+    import core.callbacks
 
     clock = FakeClock(seconds)
-    monkeypatch.setattr(core.trainer, "_clock", clock)
+    monkeypatch.setattr(core.callbacks, "_clock", clock)
     task = make_task(optimizer="adam")
     task.configure_optimizers = lambda: {
         "optimizer": (opt := torch.optim.Adam(task.parameters(), lr=0.01)), "interval": "step",
@@ -941,12 +945,12 @@ def test_time_limit_ends_inside_an_epoch_that_overruns(monkeypatch):
 
 def test_time_limit_of_a_command_counts_from_its_start(monkeypatch):
     """--time-limit 3 after 30 s of imports and data loading leaves 2.5 minutes for training."""
-    import core.trainer
+    import core.device
     from core import cli
 
     parser = cli.make_parser("demo", "demo")
     cli.add_training_args(parser)
-    monkeypatch.setattr(core.trainer, "process_age", lambda: 30.0)
-    trainer = Trainer.from_args(cli.parse_args(parser, ["--time-limit", "3", "--device", "cpu"]))
+    monkeypatch.setattr(core.device, "process_age", lambda: 30.0)
+    trainer = cli.build_trainer(cli.parse_args(parser, ["--time-limit", "3", "--device", "cpu"]))
     assert trainer.time_limit == pytest.approx(2.5)
-    assert Trainer.from_args(cli.parse_args(parser, ["--time-limit", "3", "--dry-run"])).time_limit is None
+    assert cli.build_trainer(cli.parse_args(parser, ["--time-limit", "3", "--dry-run"])).time_limit is None

@@ -227,7 +227,7 @@ def test_short_unet_run_on_real_ph2_beats_trivial_predictions(dls_data, tmp_path
 # -- commands end to end ---------------------------------------------------------------------
 def _model_of(checkpoint, name: str, width: int) -> torch.nn.Module:
     """``name`` at ``width`` with the weights of a training checkpoint, built without the commands."""
-    from core.trainer import inference_weights, load_checkpoint
+    from core.checkpoint import inference_weights, load_checkpoint
 
     model = build_model(name, width)
     weights = inference_weights(load_checkpoint(checkpoint))
