@@ -5,7 +5,7 @@ A command is built the same way in every homework::
 
     def main(argv: list[str] | None = None) -> dict:
         parser = cli.make_parser("hw_x.train", "Train ... on ...")
-        cli.add_data_args(parser)                       # --data-dir, --num-workers
+        cli.add_data_args(parser, "x")                  # --data-dir ($DLS_DATA/x), --num-workers
         cli.add_training_args(parser, epochs=20, batch_size=25, lr=1e-3)   # also --run-dir/--run-name/--overwrite
         parser.add_argument("--width", type=cli.positive_int, default=16)  # checked while parsing
         args = cli.parse_args(parser, argv)             # --config FILE sets defaults; all values checked
@@ -245,11 +245,12 @@ def make_parser(prog: str, description: str) -> argparse.ArgumentParser:
     return parser
 
 
-def add_data_args(parser: argparse.ArgumentParser, loader: bool = True) -> argparse._ArgumentGroup:
-    """``--data-dir``, and ``--num-workers`` for homeworks that read through a DataLoader."""
+def add_data_args(parser: argparse.ArgumentParser, dataset: str, loader: bool = True) -> argparse._ArgumentGroup:
+    """``--data-dir`` (its help names ``$DLS_DATA/<dataset>``), and ``--num-workers`` for
+    homeworks that read through a DataLoader."""
     group = parser.add_argument_group("data")
     group.add_argument("--data-dir", type=str, default=None,
-                       help="dataset root; default $DLS_DATA/<dataset>, else the built-in data")
+                       help=f"dataset root; default $DLS_DATA/{dataset}, else the built-in data")
     if loader:
         group.add_argument("--num-workers", type=nonneg_int, default=0, help="DataLoader worker processes")
     return group
@@ -411,13 +412,13 @@ def recipe_epilog(recipes: dict[str, dict]) -> str:
         f"{name}: " + ", ".join(f"{k}={v}" for k, v in recipe.items()) for name, recipe in recipes.items())
 
 
-def make_recipe_parser(prog: str, description: str, recipes: dict[str, dict]) -> argparse.ArgumentParser:
+def make_recipe_parser(prog: str, description: str, recipes: dict[str, dict], dataset: str) -> argparse.ArgumentParser:
     """:func:`make_parser` for a training command whose epochs, batch size and learning rate
     default to a recipe: the data and training options (those three left at None for
     :func:`apply_recipe`) and the recipes listed in ``--help`` (:func:`recipe_epilog`)."""
     parser = make_parser(prog, description)
     parser.epilog = recipe_epilog(recipes)
-    add_data_args(parser)
+    add_data_args(parser, dataset)
     add_training_args(parser, epochs=None, batch_size=None, lr=None)
     return parser
 

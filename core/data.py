@@ -85,7 +85,7 @@ def resolve_data_root(
             why = f" ($DLS_DATA has no '{name}' folder)" if env else " (no --data-dir, DLS_DATA unset)"
             source = DataSource(None, "built-in", f"data: {builtin}{why}")
     if announce:
-        from .device import echo
+        from .console import echo
 
         echo(source.description)
     return source

@@ -186,12 +186,6 @@ def dist_info() -> DistInfo:
     return _launched_as()
 
 
-def echo(*parts, **kwargs) -> None:
-    """``print`` on rank 0 only, so a ``torchrun`` run prints each line once."""
-    if is_main_process():
-        print(*parts, flush=True, **kwargs)
-
-
 def broadcast_object(value, device: torch.device):
     """Rank 0's ``value`` on every process; ``value`` itself in a single-process run. Joins
     the process group if needed, with the backend for ``device`` (the one training will use)."""

@@ -265,9 +265,10 @@ def load_predictor(run_dir: str | Path) -> Predictor:
 
 
 # -- the predict command every image homework shares ----------------------------------------------
-def predict_main(homework: str, argv: list[str] | None = None, results_file: str = "predictions.json") -> dict:
-    """``python -m <homework>.predict --run RUN IMAGE [IMAGE ...] [--out DIR]`` (``--seed``/``--count``
-    for a generator): prints one line per image and writes ``results_file`` (the results exactly
+def predict_main(homework: str, argv: list[str] | None = None, results_file: str = "predictions.json",
+                 generator: bool = False) -> dict:
+    """``python -m <homework>.predict --run RUN IMAGE [IMAGE ...] [--out DIR]`` (with ``generator``,
+    also ``--seed``/``--count``: a homework whose runs may draw samples): prints one line per image and writes ``results_file`` (the results exactly
     as the web service returns them, ``{input: result}``) and a picture of each result into
     ``DIR`` (default ``<run>/predict-<timestamp>/``; ``--run-dir`` is the same option under the
     name the train commands use). Returns ``{input: result}``."""
@@ -276,16 +277,17 @@ def predict_main(homework: str, argv: list[str] | None = None, results_file: str
     parser = cli.make_parser(f"{homework}.predict", "Predict with a trained run, image by image.")
     parser.add_argument("--run", required=True, help=f"run folder written by {homework}.train")
     parser.add_argument("images", nargs="*", help="image files (any format Pillow reads)")
-    parser.add_argument("--seed", type=int, default=0, help="generators: seed of the samples")
-    parser.add_argument("--count", type=cli.positive_int, default=16, help="generators: number of samples")
+    if generator:
+        parser.add_argument("--seed", type=int, default=0, help="generators: seed of the samples")
+        parser.add_argument("--count", type=cli.positive_int, default=16, help="generators: number of samples")
     parser.add_argument("--max-pixels", type=cli.positive_int, default=MAX_PIXELS,
                         help="refuse images with more pixels")
-    outputs = cli.add_run_args(parser)
+    outputs = cli.add_run_args(parser, default="<run>/predict-<timestamp>")
     outputs.add_argument("--out", dest="run_dir", metavar="DIR", default=None,
                          help=f"write {results_file} and the pictures here (default <run>/predict-<timestamp>; "
                               "the same as --run-dir)")
     args = cli.parse_args(parser, argv)
-    if args.count > 256:
+    if generator and args.count > 256:
         parser.error(f"--count {args.count}: expected at most 256")
     predictor = load_predictor(args.run)
     if predictor.kind != "generation" and not args.images:
@@ -300,6 +302,8 @@ def predict_main(homework: str, argv: list[str] | None = None, results_file: str
     run = runs.RunDir.create(homework, args, parent=args.run, prefix="predict-")  # a new folder each time
     results = {}
     if predictor.kind == "generation":
+        if not generator:
+            raise TypeError(f"{homework}.predict serves a generator: call predict_main with generator=True")
         results[f"seed {args.seed}"] = result = predictor.generate(args.seed, args.count)
         render(result).save(run / f"samples-seed{args.seed}.png")
         print(f"seed {args.seed}: {summarize(result)}")

@@ -17,7 +17,8 @@ import torch
 
 from core import cli, runs
 from core.data import DataError
-from core.device import echo, pick_device
+from core.console import echo
+from core.device import pick_device
 from core.plots import image_grid
 
 from .data import ImageSet, add_noise, split_indices

@@ -20,7 +20,8 @@ import torch
 
 from core import cli
 from core.data import DataError, load_image_array
-from core.device import echo, pick_device
+from core.console import echo
+from core.device import pick_device
 from core.errors import UserError
 from core.plots import embedding_scatter, image_grid
 

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from core.device import echo
+from core.console import echo
 
 from .data import random_shifts
 

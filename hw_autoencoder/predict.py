@@ -38,7 +38,7 @@ def load_predictor(run_dir: str | Path) -> SamplePredictor:
 
 
 def main(argv: list[str] | None = None) -> None:
-    predict_main("hw_autoencoder", argv)
+    predict_main("hw_autoencoder", argv, generator=True)
 
 
 if __name__ == "__main__":

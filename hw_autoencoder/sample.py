@@ -16,7 +16,8 @@ import torch
 from PIL import Image
 
 from core import cli
-from core.device import echo, pick_device
+from core.console import echo
+from core.device import pick_device
 from core.errors import UserError
 
 from .latent import load_model, sample_images

@@ -24,7 +24,7 @@ from torch.utils.data import DataLoader
 
 from core import cli, runs
 from core.data import DataSource, InMemoryImages, resolve_data_root
-from core.device import echo
+from core.console import echo
 from core.inference import count_parameters
 from core.mnist import RAW_DIR, download_mnist
 from core.plots import image_grid, plot_history
@@ -48,7 +48,8 @@ DOWNLOAD_DIR = "data/mnist"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = cli.make_recipe_parser("hw_autoencoder.train", __doc__.split("\n")[0], RECIPES)
+    parser = cli.make_recipe_parser("hw_autoencoder.train", __doc__.split("\n")[0], RECIPES,
+                                    "faces (ae, denoise) or $DLS_DATA/mnist (vae, cvae)")
     group = parser.add_argument_group("autoencoder")
     group.add_argument("--model", choices=MODEL_NAMES, default="ae", help="ae, vae, cvae or denoise")
     group.add_argument("--dataset", choices=("faces", "digits"), default=None,

@@ -34,7 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
                      "-f submission.csv -m MESSAGE'")
     parser.add_argument("--run", required=True,
                         help="run folder written by hw_churn.train (holds model.json, catboost.cbm)")
-    cli.add_data_args(parser, loader=False)
+    cli.add_data_args(parser, "churn", loader=False)
     parser.add_argument("--out", default=None, help="where to write the CSV (default RUN/submission.csv)")
     return parser
 

@@ -44,7 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.epilog = ("Data: a folder with the Kaggle train.csv and test.csv, from "
                      "'kaggle competitions download -c advanced-dls-spring-2021'. Then: "
                      "python -m hw_churn.submit --run RUN")
-    cli.add_data_args(parser, loader=False)
+    cli.add_data_args(parser, "churn", loader=False)
     cli.add_run_args(parser)
     group = parser.add_argument_group("churn")
     group.add_argument("--model", choices=MODEL_CHOICES, default="all",

@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 
 from core import cli
 from core.data import load_image, resolve_data_root
-from core.device import echo
+from core.console import echo
 from core.submission import write_submission
 
 from .data import load_layout, make_shapes

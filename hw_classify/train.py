@@ -31,7 +31,7 @@ from torch.utils.data import DataLoader, WeightedRandomSampler
 
 from core import cli, runs
 from core.data import ImageClassificationDataset, resolve_data_root, stratified_folds, stratified_split
-from core.device import echo
+from core.console import echo
 from core.inference import count_parameters
 from core.checkpoint import load_checkpoint
 
@@ -55,7 +55,7 @@ SMALL_DATA = 2000
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = cli.make_recipe_parser("hw_classify.train", __doc__.split("\n")[0], RECIPES)
+    parser = cli.make_recipe_parser("hw_classify.train", __doc__.split("\n")[0], RECIPES, "simpsons")
     group = parser.add_argument_group("classification")
     group.add_argument("--arch", default=None,
                        help="simple_cnn, small_resnet or a torchvision classifier (resnet18, mobilenet_v2, ...)")

@@ -26,7 +26,7 @@ from core.data import resolve_data_root
 from core.detection.augment import DetectionDataset, collate
 from core.detection.centernet import CenterNet, CenterNetTask
 from core.detection.evaluate import detection_metrics
-from core.device import echo
+from core.console import echo
 from core.errors import UserError
 from core.plots import box_overlays, plot_history
 from core.checkpoint import load_checkpoint
@@ -44,7 +44,7 @@ RECIPES = {
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = cli.make_recipe_parser("hw_detection.train", __doc__.split("\n")[0], RECIPES)
+    parser = cli.make_recipe_parser("hw_detection.train", __doc__.split("\n")[0], RECIPES, "hardhat")
     group = parser.add_argument_group("detection")
     group.add_argument("--backend", choices=("torch", "mmdet"), default="torch",
                        help="torch: native CenterNet; mmdet: MMDetection 3.3 (needs the mmdet extra)")

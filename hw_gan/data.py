@@ -18,7 +18,7 @@ import torch
 from PIL import Image
 
 from core.data import IMAGE_EXTENSIONS, DataError, require_dir, to_rgb
-from core.device import echo
+from core.console import echo
 
 
 @dataclass

@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 from core import cli, runs
-from core.device import echo
+from core.console import echo
 from core.errors import UserError
 
 from .data import Faces, builtin_faces, load_faces

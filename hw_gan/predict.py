@@ -33,7 +33,7 @@ def load_predictor(run_dir: str | Path) -> GANPredictor:
 
 
 def main(argv: list[str] | None = None) -> None:
-    predict_main("hw_gan", argv)
+    predict_main("hw_gan", argv, generator=True)
 
 
 if __name__ == "__main__":

@@ -25,7 +25,7 @@ from torch.utils.data import DataLoader
 
 from core import cli, runs
 from core.data import DataError, InMemoryImages, resolve_data_root
-from core.device import echo
+from core.console import echo
 from core.callbacks import EMA
 from core.errors import UserError
 from core.inference import count_parameters
@@ -56,7 +56,7 @@ def probability_below_1(text: str) -> float:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = cli.make_parser("hw_gan.train", __doc__.split("\n")[0])
-    cli.add_data_args(parser)
+    cli.add_data_args(parser, DATASET)
     cli.add_training_args(parser, epochs=100, batch_size=32, lr=2e-4)
     group = parser.add_argument_group("GAN")
     group.add_argument("--image-size", type=image_size, default=32,

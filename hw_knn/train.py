@@ -32,7 +32,7 @@ from .plots import grid_curves
 
 def build_parser() -> argparse.ArgumentParser:
     parser = cli.make_parser("hw_knn.train", __doc__.split("\n")[0])
-    cli.add_data_args(parser, loader=False)
+    cli.add_data_args(parser, "forest", loader=False)
     group = parser.add_argument_group("knn")
     group.add_argument("--data", type=str, default=None, help=f"path to the course's {FOREST_FILE}")
     group.add_argument("--dataset", choices=["auto", "covtype", *BUILTIN], default="auto",

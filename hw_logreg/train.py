@@ -27,7 +27,7 @@ from .plots import batch_losses, decision_boundary, descent_path
 
 def build_parser() -> argparse.ArgumentParser:
     parser = cli.make_parser("hw_logreg.train", __doc__.split("\n")[0])
-    cli.add_data_args(parser, loader=False)
+    cli.add_data_args(parser, "mnist", loader=False)
     group = parser.add_argument_group("logistic regression")
     group.add_argument("--l1", type=cli.nonneg_float, default=0.1, help="L1 coefficient")
     group.add_argument("--l2", type=cli.nonneg_float, default=0.1, help="L2 coefficient")

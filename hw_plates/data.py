@@ -32,7 +32,7 @@ from PIL import Image, ImageDraw, ImageFont
 from torch.utils.data import Dataset
 
 from core.data import DataError, list_images, load_image, require_file
-from core.device import echo
+from core.console import echo
 
 from .text import Alphabet
 

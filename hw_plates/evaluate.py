@@ -16,7 +16,7 @@ import pandas as pd
 
 from core import cli, runs
 from core.data import DataError, resolve_data_root
-from core.device import echo
+from core.console import echo
 
 from .data import SPLITS, CropSet, load_crops, load_photos, make_rendered_plates
 from .report import (crop_metrics, detector_metrics, end_to_end, load_detector, load_reader, read_model_file,

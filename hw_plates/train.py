@@ -24,7 +24,7 @@ from torch.utils.data import DataLoader
 
 from core import cli, runs
 from core.data import resolve_data_root
-from core.device import echo
+from core.console import echo
 from core.plots import plot_history
 from core.checkpoint import load_checkpoint
 
@@ -43,7 +43,7 @@ STAGES = ("read", "detect", "both")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = cli.make_recipe_parser("hw_plates.train", __doc__.split("\n")[0], RECIPES)
+    parser = cli.make_recipe_parser("hw_plates.train", __doc__.split("\n")[0], RECIPES, "plates")
     group = parser.add_argument_group("plates")
     group.add_argument("--stage", choices=STAGES, default="both", help="what to train")
     group.add_argument("--arch", choices=READER_ARCHS, default="crnn_small", help="the reader's CNN trunk")

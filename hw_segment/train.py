@@ -24,7 +24,7 @@ from torch.utils.data import DataLoader
 
 from core import cli, runs
 from core.data import resolve_data_root
-from core.device import echo
+from core.console import echo
 from core.errors import UserError
 from core.inference import count_parameters, predict
 from core.plots import mask_overlays, plot_history
@@ -56,7 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.epilog = "options left at None take the recipe's value: " + "; ".join(
         f"{data}: " + ", ".join(f"{k}={v}" for k, v in recipe.items()) for data, recipe in RECIPES.items()) + \
         " (PH2 batch: 25, smaller when an epoch would have fewer than 4 steps)"
-    cli.add_data_args(parser)
+    cli.add_data_args(parser, "ph2")
     cli.add_training_args(parser, epochs=None, batch_size=None, lr=None)  # None: the recipe's
     group = parser.add_argument_group("segmentation")
     group.add_argument("--model", choices=MODEL_NAMES + (SMP_UNET,), default="unet",

@@ -24,7 +24,7 @@ from core.trainer import Task, Trainer
 
 def make_parser():
     parser = cli.make_parser("hw_demo.train", "demo")
-    cli.add_data_args(parser)
+    cli.add_data_args(parser, "demo")
     cli.add_training_args(parser, epochs=5, batch_size=8, lr=0.01)
     parser.add_argument("--loss", default="dice", choices=["dice", "bce"])
     parser.add_argument("--keep", type=cli.probability, default=0.5)

@@ -123,7 +123,7 @@ def test_image_folder_classes(tmp_path):
 
 def make_parser():
     parser = cli.make_parser("hw_demo.train", "demo")
-    cli.add_data_args(parser)
+    cli.add_data_args(parser, "demo")
     cli.add_training_args(parser, epochs=5, batch_size=8, lr=0.01)
     parser.add_argument("--loss", default="dice")
     return parser
