@@ -24,7 +24,7 @@ from PIL import Image
 from skimage import draw
 
 from core.data import IMAGE_EXTENSIONS, DataError, require_dir
-from core.detection.augment import DetectionSample
+from core.detection.data import DetectionSample
 
 CLASSES = ("helmet", "head")
 KNOWN_CLASSES = ("helmet", "head", "person")

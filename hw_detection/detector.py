@@ -16,7 +16,6 @@ import torch
 import torch.nn.functional as F
 
 from core.data import DataError
-from core.detection.boxes import scale_boxes
 from core.detection.centernet import CenterNet, predict
 
 MODEL_FILE = "model.pt"
@@ -43,7 +42,7 @@ class Detector:
             images = torch.stack([to_tensor(a, self.size) for a in chunk])
             for array, det in zip(chunk, predict(self.model, images, device=self.device)):
                 height, width = array.shape[:2]
-                det["boxes"] = scale_boxes(det["boxes"], width / self.size, height / self.size)
+                det["boxes"] = det["boxes"] * torch.tensor([width / self.size, height / self.size] * 2)
                 results.append(det)
         return results
 

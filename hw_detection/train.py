@@ -23,7 +23,7 @@ from torch.utils.data import DataLoader
 
 from core import cli, runs
 from core.data import resolve_data_root
-from core.detection.augment import DetectionDataset, collate
+from core.detection.data import DetectionDataset, collate
 from core.detection.centernet import CenterNet, CenterNetTask
 from core.detection.evaluate import detection_metrics
 from core.console import echo

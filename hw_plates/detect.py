@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from core.detection.augment import DetectionDataset, DetectionSample
+from core.detection.data import DetectionDataset, DetectionSample
 
 from .data import Photo
 from .models import BasicBlock

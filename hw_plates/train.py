@@ -140,7 +140,7 @@ def train_reader(args, crops: CropSet, run: runs.RunDir) -> tuple[CRNN, dict]:
 
 def train_detector(args, photos: list[Photo], run: runs.RunDir, start_run: bool):
     """Fit the plate CenterNet on the train photos (best epoch by val map50)."""
-    from core.detection.augment import collate
+    from core.detection.data import collate
     from core.detection.centernet import CenterNetTask
 
     from .detect import PlateDetectionDataset, PlateNet

@@ -1,4 +1,4 @@
-"""core.detection: boxes, augmentation, CenterNet targets / loss / decoding, mAP, learning."""
+"""core.detection: the dataset and its augmentation, CenterNet targets / loss / decoding, mAP, learning."""
 from __future__ import annotations
 
 import math
@@ -8,8 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from core.detection.augment import DetectionDataset, DetectionSample, collate
-from core.detection.boxes import clip_boxes, to_cxcywh, to_xyxy
+from core.detection.data import DetectionDataset, DetectionSample, collate
 from core.detection.centernet import (CenterNet, CenterNetTask, ModulatedDeformConv, centernet_loss, decode,
                                       encode_targets, gaussian_focal_loss, gaussian_radius, predict)
 from core.detection.evaluate import detection_metrics, mean_average_precision, precision_recall_f1
@@ -20,15 +19,6 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 def _target(boxes, labels):
     return {"boxes": torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4), "labels": torch.tensor(labels)}
-
-
-# -- boxes ------------------------------------------------------------------------------------
-def test_box_conversions_and_clipping():
-    boxes = torch.tensor([[10.0, 20.0, 50.0, 40.0], [-5.0, 0.0, 30.0, 120.0]])
-    assert to_cxcywh(boxes)[0].tolist() == [30.0, 30.0, 40.0, 20.0]
-    assert torch.equal(to_xyxy(to_cxcywh(boxes)), boxes)
-    clipped, changed = clip_boxes(boxes, width=100, height=100)
-    assert clipped[1].tolist() == [0.0, 0.0, 30.0, 100.0] and changed == 1
 
 
 # -- augmentation -----------------------------------------------------------------------------

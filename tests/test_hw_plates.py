@@ -159,7 +159,7 @@ def test_reader_overfits_twenty_rendered_crops_to_exact_one():
 
 
 def test_detector_finds_the_plates_of_a_few_photos_it_overfits():
-    from core.detection.augment import collate
+    from core.detection.data import collate
     from core.detection.centernet import CenterNetTask
     from core.detection.evaluate import mean_average_precision
 

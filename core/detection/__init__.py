@@ -2,9 +2,9 @@
 
 Modules:
 
-- :mod:`core.detection.boxes`: box conversions, clipping with a count, IoU (torchvision.ops).
-- :mod:`core.detection.augment`: box-aware augmentation (albumentations) and a
-  :class:`DetectionDataset` with its collate function.
+- :mod:`core.detection.data`: :class:`DetectionSample` (an image and its boxes), the
+  :class:`DetectionDataset` every detector trains on, and its collate function.
+- :mod:`core.detection.augment`: the box-aware resize and augmentation (albumentations).
 - :mod:`core.detection.centernet`: CenterNet (Zhou et al., 2019, "Objects as Points"):
   ResNet-18 + deconvolution neck (optional DCNv2) + heatmap/size/offset heads, target
   encoding with the Gaussian radius rule, Gaussian focal loss, L1 losses, decoding, and

@@ -291,7 +291,7 @@ def decode(outputs: dict[str, torch.Tensor], stride: int = STRIDE, topk: int = 1
 class CenterNetTask(Task):
     """CenterNet for :class:`core.trainer.Trainer`.
 
-    A batch is ``(images (B, 3, H, W), targets)`` as :func:`core.detection.augment.collate`
+    A batch is ``(images (B, 3, H, W), targets)`` as :func:`core.detection.data.collate`
     makes it. Validation logs the loss terms and, over the whole epoch, ``map50`` and ``map``
     (torchmetrics / pycocotools). AdamW with a one-cycle schedule stepped per batch over the
     Trainer's ``estimated_stepping_batches``, or a constant LR with ``one_cycle=False``.
