@@ -1,7 +1,7 @@
-"""The churn models, the cross-validation loop and the blend.
+"""The churn models, the cross-validation loop, the blend, and the model files of a run.
 
 Every model here has ``fit(X, y)`` on a cleaned feature table (``data.FEATURE_COLS``) and
-``predict(X)`` returning churn probabilities, so one CV loop, one blend and one saved file
+``predict(X)`` returning churn probabilities, so one CV loop, one blend and one model file
 serve them all:
 
 - :class:`LogRegModel`: the course's linear model, scaled numerics + one-hot categoricals,
@@ -11,11 +11,24 @@ serve them all:
 
 The CV loop is written out (:func:`cross_validate`) because scikit-learn cannot ``clone`` a
 ``CatBoostClassifier`` built with ``cat_features``, so ``cross_val_score`` fails on it.
+
+The model files
+    ``hw_churn.train`` ends with :func:`save_model`: the run folder gets ``model.json`` (what
+    the model is, its CV score, the logistic regression's scaler, categories and coefficients
+    as plain numbers) and, when CatBoost is part of the model, ``catboost.cbm`` in CatBoost's
+    own binary format. Nothing is pickled, so reading a crafted file can fail with a message
+    but never runs code. :func:`load_model` (``hw_churn.load_model``) reads them back, every
+    field of ``model.json`` checked before any model is rebuilt; ``submit`` loads a run
+    through it alone.
 """
 from __future__ import annotations
 
+import json
+import math
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -26,9 +39,11 @@ from sklearn.model_selection import GridSearchCV, StratifiedKFold, train_test_sp
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import OneHotEncoder, StandardScaler
 
+from core import runs
+from core.data import DataError
 from core.metrics import roc_auc
 
-from .data import CAT_COLS, ENGINEERED_CAT, ENGINEERED_NUM, NUM_COLS, add_features
+from .data import CAT_COLS, ENGINEERED_CAT, ENGINEERED_NUM, FEATURE_COLS, NUM_COLS, add_features
 
 C_GRID = [100, 10, 1, 0.1, 0.01, 0.001]
 FEATURE_SETS = ("raw", "log", "log+spending")
@@ -280,3 +295,163 @@ def search_catboost(X: pd.DataFrame, y: np.ndarray, candidates: list[dict], seed
     best = table.iloc[int(table["valid_auc"].to_numpy().argmax())]
     chosen = {**candidates[int(best.name)], "iterations": int(best["best_iteration"])}
     return chosen, table
+
+
+# -- the model files ---------------------------------------------------------------------------
+
+HOMEWORK = "hw_churn"
+KIND = "tabular"              # LoadedModel.kind: rows of a cleaned churn table in, churn probabilities out
+MODEL_FILE = "model.json"
+CATBOOST_FILE = "catboost.cbm"
+MODEL_FORMAT = 1
+META_KEYS = (("name", str), ("description", str), ("data", str), ("cv_auc", (int, float)))
+
+
+def save_model(model, run: str | os.PathLike, meta: dict) -> Path:
+    """Write ``model`` (a fitted LogRegModel, CatBoostModel or BlendModel) into the run folder:
+    ``model.json`` with ``meta`` (``name``, ``description``, ``cv_auc``, ``data``) beside the
+    model's description, plus ``catboost.cbm`` when CatBoost is part of it. Returns the path
+    of ``model.json``, which is written last and atomically: a run with a ``model.json`` has
+    its whole model."""
+    run = Path(run)
+    spec = _spec(model, run)
+    path = run / MODEL_FILE
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps({"format": MODEL_FORMAT, **meta, "feature_cols": FEATURE_COLS, "model": spec},
+                              indent=1))
+    os.replace(tmp, path)
+    return path
+
+
+def _spec(model, run: Path) -> dict:
+    if isinstance(model, LogRegModel):
+        return {"kind": "logreg", **model.params()}
+    if isinstance(model, CatBoostModel):
+        model.model_.save_model(str(run / CATBOOST_FILE), format="cbm")
+        return {"kind": "catboost", "file": CATBOOST_FILE, "params": model.params}
+    if isinstance(model, BlendModel):
+        return {"kind": "blend", "weight": model.weight, "first": _spec(model.first, run),
+                "second": _spec(model.second, run)}
+    raise TypeError(f"cannot save a {type(model).__name__}")
+
+
+def load_model(run: str | os.PathLike) -> runs.LoadedModel:
+    """The final model of a ``hw_churn.train`` run, rebuilt from its model files.
+
+    Returns:
+        a :class:`core.runs.LoadedModel` of kind ``"tabular"``: ``model`` is the fitted
+        LogRegModel, CatBoostModel or BlendModel (``model.predict(X)`` gives the churn
+        probability of each row of a table cleaned by :func:`hw_churn.data.clean_table`);
+        ``config`` is the ``"model"`` entry of ``model.json`` (what rebuilds it); ``extras``
+        holds ``name``, ``description``, ``cv_auc``, ``data`` and ``feature_cols``;
+        ``settings`` is the run's ``args.json`` and ``metrics`` its ``metrics.json``.
+
+    Raises:
+        UserError: not a hw_churn run folder (no folder, no ``args.json``, a run of another
+            homework); no ``model.json`` (the message says to train the run again); a
+            ``model.json`` or ``catboost.cbm`` that this code does not read (a DataError
+            naming the file and the faulty field, saying to train the run again).
+    """
+    run = Path(run)
+    settings = runs.read_args(run, HOMEWORK)
+    path = run / MODEL_FILE
+    if not path.is_file():
+        raise DataError(f"{run}: no {MODEL_FILE}, so no trained model (the run stopped before its end, or was "
+                        f"written by an older version of this project); train it again (its options are in "
+                        f"{run / runs.ARGS_FILE}: pass that file as --config)")
+    try:
+        saved = json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise _unreadable(path, f"not valid JSON ({exc})") from None
+    if not isinstance(saved, dict) or saved.get("format") != MODEL_FORMAT or not isinstance(saved.get("model"), dict):
+        raise _unreadable(path, f"not a model file of hw_churn.train (format {MODEL_FORMAT})")
+    if saved.get("feature_cols") != FEATURE_COLS:
+        raise _unreadable(path, "'feature_cols' differ from the churn schema")
+    for key, kind in META_KEYS:
+        if not isinstance(saved.get(key), kind):
+            raise _unreadable(path, f"'{key}' is missing or has the wrong type")
+    model = _build(saved["model"], run, path, "model")
+    extras = {key: saved[key] for key, _ in META_KEYS}
+    extras["feature_cols"] = list(saved["feature_cols"])
+    return runs.LoadedModel(run=run, homework=HOMEWORK, kind=KIND, model=model, config=saved["model"],
+                            extras=extras, settings=settings, metrics=runs.read_metrics(run))
+
+
+def _unreadable(path: Path, problem: str) -> DataError:
+    """The one error for a model file this code does not read: its path, what is wrong, what to do."""
+    return DataError(f"{path}: {problem}; train the run again to rewrite it")
+
+
+def _build(spec: dict, run: Path, path: Path, where: str):
+    if not isinstance(spec, dict):
+        raise _unreadable(path, f"'{where}' is not an object")
+    kind = spec.get("kind")
+    if kind == "logreg":
+        return LogRegModel.from_params(_checked_linear(spec, path, where))
+    if kind == "catboost":
+        return _load_catboost(spec, run, path, where)
+    if kind == "blend":
+        weight = spec.get("weight")
+        if not _is_number(weight) or not 0 <= weight <= 1:
+            raise _unreadable(path, f"'{where}.weight' must be a number in [0, 1], got {weight!r}")
+        return BlendModel(_build(spec.get("first"), run, path, f"{where}.first"),
+                          _build(spec.get("second"), run, path, f"{where}.second"), weight)
+    raise _unreadable(path, f"'{where}.kind' is {kind!r}, expected logreg, catboost or blend")
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _numbers(spec: dict, key: str, length: int, path: Path, where: str) -> list[float]:
+    values = spec.get(key)
+    if not isinstance(values, list) or len(values) != length or not all(_is_number(v) for v in values):
+        raise _unreadable(path, f"'{where}.{key}' must be a list of {length} finite numbers")
+    return values
+
+
+def _checked_linear(spec: dict, path: Path, where: str) -> dict:
+    """The logistic regression's parameters, every field checked for type and length."""
+    if spec.get("features") not in FEATURE_SETS:
+        raise _unreadable(path, f"'{where}.features' must be one of {FEATURE_SETS}")
+    num_cols, cat_cols, categories = spec.get("num_cols"), spec.get("cat_cols"), spec.get("categories")
+    for key, value in (("num_cols", num_cols), ("cat_cols", cat_cols)):
+        if not isinstance(value, list) or not all(isinstance(c, str) for c in value):
+            raise _unreadable(path, f"'{where}.{key}' must be a list of column names")
+    if not isinstance(categories, list) or len(categories) != len(cat_cols) or not all(
+            isinstance(c, list) and all(isinstance(v, str) for v in c) for c in categories):
+        raise _unreadable(path, f"'{where}.categories' must be one list of strings per categorical column")
+    for key in ("mean", "scale", "num_coef"):
+        _numbers(spec, key, len(num_cols), path, where)
+    if not all(s > 0 for s in spec["scale"]):
+        raise _unreadable(path, f"'{where}.scale' must be positive")
+    cat_coef = spec.get("cat_coef")
+    if not isinstance(cat_coef, list) or len(cat_coef) != len(categories):
+        raise _unreadable(path, f"'{where}.cat_coef' must hold one list per categorical column")
+    for i, cats in enumerate(categories):
+        _numbers({"w": cat_coef[i]}, "w", len(cats), path, f"{where}.cat_coef[{i}]")
+    for key in ("intercept", "C"):
+        if not _is_number(spec.get(key)):
+            raise _unreadable(path, f"'{where}.{key}' must be a finite number")
+    return spec
+
+
+def _load_catboost(spec: dict, run: Path, path: Path, where: str) -> CatBoostModel:
+    from catboost import CatBoostError
+
+    name = spec.get("file")
+    if not isinstance(name, str) or Path(name).name != name:
+        raise _unreadable(path, f"'{where}.file' must be a file name inside the run folder")
+    file = run / name
+    if not file.is_file():
+        raise _unreadable(file, "CatBoost model file not found")
+    params = spec.get("params")
+    if not isinstance(params, dict):
+        raise _unreadable(path, f"'{where}.params' must be an object")
+    try:
+        classifier = CatBoostClassifier().load_model(str(file), format="cbm")
+    except CatBoostError as exc:
+        raise _unreadable(file, f"not a CatBoost model file ({str(exc).splitlines()[0]})") from None
+    model = CatBoostModel(params)
+    model.model_ = classifier
+    return model

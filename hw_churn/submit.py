@@ -18,12 +18,13 @@ import numpy as np
 import pandas as pd
 
 from core import cli
-from core.data import resolve_data_root
+from core.data import DataError, resolve_data_root
 from core.errors import UserError
+from core.runs import LoadedModel
 from core.submission import SubmissionError, write_submission
 
 from .data import clean_table, make_sample, read_table
-from .saved import MODEL_FILE, load_model, predict_checked
+from .models import MODEL_FILE, load_model
 from .train import BUILTIN
 
 
@@ -33,7 +34,8 @@ def build_parser() -> argparse.ArgumentParser:
                      "upload the result with 'kaggle competitions submit -c advanced-dls-spring-2021 "
                      "-f submission.csv -m MESSAGE'")
     parser.add_argument("--run", required=True,
-                        help="run folder written by hw_churn.train (holds model.json, catboost.cbm)")
+                        help="run folder written by hw_churn.train (its model.json, and catboost.cbm when the "
+                             "model has CatBoost)")
     cli.add_data_args(parser, "churn", loader=False)
     parser.add_argument("--out", default=None, help="where to write the CSV (default RUN/submission.csv)")
     return parser
@@ -47,10 +49,28 @@ def load_test(root: Path | None) -> pd.DataFrame:
     return clean_table(read_table(path, with_target=False), str(path))[0]
 
 
-def make_submission(model, test: pd.DataFrame, model_path: Path) -> pd.DataFrame:
+def churn_probabilities(loaded: LoadedModel, test: pd.DataFrame) -> np.ndarray:
+    """The loaded model's churn probabilities for ``test``: one finite number per row.
+
+    Raises:
+        DataError: naming the run's model file, when the model cannot score these rows.
+    """
+    from catboost import CatBoostError
+
+    path = loaded.run / MODEL_FILE
+    try:
+        probabilities = np.asarray(loaded.model.predict(test), dtype=float)
+    except (CatBoostError, ValueError, KeyError) as exc:
+        raise DataError(f"{path}: the saved model cannot score these rows ({str(exc).splitlines()[0]})") from None
+    if probabilities.shape != (len(test),) or not np.isfinite(probabilities).all():
+        raise DataError(f"{path}: the saved model gave {probabilities.shape} or non-finite predictions "
+                        f"for {len(test)} rows")
+    return probabilities
+
+
+def make_submission(loaded: LoadedModel, test: pd.DataFrame) -> pd.DataFrame:
     """``Id`` = row index of test.csv, ``Churn`` = the model's churn probability."""
-    probabilities = predict_checked(model, test, model_path)
-    return pd.DataFrame({"Id": np.arange(len(test)), "Churn": probabilities})
+    return pd.DataFrame({"Id": np.arange(len(test)), "Churn": churn_probabilities(loaded, test)})
 
 
 def main(argv: list[str] | None = None) -> Path:
@@ -61,12 +81,13 @@ def main(argv: list[str] | None = None) -> Path:
         raise UserError(f"--out {out}: folder {out.parent} does not exist")
     if out.parent.is_dir() and not os.access(out.parent, os.W_OK):
         raise UserError(f"--out {out}: folder {out.parent} is not writable")
-    model, saved = load_model(run)
+    loaded = load_model(run)
     source = resolve_data_root("churn", args.data_dir, builtin=BUILTIN)
     test = load_test(source.root)
-    print(f"model: {saved['name']} ({saved['description']}), CV ROC-AUC {saved['cv_auc']:.4f}, "
-          f"trained on {saved['data'].removeprefix('data: ')}")
-    submission = make_submission(model, test, run / MODEL_FILE)
+    about = loaded.extras
+    print(f"model: {about['name']} ({about['description']}), CV ROC-AUC {about['cv_auc']:.4f}, "
+          f"trained on {about['data'].removeprefix('data: ')}")
+    submission = make_submission(loaded, test)
     try:
         write_submission(submission, out, columns=["Id", "Churn"], id_column="Id",
                          expected_ids=range(len(test)), value_range=(0.0, 1.0))

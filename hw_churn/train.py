@@ -13,7 +13,8 @@ Every model is scored on the same 5 stratified folds; each step of the study bec
 ``cv_results.csv``/``cv_results.md`` with its gain over the CatBoost baseline (the course's
 parameters), and the best final model (logistic regression, the searched CatBoost, or their
 blend) is refitted on all training rows and saved for ``submit`` as ``model.json`` (plus
-``catboost.cbm``, CatBoost's own format; nothing pickled, see :mod:`hw_churn.saved`). The run
+``catboost.cbm``, CatBoost's own format, when CatBoost is part of it; nothing pickled, see
+:func:`hw_churn.models.save_model`; ``hw_churn.load_model(RUN)`` reads it back). The run
 folder also gets ``data_report.md``/``data_report.json``, the EDA figures under ``plots/`` and
 ``metrics.json``.
 """
@@ -30,9 +31,8 @@ from core.data import resolve_data_root
 from . import eda
 from .data import load_churn
 from .models import (CATBOOST_COURSE, CATBOOST_GRID, CATBOOST_GRID_QUICK, BlendModel, CatBoostModel, CVResult,
-                     LogRegModel, best_blend_weight, cross_validate, cross_validate_blend, search_catboost,
-                     stratified_folds)
-from .saved import save_model
+                     LogRegModel, best_blend_weight, cross_validate, cross_validate_blend, save_model,
+                     search_catboost, stratified_folds)
 
 BUILTIN = "built-in churn sample (generated with a fixed seed: 1200 train / 400 test rows, Kaggle schema)"
 MODEL_CHOICES = ("logreg", "catboost", "blend", "all")
@@ -116,6 +116,12 @@ def run_catboost_steps(X, y, folds, args, study: Study) -> dict:
 
 
 def main(argv: list[str] | None = None) -> dict:
+    """Run the study into the run folder and save the final model there.
+
+    Returns:
+        ``{"run": folder, "metrics": metrics.json's values, "table": the CV table, "best": the
+        final model's step, "model": the final model, fitted on all rows, as saved}``.
+    """
     args = cli.parse_args(build_parser(), argv)
     start = time.time()
     source = resolve_data_root("churn", args.data_dir, builtin=BUILTIN)
@@ -180,7 +186,7 @@ def main(argv: list[str] | None = None) -> dict:
         metrics.update(blend_weight=model.weight, logreg_C=model.first.C_)
     run.save_metrics(metrics)
     run.summary({"best": study.results[best].mean, "model": best, "seconds": metrics["seconds"]})
-    return {"run": run.path, "metrics": metrics, "table": table, "best": best}
+    return {"run": run.path, "metrics": metrics, "table": table, "best": best, "model": model}
 
 
 if __name__ == "__main__":

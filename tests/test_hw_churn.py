@@ -1,4 +1,5 @@
-"""hw_churn: cleaning, bad input, folds, blend, unseen categories, train + submit end to end."""
+"""hw_churn: cleaning, bad input, folds, blend, unseen categories, train + submit end to end, the
+model files (load_model gives back the trained model; unreadable files are refused in one line)."""
 from __future__ import annotations
 
 import json
@@ -8,14 +9,16 @@ import numpy as np
 import pandas as pd
 import pytest
 
+import hw_churn
 from core.data import DataError
+from core.errors import UserError
 from core.metrics import roc_auc
+from core.runs import LoadedModel, load_model as load_any_run
 from hw_churn import submit, train
 from hw_churn.data import (CAT_COLS, FEATURE_COLS, NUM_COLS, add_features, clean_table, load_churn, make_sample,
                            read_table)
 from hw_churn.models import (BlendModel, CatBoostModel, CVResult, LogRegModel, best_blend_weight,
-                             cross_validate_blend, linear_features, stratified_folds)
-from hw_churn.saved import load_model, save_model
+                             cross_validate_blend, linear_features, load_model, save_model, stratified_folds)
 from tests.conftest import real_dataset
 
 
@@ -254,11 +257,23 @@ def test_catboost_handles_unseen_categories_and_writes_no_files(sample, tmp_path
 
 # -- end to end --------------------------------------------------------------------------------
 
-def test_train_and_submit_on_the_builtin_sample(tmp_path, runs_root, monkeypatch):
+@pytest.fixture(scope="module")
+def blend_run(tmp_path_factory):
+    """One ``train --quick --model blend`` on the built-in sample: (run folder, what main returned)."""
+    work = tmp_path_factory.mktemp("churn")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.delenv("DLS_DATA", raising=False)
+        patch.setenv("DLS_RUNS", str(work / "runs"))
+        patch.chdir(work)
+        run_dir = work / "run"
+        out = train.main(["--quick", "--seed", "0", "--model", "blend", "--folds", "3", "--run-dir", str(run_dir)])
+    assert not (work / "catboost_info").exists() and not (work / "runs").exists()
+    return run_dir, out
+
+
+def test_train_and_submit_on_the_builtin_sample(blend_run, monkeypatch):
     monkeypatch.delenv("DLS_DATA", raising=False)
-    monkeypatch.chdir(tmp_path)
-    run_dir = tmp_path / "run"
-    out = train.main(["--quick", "--model", "blend", "--folds", "3", "--run-dir", str(run_dir)])
+    run_dir, out = blend_run
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert out["best"] == "blend"
     assert metrics["best_cv_auc"] == pytest.approx(metrics["cv_auc_blend"])
@@ -271,18 +286,59 @@ def test_train_and_submit_on_the_builtin_sample(tmp_path, runs_root, monkeypatch
     for name in ("numeric_by_target", "categorical_counts", "target_balance"):
         assert (run_dir / "plots" / f"{name}.png").stat().st_size > 10_000
     assert "Random rows" in (run_dir / "data_report.md").read_text()
-    assert not (tmp_path / "catboost_info").exists()
 
     path = submit.main(["--run", str(run_dir)])
     submission = pd.read_csv(path)
     assert path == run_dir / "submission.csv"
     assert list(submission.columns) == ["Id", "Churn"] and submission["Id"].tolist() == list(range(400))
     assert submission["Churn"].between(0, 1).all() and submission["Churn"].std() > 0.05
+    # the loaded model scores the built-in test rows exactly as the model train fitted
+    test_rows = load_churn(None, verbose=False).test[FEATURE_COLS]
+    np.testing.assert_allclose(submission["Churn"], out["model"].predict(test_rows), rtol=1e-12, atol=1e-12)
 
 
-def test_submit_without_a_model_is_a_clear_error(tmp_path, cli_error):
-    line = cli_error(submit.main, ["--run", str(tmp_path)])
-    assert re.search(r"model\.json: saved model not found \(run hw_churn\.train first\)", line)
+def test_the_trained_model_comes_back_from_its_run(blend_run, sample):
+    """hw_churn.load_model (and core.runs.load_model) give the very model train fitted: same
+    predictions on the same rows, its CV score, settings and metrics."""
+    run_dir, out = blend_run
+    loaded = hw_churn.load_model(run_dir)
+    assert isinstance(loaded, LoadedModel) and (loaded.homework, loaded.kind) == ("hw_churn", "tabular")
+    assert isinstance(loaded.model, BlendModel) and isinstance(loaded.model.second, CatBoostModel)
+    assert loaded.model.first.pipeline_ is None  # the logistic regression is rebuilt from numbers alone
+    assert loaded.model.weight == out["model"].weight == out["metrics"]["blend_weight"]
+    assert loaded.extras["name"] == "blend" and loaded.extras["feature_cols"] == FEATURE_COLS
+    assert loaded.extras["cv_auc"] == out["metrics"]["best_cv_auc"] == loaded.metrics["best_cv_auc"]
+    assert loaded.settings["seed"] == 0 and loaded.settings["homework"] == "hw_churn"
+    assert loaded.config["kind"] == "blend" and loaded.config["first"]["C"] == out["metrics"]["logreg_C"]
+    rows = with_unseen_categories(sample[1])[FEATURE_COLS]
+    expected = out["model"].predict(rows)
+    assert expected.std() > 0.05  # rows the model tells apart
+    np.testing.assert_allclose(loaded.model.predict(rows), expected, rtol=1e-12, atol=1e-12)
+    np.testing.assert_array_equal(loaded.model.second.predict(rows), out["model"].second.predict(rows))
+    again = load_any_run(run_dir)  # core.runs.load_model finds hw_churn from args.json
+    np.testing.assert_array_equal(again.model.predict(rows), loaded.model.predict(rows))
+
+
+def test_a_run_without_its_model_files_is_refused_in_one_line(tmp_path, cli_error):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "args.json").write_text(json.dumps({"model": "all", "homework": "hw_churn"}))
+    (run / "model.joblib").write_bytes(b"not read")
+    with pytest.raises(UserError) as info:
+        load_model(run)
+    assert str(info.value) == (f"{run}: no model.json, so no trained model (the run stopped before its end, or was "
+                               f"written by an older version of this project); train it again (its options are "
+                               f"in {run / 'args.json'}: pass that file as --config)")
+    line = cli_error(submit.main, ["--run", str(run)])
+    assert line == f"error: {info.value}"
+    assert sorted(p.name for p in run.iterdir()) == ["args.json", "model.joblib"]  # nothing written
+
+
+def test_submit_on_a_folder_that_is_not_a_churn_run_is_one_line(tmp_path, cli_error):
+    assert cli_error(submit.main, ["--run", str(tmp_path)]) == \
+        f"error: {tmp_path}: no args.json (is this a hw_churn.train run folder?)"
+    (tmp_path / "args.json").write_text(json.dumps({"homework": "hw_segment"}))
+    assert cli_error(submit.main, ["--run", str(tmp_path)]) == f"error: {tmp_path}: a run of hw_segment, not of hw_churn"
 
 
 def test_submit_to_a_missing_folder_is_one_line(tmp_path, cli_error):
@@ -296,11 +352,17 @@ def test_logreg_saved_as_numbers_predicts_exactly_like_the_pipeline(sample, tmp_
     train_df, test_df = sample
     model = LogRegModel("log+spending", Cs=[0.1, 1.0], inner_folds=3).fit(train_df[FEATURE_COLS],
                                                                          train_df["Churn"].to_numpy())
+    (tmp_path / "args.json").write_text(json.dumps({"homework": "hw_churn"}))
     save_model(model, tmp_path, {"name": "logreg_log", "description": model.describe(), "cv_auc": 0.8, "data": "x"})
-    loaded, saved = load_model(tmp_path)
-    assert loaded.pipeline_ is None and saved["model"]["kind"] == "logreg"  # rebuilt from numbers alone
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["args.json", "model.json"]  # no catboost.cbm
+    loaded = load_model(tmp_path)
+    assert loaded.model.pipeline_ is None and loaded.config["kind"] == "logreg"  # rebuilt from numbers alone
+    assert loaded.extras == {"name": "logreg_log", "description": model.describe(), "cv_auc": 0.8, "data": "x",
+                             "feature_cols": FEATURE_COLS}
     unseen = with_unseen_categories(test_df)[FEATURE_COLS]
-    np.testing.assert_allclose(loaded.predict(unseen), model.predict(unseen), rtol=1e-12, atol=1e-12)
+    p = model.predict(unseen)
+    assert p.std() > 0.05
+    np.testing.assert_allclose(loaded.model.predict(unseen), p, rtol=1e-12, atol=1e-12)
 
 
 class Payload:
@@ -314,10 +376,13 @@ class Payload:
 
 
 @pytest.mark.parametrize("craft, message", [
-    ("joblib", r"model\.json: saved model not found \(model\.joblib files are never loaded"),
-    ("cbm", r"catboost\.cbm: not a CatBoost model file"),
-    ("json", r"model\.json: 'model\.first\.kind' is 'pickle', expected logreg, catboost or blend"),
-    ("path", r"model\.json: 'model\.file' must be a file name inside the run folder"),
+    ("joblib", r"run: no model\.json, so no trained model .*; train it again"),
+    ("cbm", r"catboost\.cbm: not a CatBoost model file \(.*\); train the run again to rewrite it$"),
+    ("json", r"model\.json: 'model\.first\.kind' is 'pickle', expected logreg, catboost or blend; train the run "
+             r"again to rewrite it$"),
+    ("path", r"model\.json: 'model\.file' must be a file name inside the run folder; train the run again"),
+    ("text", r"model\.json: not valid JSON \(.*\); train the run again to rewrite it$"),
+    ("format", r"model\.json: not a model file of hw_churn\.train \(format 1\); train the run again"),
 ])
 def test_crafted_model_files_are_refused_and_run_no_code(tmp_path, craft, message, cli_error):
     import pickle
@@ -325,6 +390,7 @@ def test_crafted_model_files_are_refused_and_run_no_code(tmp_path, craft, messag
     marker = tmp_path / "code_ran"
     run = tmp_path / "run"
     run.mkdir()
+    (run / "args.json").write_text(json.dumps({"homework": "hw_churn"}))
     payload = pickle.dumps(Payload(marker))
     meta = {"format": 1, "name": "blend", "description": "d", "cv_auc": 0.8, "data": "x", "feature_cols": FEATURE_COLS}
     if craft == "joblib":
@@ -338,9 +404,13 @@ def test_crafted_model_files_are_refused_and_run_no_code(tmp_path, craft, messag
                 "second": {"kind": "catboost", "file": "catboost.cbm", "params": {}}}
         (run / "model.json").write_text(json.dumps({**meta, "model": spec}))
         (run / "catboost.cbm").write_bytes(payload)
-    else:
+    elif craft == "path":
         (run / "model.json").write_text(json.dumps({**meta, "model": {"kind": "catboost", "file": "../x.cbm",
                                                                       "params": {}}}))
+    elif craft == "text":
+        (run / "model.json").write_bytes(payload)
+    else:
+        (run / "model.json").write_text(json.dumps({**meta, "format": 0, "model": {"kind": "catboost"}}))
     line = cli_error(submit.main, ["--run", str(run)])
     assert re.search(message, line), line
     assert not marker.exists()  # the payload never ran
