@@ -7,10 +7,12 @@
 Each pair is trained with ``hw_segment.train`` (same recipe, same split) for every split seed
 in ``--seeds``, into ``<compare folder>/runs/<model>-<loss>-split<seed>``. ``--resume`` continues
 an interrupted comparison in its folder (``--run-name``/``--run-dir``): a finished run is reused
-only when it was asked for with the same options on the same data, else it is trained again. ``report.md`` gets one row per pair: test IoU mean and spread (over test images,
-or over seeds when there are several), val IoU, the course's thresholded score, seconds per
-epoch and parameters; the best loss of each model is marked, and ``plots/predictions.png``
-shows the test images with each model's best prediction.
+only when it was asked for with the same options on the same data, else it is trained again.
+``report.md`` gets one row per pair: test IoU mean and spread (over test images, or over seeds
+when there are several), val IoU, the course's thresholded score, seconds per epoch and
+parameters; the best loss of each model is marked, and ``plots/predictions.png`` shows the
+test images with each model's best prediction (each run's model read by
+:func:`hw_segment.load_model`).
 
 ``--against-smp`` instead trains our UNet with its default recipe and
 segmentation_models_pytorch's ``Unet(resnet18, encoder_weights=None)`` with the same data,
@@ -33,8 +35,7 @@ from core.inference import predict
 from core.plots import image_grid
 
 from . import train
-from .evaluate import load_trained_model
-from .models import MODEL_NAMES
+from .models import MODEL_NAMES, load_model
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -54,7 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--resume", action="store_true",
                         help="continue the comparison in --run-name/--run-dir: reuse its finished runs whose "
                              "options and data match, train the others")
-    cli.add_run_args(parser)
+    cli.add_run_args(parser, default="runs/hw_segment/compare-<timestamp>")
     return parser
 
 
@@ -157,13 +158,13 @@ def prediction_figure(args: argparse.Namespace, out: Path, runs: pd.DataFrame, t
     columns = []
     for row in best.itertuples():
         name = runs[(runs.model == row.model) & (runs.loss == row.loss) & (runs.seed == seed)].run.iloc[0]
-        model, train_args = load_trained_model(out / "runs" / name)
-        columns.append((model, f"{row.model} / {row.loss}"))
-    run_args = argparse.Namespace(**train_args)
+        loaded = load_model(out / "runs" / name)
+        columns.append((loaded, f"{row.model} / {row.loss}"))
+    run_args = argparse.Namespace(**loaded.settings)
     source = resolve_data_root("ph2", args.data_dir, announce=False)
     test = train.split_data(train.load_data(run_args, source.builtin, source.root), seed)[2]
     n = min(n_images, len(test))
-    preds = [(predict(model, test.images[:n]) > 0).float() for model, _ in columns]
+    preds = [(predict(loaded.model, test.images[:n]) > loaded.extras["threshold"]).float() for loaded, _ in columns]
     images, titles = [], []
     for i in range(n):
         images += [test.images[i], test.masks[i]] + [p[i] for p in preds]

@@ -14,19 +14,30 @@ differ in how information crosses from the encoder to the decoder:
 * :class:`UNet2`: the course's variant of UNet where the downsampling is a learned convolution
   with stride 2 and the upsampling a transposed convolution with stride 2.
 
-Two additions to the course's skeleton, both switchable, both measured on the 40-case PH2
-subset (see hw_segment.compare --against-smp): each image is standardised per channel before the
-first layer (:func:`standardize_images`: the model sees contrast, not skin tone), and the UNets'
-bottleneck uses dilated convolutions (:func:`dilated_block`: a wider view of the lesion).
+Two additions to the course's skeleton, both on by default and switchable: each image is
+standardised per channel before the first layer (:func:`standardize_images`, ``standardize``:
+the model sees contrast, not skin tone), and the UNets' bottleneck uses dilated convolutions
+(:func:`dilated_block`, ``dilated``: a wider view of the lesion).
 
 Every model returns one channel of logits (no activation) at the input's resolution. The
 input's height and width must be multiples of 16 (four halvings); other sizes raise a
 ``ValueError`` that names the nearest valid sizes, instead of failing inside a concatenation.
+
+A trained run keeps its network in ``model.pt``: :func:`save_run_model` writes it (config from
+:func:`model_config`), :func:`load_model` rebuilds it.
 """
 from __future__ import annotations
 
+import argparse
+import os
+from pathlib import Path
+
 import torch
 from torch import nn
+
+from core.checkpoint import load_task_weights
+from core.errors import UserError
+from core.runs import LoadedModel, read_args, read_metrics, read_model, save_model
 
 DOWNSAMPLING = 16  # four halvings
 MODEL_NAMES = ("segnet", "unet", "unet2")
@@ -52,10 +63,9 @@ def check_input_size(height: int, width: int, multiple: int = DOWNSAMPLING) -> N
 def standardize_images(x: torch.Tensor, eps: float = 1e-3) -> torch.Tensor:
     """Per image and channel: subtract the mean, divide by the standard deviation.
 
-    A lesion is darker than the skin *around it*; absolute colour varies with skin tone and
-    lighting. Standardising each image lets the first layer see the contrast, not the tone,
-    so a tanned or orange skin is not taken for a lesion (a common failure with 20-100
-    training images)."""
+    The result does not change when a channel is scaled by a positive gain or shifted by an
+    offset (another skin tone, other lighting), up to ``eps``: a lesion is told apart by its
+    contrast with the skin around it, not by its absolute colour."""
     mean = x.mean(dim=(-2, -1), keepdim=True)
     std = x.std(dim=(-2, -1), keepdim=True)
     return (x - mean) / (std + eps)
@@ -213,3 +223,58 @@ def build_model(name: str, width: int = 32, in_channels: int = 3, **options) -> 
     if name not in models:
         raise ValueError(f"unknown model {name!r}; choose one of {', '.join(MODEL_NAMES)}")
     return models[name](in_channels=in_channels, width=width, **options)
+
+
+# -- the run's model file -------------------------------------------------------------------------
+HOMEWORK = "hw_segment"
+KIND = "segmentation"
+CLASSES = ["lesion"]
+THRESHOLD = 0.0  # a pixel is lesion where its logit is above this (probability 0.5)
+
+
+def model_config(settings: argparse.Namespace | dict) -> dict:
+    """What rebuilds a run's network, from its options (parsed, or its ``args.json``):
+    ``{"model", "width", "size", "options"}``; ``size`` is the image side it was trained at,
+    ``options`` the keyword options of :func:`build_model` (``dilated``, ``standardize``)."""
+    settings = vars(settings) if isinstance(settings, argparse.Namespace) else settings
+    options = {}
+    if settings.get("plain_bottleneck") and settings["model"] in ("unet", "unet2"):
+        options["dilated"] = False
+    if settings.get("no_standardize") and settings["model"] in MODEL_NAMES:
+        options["standardize"] = False
+    return {"model": settings["model"], "width": settings["width"], "size": settings["size"], "options": options}
+
+
+def build_from_config(config: dict) -> nn.Module:
+    """The network :func:`model_config` describes, freshly initialised."""
+    return build_model(config["model"], config["width"], **config.get("options", {}))
+
+
+def save_run_model(run: str | os.PathLike, model: nn.Module, config: dict) -> Path:
+    """Write the run's ``model.pt`` (:func:`core.runs.save_model`): ``model``'s weights, the
+    ``config`` of :func:`model_config`, and as extras the class names and the logit threshold."""
+    state = {k: v.contiguous() for k, v in model.state_dict().items()}
+    return save_model(run, homework=HOMEWORK, kind=KIND, config=config, state_dict=state,
+                      extras={"classes": list(CLASSES), "threshold": THRESHOLD})
+
+
+def load_model(run: str | os.PathLike) -> LoadedModel:
+    """The model of a ``hw_segment.train`` run, from its ``model.pt`` (read weights-only): the
+    network of its config with its weights, in eval mode on the CPU. ``config["size"]`` is the
+    image side it takes (RGB in [0, 1]); ``extras["threshold"]`` the logit above which a pixel
+    is lesion; ``extras["classes"]`` is ``["lesion"]``.
+
+    Raises:
+        UserError: not a run folder, a run of another homework, no ``model.pt`` (a run written
+            before model files existed: the message says to train it again), or a model file
+            whose config or weights do not rebuild the network.
+    """
+    settings = read_args(run, HOMEWORK)
+    saved = read_model(run, homework=HOMEWORK)
+    try:
+        model = build_from_config(saved.config)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise UserError(f"{saved.path}: cannot rebuild the model from its config ({exc})") from None
+    load_task_weights(model, saved.state_dict, saved.path)
+    return LoadedModel(Path(run), HOMEWORK, saved.kind, model.eval(), saved.config, saved.extras, settings,
+                       read_metrics(run))

@@ -2,8 +2,10 @@
 
     python -m hw_segment.predict --run runs/hw_segment/<name> lesion.png [more.jpg ...]
 
-Each image is resized (with anti-aliasing, as in training) to the run's ``--size``, the model's
-logits are resized back to the image's size (bilinear) and thresholded at 0 (probability 0.5).
+The model comes from the run's ``model.pt`` (:func:`hw_segment.load_model`). Each image is
+resized (with anti-aliasing, as in training) to the size it was trained at, the model's logits
+are resized back to the image's size (bilinear) and thresholded at the model file's threshold
+(logit 0: probability 0.5).
 Prints the lesion area of each image and writes ``predictions.json`` and mask overlays into
 ``<run>/predict-<timestamp>/``. ``python -m core.serve --run RUN`` serves the same predictor
 (:func:`load_predictor`, see :mod:`core.predictor`).
@@ -19,19 +21,20 @@ from PIL import Image
 
 from core.cli import run_command
 from core.predictor import Predictor, predict_main, segmentation_result
+from core.runs import LoadedModel
 
 from .data import resize_image
-from .evaluate import load_trained_model
+from .models import load_model
 
 
 class SegmentationPredictor(Predictor):
     """A hw_segment model: one binary mask (the lesion) per image."""
 
-    def __init__(self, run_dir: str | Path, model: torch.nn.Module, train_args: dict):
-        size = train_args["size"]
-        super().__init__(run_dir, kind="segmentation", classes=["lesion"], input_size=(size, size),
-                         model=train_args["model"], width=train_args.get("width"))
-        self.model, self.size = model, size
+    def __init__(self, loaded: LoadedModel):
+        size = loaded.config["size"]
+        super().__init__(loaded.run, kind=loaded.kind, classes=loaded.extras["classes"], input_size=(size, size),
+                         model=loaded.config["model"], width=loaded.config["width"])
+        self.model, self.size, self.threshold = loaded.model, size, loaded.extras["threshold"]
 
     @torch.no_grad()
     def logits(self, image: Image.Image) -> torch.Tensor:
@@ -41,13 +44,12 @@ class SegmentationPredictor(Predictor):
         return F.interpolate(logits, size=(image.height, image.width), mode="bilinear", align_corners=False)[0, 0]
 
     def predict(self, image: Image.Image) -> dict:
-        return segmentation_result((self.logits(image) > 0).numpy())
+        return segmentation_result((self.logits(image) > self.threshold).numpy())
 
 
 def load_predictor(run_dir: str | Path) -> SegmentationPredictor:
-    """The predictor of a ``hw_segment.train`` run (weights read weights-only, CPU, eval mode)."""
-    model, train_args = load_trained_model(run_dir)
-    return SegmentationPredictor(run_dir, model, train_args)
+    """The predictor of a ``hw_segment.train`` run: its :func:`hw_segment.load_model` model."""
+    return SegmentationPredictor(load_model(run_dir))
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -7,12 +7,10 @@ Sizes, epochs, batch size, width and learning rate default to a recipe for the d
 (printed at the start); any of them given on the command line wins. The recipe: AdamW with a
 one-cycle LR schedule (warm-up, then cosine decay to almost 0), flips / 90-degree rotations /
 light colour jitter on the training images, dice+bce loss, and the last epoch's weights as
-the model (``--select``). The run folder gets history.csv, best.pt/last.pt, metrics.json
-(val and test IoU, Dice, the course's iou_pytorch score, time) and plots (curves,
+the model (``--select``). The run folder gets history.csv, best.pt/last.pt (for ``--resume``),
+model.pt (the selected weights: what ``hw_segment.load_model``, evaluate and predict read),
+metrics.json (val and test IoU, Dice, the course's iou_pytorch score, time) and plots (curves,
 image / truth / prediction overlays of test cases).
-
-On a CPU shared with other jobs, ``OMP_NUM_THREADS=1`` can be several times faster than the
-default of one thread per core (see bench/segment.py).
 """
 from __future__ import annotations
 
@@ -31,7 +29,7 @@ from core.plots import mask_overlays, plot_history
 from core.checkpoint import load_checkpoint
 
 from .data import SegmentationData, SegmentationDataset, load_ph2, make_lesions, split_indices
-from .models import MODEL_NAMES, SMP_UNET, build_model, check_input_size
+from .models import MODEL_NAMES, SMP_UNET, build_from_config, check_input_size, model_config, save_run_model
 from .task import SegmentationTask, score_logits
 
 DEFAULT_LOSS = "dice+bce"
@@ -78,17 +76,6 @@ def build_parser() -> argparse.ArgumentParser:
                        help="which weights the run reports and keeps as its model: the last epoch's (the "
                             "one-cycle schedule ends at a tiny LR) or the best val IoU's (best.pt)")
     return parser
-
-
-def model_options(args) -> dict:
-    """Keyword options of :func:`build_model` given by the command line (or a saved args.json)."""
-    args = vars(args) if isinstance(args, argparse.Namespace) else args
-    options = {}
-    if args.get("plain_bottleneck") and args["model"] in ("unet", "unet2"):
-        options["dilated"] = False
-    if args.get("no_standardize") and args["model"] in MODEL_NAMES:
-        options["standardize"] = False
-    return options
 
 
 def apply_recipe(args: argparse.Namespace, builtin: bool, n_train: int) -> dict:
@@ -146,13 +133,14 @@ def main(argv: list[str] | None = None) -> dict:
     train_loader, val_loader, val, test = make_loaders(data, args)
 
     torch.manual_seed(args.seed)
-    model = build_model(args.model, args.width, **model_options(args))
+    config = model_config(args)
+    model = build_from_config(config)
     echo(f"model: {args.model}, width {args.width}, {count_parameters(model):,} parameters")
     task = SegmentationTask(model, loss_fn, lr=args.lr)  # one-cycle over trainer.estimated_stepping_batches
     run = runs.RunDir.reserve("hw_segment", args)
     trainer = cli.build_trainer(args, run_dir=run.path, monitor="val_iou", mode="max",
                                 callbacks=[run.start_callback(args)])
-    if trainer.device.type == "cpu":  # bench/segment.py: channels-last convolutions are ~1.2x faster on CPU
+    if trainer.device.type == "cpu":  # channels-last convolutions run faster on CPU (bench/segment.py)
         model.to(memory_format=torch.channels_last)
     start = time.perf_counter()
     history = trainer.fit(task, train_loader, val_loader, resume=args.resume)
@@ -160,6 +148,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     # the run's model; picking the best epoch on a small val set (10 PH2 cases) tends to overfit it
     load_checkpoint(run / f"{args.select}.pt", task)
+    save_run_model(run, task.model, config)
     metrics = {"epochs": len(history), "best_epoch": max(history, key=lambda r: r["val_iou"])["epoch"],
                "train_seconds": round(train_time, 1),
                "seconds_per_epoch": round(sum(r["time"] for r in history) / len(history), 2),

@@ -242,7 +242,7 @@ def test_train_and_evaluate_commands_write_their_reports(tmp_path, monkeypatch):
     run_dir = tmp_path / "run"
     metrics = train.main(["--dry-run", "--size", "32", "--n-images", "24", "--width", "4",
                           "--model", "unet2", "--loss", "dice", "--run-dir", str(run_dir)])
-    for name in ("history.csv", "best.pt", "last.pt", "metrics.json", "args.json",
+    for name in ("history.csv", "best.pt", "last.pt", "model.pt", "metrics.json", "args.json",
                  "plots/history.png", "plots/predictions.png"):
         assert (run_dir / name).is_file(), name
     saved = json.loads((run_dir / "metrics.json").read_text())
@@ -261,6 +261,15 @@ def test_train_and_evaluate_commands_write_their_reports(tmp_path, monkeypatch):
         scores = score_logits(predict(model, split.images), split.masks)
         assert saved[f"{name}_iou"] == pytest.approx(scores["iou"].mean().item(), abs=2e-4)
         assert saved[f"{name}_dice"] == pytest.approx(scores["dice"].mean().item(), abs=2e-4)
+    # model.pt holds that model: load_model gives the same outputs
+    from hw_segment import load_model
+
+    loaded = load_model(run_dir)
+    assert (loaded.homework, loaded.kind, loaded.name) == ("hw_segment", "segmentation", "run")
+    assert loaded.config == {"model": "unet2", "width": 4, "size": 32, "options": {}}
+    assert loaded.extras == {"classes": ["lesion"], "threshold": 0.0}
+    assert loaded.metrics == saved and loaded.settings["loss"] == "dice" and not loaded.model.training
+    torch.testing.assert_close(predict(loaded.model, test.images), predict(model, test.images), rtol=0, atol=0)
 
     fake = _fake_ph2(tmp_path / "other")
     out = tmp_path / "eval"
@@ -356,8 +365,37 @@ def test_evaluate_on_a_churn_run_is_one_line(tmp_path, cli_error):
     (churn / "args.json").write_text(json.dumps({"model": "all", "folds": 5, "threads": 2, "homework": "hw_churn"}))
     (churn / "model.json").write_text("{}")
     line = cli_error(evaluate.main, ["--run", str(churn)])
-    assert line == f"error: {churn / 'args.json'}: no width, size: not a hw_segment.train run"
+    assert line == f"error: {churn}: a run of hw_churn, not of hw_segment"
     assert sorted(p.name for p in churn.iterdir()) == ["args.json", "model.json"]  # nothing written
+
+
+def test_a_run_without_model_pt_is_refused_in_one_line_saying_to_train_again(finished_run, tmp_path, cli_error):
+    from hw_segment import evaluate, load_model
+    from core.errors import UserError
+
+    (finished_run / "model.pt").unlink()
+    with pytest.raises(UserError, match="train it again") as caught:
+        load_model(finished_run)
+    assert "\n" not in str(caught.value)
+    line = cli_error(evaluate.main, ["--run", str(finished_run), "--run-dir", str(tmp_path / "eval")])
+    assert line.startswith(f"error: {finished_run}: no model.pt") and "train it again" in line
+    assert not (tmp_path / "eval").exists()
+
+
+def test_model_pt_holds_the_weights_select_names(tmp_path, monkeypatch):
+    """--select best: model.pt gets best.pt's model weights, not the last epoch's."""
+    monkeypatch.delenv("DLS_DATA", raising=False)
+    from core.checkpoint import load_checkpoint, submodule_weights
+    from core.runs import read_model
+    from hw_segment import train
+
+    run_dir = tmp_path / "run"
+    train.main(["--size", "32", "--n-images", "12", "--width", "4", "--epochs", "3", "--limit-batches", "1",
+                "--select", "best", "--run-dir", str(run_dir)])
+    best, last = (submodule_weights(load_checkpoint(run_dir / f"{n}.pt")) for n in ("best", "last"))
+    assert any(not torch.equal(best[k], last[k]) for k in best)   # the two choices differ here
+    saved = read_model(run_dir, homework="hw_segment").state_dict
+    assert saved.keys() == best.keys() and all(torch.equal(saved[k], best[k]) for k in best)
 
 
 def test_evaluate_gives_same_named_data_folders_their_own_outputs(finished_run, tmp_path, monkeypatch):
