@@ -9,6 +9,10 @@ with classes ``helmet`` (a head with a hard hat), ``head`` (without) and ``perso
 course dropped ``person`` for its incomplete labels, so the default classes are
 ``helmet, head``. Objects of the other known classes are skipped and counted; an object of a
 class this data set does not have is an error naming the file.
+
+:func:`find_data` and :func:`read_data` give every command its data (``--data-dir``,
+``$DLS_DATA/hardhat``, else the built-in scenes); :func:`to_tensor` is the one resize both
+backends' inference applies to an image.
 """
 from __future__ import annotations
 
@@ -20,14 +24,18 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
+import torch.nn.functional as F
 from PIL import Image
 from skimage import draw
 
-from core.data import IMAGE_EXTENSIONS, DataError, require_dir
+from core.data import IMAGE_EXTENSIONS, DataError, DataSource, require_dir, resolve_data_root
 from core.detection.data import DetectionSample
+from core.errors import UserError
 
 CLASSES = ("helmet", "head")
 KNOWN_CLASSES = ("helmet", "head", "person")
+BUILTIN = "built-in procedural helmet/head scenes"
 
 
 @dataclass
@@ -157,6 +165,39 @@ def load_voc(root: str | os.PathLike, class_names: tuple[str, ...] = CLASSES) ->
 def _natural_key(path: Path):
     digits = "".join(ch for ch in path.stem if ch.isdigit())
     return (path.stem.rstrip("0123456789"), int(digits) if digits else -1, path.stem)
+
+
+def find_data(data_dir: str | os.PathLike | None) -> DataSource:
+    """Where the data comes from: ``data_dir``, else ``$DLS_DATA/hardhat``, else the built-in
+    scenes (:func:`core.data.resolve_data_root`, which prints the choice).
+
+    Raises:
+        DataError: ``data_dir`` given but not a folder.
+    """
+    return resolve_data_root("hardhat", data_dir, builtin=BUILTIN)
+
+
+def read_data(source: DataSource, class_names: tuple[str, ...], n_images: int, size: int,
+              seed: int = 0) -> DetectionData:
+    """The images of ``source``: its VOC folder with ``class_names``, or ``n_images`` built-in
+    scenes of ``size`` px drawn from ``seed``.
+
+    Raises:
+        UserError: built-in scenes asked for other classes than :data:`CLASSES`.
+        DataError: a VOC folder that cannot be read (see :func:`load_voc`).
+    """
+    if source.builtin:
+        if tuple(class_names) != CLASSES:
+            raise UserError(f"classes {','.join(class_names)}: the built-in scenes have {','.join(CLASSES)} only")
+        return make_scenes(n_images, size, seed)
+    return load_voc(source.root, tuple(class_names))
+
+
+def to_tensor(array: np.ndarray, size: int) -> torch.Tensor:
+    """An RGB uint8 array (H, W, 3) as a float image (3, size, size) in [0, 1] (bilinear,
+    antialiased): the input both backends' detectors see."""
+    image = torch.from_numpy(np.array(array)).permute(2, 0, 1).float().div(255)
+    return F.interpolate(image[None], size=(size, size), mode="bilinear", antialias=True, align_corners=False)[0]
 
 
 def split_indices(n: int, val_fraction: float = 0.15, seed: int = 0) -> tuple[list[int], list[int]]:

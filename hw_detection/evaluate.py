@@ -4,16 +4,18 @@
 
 Writes ``metrics.json`` (``map50``, ``map``, per-class AP@0.5, precision, recall and F1 at IoU
 0.5 for detections scoring at least ``--score-threshold``) and a figure of predicted vs true
-boxes into ``--run-dir`` (default: ``<run>/eval-<data folder name>[-2 ...]``).
+boxes (``plots/boxes.png``) into ``--run-dir`` (default: ``<run>/eval-<data>-<timestamp>``,
+``<data>`` the data folder's name or ``builtin``; a fresh folder each time).
 """
 from __future__ import annotations
 
 from core import cli, runs
-from core.data import resolve_data_root
 
-from .data import load_voc, make_scenes
-from .detector import load_detector, read_run_args
+from .data import find_data, read_data
+from .models import load_model, loaded_detector
 from .train import evaluate, write_figures
+
+OUTPUTS = "<run>/eval-<data folder name or builtin>-<timestamp>"
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -25,14 +27,13 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--score-threshold", type=cli.probability, default=0.3,
                         help="detections scoring below this are not counted in precision/recall/F1 or drawn")
     parser.add_argument("--device", type=cli.device_name, default="cpu", help="auto, cpu, cuda, mps")
-    cli.add_run_args(parser)
+    cli.add_run_args(parser, default=OUTPUTS)
     args = cli.parse_args(parser, argv)
-    train_args = read_run_args(args.run)
-    detector = load_detector(args.run, args.device)
-    source = resolve_data_root("hardhat", args.data_dir, builtin="built-in procedural helmet/head scenes")
-    data = make_scenes(args.n_images, train_args["size"], seed=12345) if source.builtin else \
-        load_voc(source.root, detector.class_names)
-    print(f"model: CenterNet ({train_args.get('backend', 'torch')}) from {args.run}; "
+    loaded = load_model(args.run)
+    detector = loaded_detector(loaded, args.device)
+    source = find_data(args.data_dir)
+    data = read_data(source, detector.class_names, args.n_images, detector.size, seed=12345)
+    print(f"model: CenterNet ({loaded.config['backend']}) from {args.run}; "
           f"dataset: {data.description}: {data.report()}")
     name = source.root.name if source.root else "builtin"
     run = runs.RunDir.create("hw_detection", args, parent=args.run, prefix=f"eval-{name}-")  # or --run-dir

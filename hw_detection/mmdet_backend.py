@@ -6,19 +6,20 @@ the course's ``centernet_resnet18[_dcnv2]_140e_coco`` config, with the number of
 input size, the schedule (AdamW + one-cycle, as the native backend) and no pretrained weights.
 By default the neck is ``CTResNetSkipNeck``, ``CTResNetNeck`` with the native backend's skip
 connections from the backbone (registered here into MMDetection's model registry), so that
-both backends train the same network; ``--no-skips`` gives ``CTResNetNeck`` exactly. Without
-the skips a randomly initialised CenterNet barely localises after a short run in either
-backend (map50 0.0008 native, 0.0003 here, after 4 epochs at 256 px on the shared hard-hat
-images; with them 0.06-0.11 native, 0.015-0.03 here). It is trained by mmengine's ``Runner`` from
-COCO json files written from the same VOC loader
-(``<run>/mmdet/train.json``). Augmentation: resize to ``size x size``, random scale 0.6-1.4 about
-the centre and shift 15 % (``CentredRandomAffine``, registered here), flip, photometric distortion.
+both backends train the same network; ``--no-skips`` gives ``CTResNetNeck`` exactly.
 
-After training the model's weights are saved as ``model.pt`` (tensors only, read back with
-``weights_only=True``) and the config as ``mmdet_config.py``; predictions go through
-:class:`MMDetDetector`, which returns boxes in each image's own pixels like the native one.
+It is trained by mmengine's ``Runner`` (:func:`train_mmdet`) from COCO json files written from
+the same VOC loader (``<run>/mmdet/train.json``). Augmentation: resize to ``size x size``,
+random scale 0.6-1.4 about the centre and shift 15 % (``CentredRandomAffine``, registered
+here), flip, photometric distortion. The Runner's config is kept as ``mmdet_config.py``; the
+trained network's state dict goes into the run's ``model.pt`` like the native one's
+(:mod:`hw_detection.models`), and :class:`MMDetDetector` returns its boxes in each image's own
+pixels like the native detector.
 
-Needs the ``mmdet`` extra and mmcv 2.1.0 built for this torch: ``bash scripts/build_mmcv.sh``.
+MMDetection, mmcv and mmengine are imported inside the functions, only when this backend is
+used: without them every other command works, and this backend stops with one line saying how
+to install them (the ``mmdet`` extra and mmcv 2.1.0 built for this torch:
+``bash scripts/build_mmcv.sh``).
 """
 from __future__ import annotations
 
@@ -33,11 +34,10 @@ import numpy as np
 import torch
 from PIL import Image
 
-from core import cli, runs
+from core import runs
 from core.errors import UserError
 
-from .data import DetectionData
-from .detector import MODEL_FILE, to_tensor
+from .data import DetectionData, to_tensor
 
 CONFIG_FILE = "mmdet_config.py"
 SKIP_NECK = "CTResNetSkipNeck"
@@ -75,9 +75,8 @@ def _register_skip_neck() -> None:
         """``CTResNetNeck`` plus the native backend's skip connections
         (:class:`core.detection.centernet.CenterNet` with ``skips=True``): after each upsampling
         block the backbone's feature map of the same stride (16, 8, 4), through a 1x1 conv and
-        BN, is added before the ReLU. A randomly initialised CenterNet learns to localise in a
-        few epochs with them and hardly at all without (the plain neck's map50 after a short
-        run is about 0.001 in both backends)."""
+        BN, is added before the ReLU; with the same weights it computes what the native neck
+        does."""
 
         def __init__(self, in_channels: int, num_deconv_filters, num_deconv_kernels, use_dcn: bool = True,
                      skip_channels=(256, 128, 64), init_cfg=None):
@@ -106,11 +105,11 @@ def _register_centred_affine() -> None:
         return
 
     class CentredRandomAffine(RandomAffine):
-        """``RandomAffine`` that scales about the image centre, as albumentations' ``Affine``
-        does for the native backend. MMDetection 3.3's scales about the top-left corner (its warp is
-        translate @ shear @ rotate @ scale), so that a zoom-out leaves the picture in the
-        top-left corner with black to the right and below, and a zoom-in cuts off only the
-        right and bottom: objects near those edges are lost more often than others."""
+        """``RandomAffine`` whose warp scales, rotates and shears about the image centre (the
+        fixed point of a zero shift), as the native backend's augmentation does. MMDetection
+        3.3's own ``RandomAffine`` warps about the top-left corner (translate @ shear @ rotate
+        @ scale): a zoom-out leaves the picture in that corner and a zoom-in cuts off only the
+        right and bottom."""
 
         def _get_random_homography_matrix(self, height: int, width: int) -> np.ndarray:
             warp = super()._get_random_homography_matrix(height, width)
@@ -236,8 +235,10 @@ def history_from_scalars(work_dir: Path, path: Path) -> list[dict]:
 
 
 def train_mmdet(args: argparse.Namespace, train: DetectionData, val: DetectionData,
-                run: runs.RunDir) -> tuple["MMDetDetector", list[dict]]:
-    """Train with mmengine's Runner; the model, its config and history.csv go into ``run``."""
+                run: runs.RunDir) -> tuple[torch.nn.Module, list[dict]]:
+    """Train with mmengine's Runner (its files under ``run/mmdet``, its config as
+    ``mmdet_config.py``, the per-epoch losses as ``history.csv``); returns the trained network
+    and the history (the caller saves the model file)."""
     require_mmdet()
     from mmengine.config import Config
     from mmengine.runner import Runner
@@ -250,10 +251,8 @@ def train_mmdet(args: argparse.Namespace, train: DetectionData, val: DetectionDa
     cfg.dump(str(run / CONFIG_FILE))
     runner = Runner.from_cfg(cfg)
     runner.train()
-    model = runner.model
-    torch.save(model.state_dict(), run / MODEL_FILE)
     history = history_from_scalars(work_dir, run / "history.csv")
-    return MMDetDetector(model, args.size, train.class_names), history
+    return runner.model, history
 
 
 class MMDetDetector:
@@ -264,23 +263,6 @@ class MMDetDetector:
 
     def __init__(self, model: torch.nn.Module, size: int, class_names, device="cpu"):
         self.model, self.size, self.class_names = model.to(device).eval(), size, tuple(class_names)
-
-    @classmethod
-    def from_run(cls, run: Path, args: dict, class_names, device="cpu") -> "MMDetDetector":
-        from core.data import DataError
-
-        path = run / MODEL_FILE
-        if not path.is_file():
-            raise DataError(f"{path}: model weights not found (did the training run finish?)")
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        # the weights say which neck (runs saved before the skip neck existed have the plain one)
-        skips = any(key.startswith("neck.laterals.") for key in state)
-        model = build_model(len(class_names), args.get("dcn", False), skips=skips)
-        try:
-            model.load_state_dict(state)
-        except RuntimeError as exc:
-            raise DataError(f"{path}: weights do not fit the model in args.json ({str(exc).splitlines()[0]})") from None
-        return cls(model, args["size"], class_names, device)
 
     @torch.no_grad()
     def predict(self, arrays, batch_size: int = 8) -> list[dict[str, torch.Tensor]]:

@@ -18,7 +18,7 @@ from PIL import Image
 from core.cli import run_command
 from core.predictor import Predictor, detection_result, predict_main
 
-from .detector import load_detector, read_run_args
+from .models import load_model, loaded_detector
 
 RESULTS_FILE = "detections.json"
 
@@ -26,11 +26,11 @@ RESULTS_FILE = "detections.json"
 class DetectionPredictor(Predictor):
     """A hw_detection run: boxes with class names and scores, in the image's pixels."""
 
-    def __init__(self, run_dir: str | Path, detector, train_args: dict):
-        size = train_args["size"]
+    def __init__(self, run_dir: str | Path, detector, backend: str, score_threshold: float):
+        size = detector.size
         super().__init__(run_dir, kind="detection", classes=list(detector.class_names), input_size=(size, size),
-                         model="centernet", backend=train_args.get("backend", "torch"))
-        self.detector, self.score_threshold = detector, train_args.get("score_threshold", 0.3)
+                         model="centernet", backend=backend)
+        self.detector, self.score_threshold = detector, score_threshold
 
     def predict(self, image: Image.Image) -> dict:
         array = np.asarray(image.convert("RGB"))
@@ -42,8 +42,10 @@ class DetectionPredictor(Predictor):
 
 
 def load_predictor(run_dir: str | Path) -> DetectionPredictor:
-    """The predictor of a ``hw_detection.train`` run (weights read weights-only, CPU, eval mode)."""
-    return DetectionPredictor(run_dir, load_detector(run_dir), read_run_args(run_dir))
+    """The predictor of a ``hw_detection.train`` run (:func:`hw_detection.load_model`: CPU, eval mode)."""
+    loaded = load_model(run_dir)
+    return DetectionPredictor(run_dir, loaded_detector(loaded), loaded.config["backend"],
+                              loaded.extras["score_threshold"])
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -10,8 +10,10 @@ box-aware augmented images; ``mmdet`` configures MMDetection's CenterNet the sam
 trains it with mmengine's Runner. Both are scored by the same code on the validation split:
 mAP@0.5 (``map50``), COCO mAP (``map``) and per-class precision / recall / F1 at IoU 0.5.
 Sizes, epochs, batch and LR default to a recipe for the data in use (printed at the start);
-with real data and no ``--epochs``, the native backend fits its epochs and LR schedule into 17
-minutes of training (``--time-limit``), so the whole command takes under 20 minutes.
+with real data and neither ``--epochs`` nor ``--time-limit``, the native backend fits its epochs
+and LR schedule into 17 minutes (``--time-limit 17``), so the whole command takes under 20
+minutes. The run folder gets ``model.pt`` (:mod:`hw_detection.models`: the network of either
+backend, its classes and input size), which evaluate and predict read.
 """
 from __future__ import annotations
 
@@ -22,17 +24,15 @@ import torch
 from torch.utils.data import DataLoader
 
 from core import cli, runs
-from core.data import resolve_data_root
-from core.detection.data import DetectionDataset, collate
-from core.detection.centernet import CenterNet, CenterNetTask
-from core.detection.evaluate import detection_metrics
-from core.console import echo
-from core.errors import UserError
-from core.plots import box_overlays, plot_history
 from core.checkpoint import load_checkpoint
+from core.console import echo
+from core.detection.centernet import CenterNetTask
+from core.detection.data import DetectionDataset, collate
+from core.detection.evaluate import detection_metrics
+from core.plots import box_overlays, plot_history
 
-from .data import CLASSES, DetectionData, classes_option, load_voc, make_scenes, split_indices
-from .detector import MODEL_FILE, Detector
+from .data import CLASSES, DetectionData, classes_option, find_data, read_data, split_indices
+from .models import build_model, make_detector, model_config, save_detector
 
 # with real data and no --epochs, the native backend's training fits itself to this many minutes
 # (core.Trainer's --time-limit: epochs and LR schedule sized from the first epoch's time)
@@ -45,6 +45,9 @@ RECIPES = {
 
 def build_parser() -> argparse.ArgumentParser:
     parser = cli.make_recipe_parser("hw_detection.train", __doc__.split("\n")[0], RECIPES, "hardhat")
+    parser.epilog += (f"; with real data, --backend torch and neither --epochs nor --time-limit, training "
+                      f"stops after {REAL_DATA_MINUTES:g} minutes (--time-limit {REAL_DATA_MINUTES:g}): the "
+                      "epochs and the LR schedule are fitted to that time")
     group = parser.add_argument_group("detection")
     group.add_argument("--backend", choices=("torch", "mmdet"), default="torch",
                        help="torch: native CenterNet; mmdet: MMDetection 3.3 (needs the mmdet extra)")
@@ -77,28 +80,25 @@ def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Non
 
 def load_data(args: argparse.Namespace) -> tuple[DetectionData, dict]:
     """The data set (announced in one line) and the recipe filled into ``args``."""
-    source = resolve_data_root("hardhat", args.data_dir, builtin="built-in procedural helmet/head scenes")
+    source = find_data(args.data_dir)
     recipe = dict(RECIPES["built-in" if source.builtin else "hardhat"])
     if not source.builtin and args.epochs is None and args.time_limit is None and args.backend == "torch":
         args.time_limit = recipe["time_limit"] = REAL_DATA_MINUTES
     cli.apply_recipe(args, recipe)
-    classes = tuple(args.classes.split(","))
-    if source.builtin and classes != CLASSES:
-        raise UserError(f"--classes {args.classes}: the built-in scenes have {','.join(CLASSES)} only")
-    data = make_scenes(args.n_images, args.size) if source.builtin else load_voc(source.root, classes)
+    data = read_data(source, tuple(args.classes.split(",")), args.n_images, args.size)
     echo(f"dataset: {data.description}: {data.report()}")
     return data, {key: getattr(args, key) for key in recipe}
 
 
-def train_native(args, train: DetectionData, val: DetectionData, run: runs.RunDir) -> tuple[Detector, list]:
-    """core.Trainer on CenterNet; returns the last epoch's model (saved as ``model.pt``)."""
+def train_native(args, train: DetectionData, val: DetectionData, run: runs.RunDir) -> tuple[torch.nn.Module, list, str]:
+    """core.Trainer on CenterNet; returns the last epoch's network, the history and the device."""
     train_loader = DataLoader(DetectionDataset(train.samples, args.size, train=True), batch_size=args.batch_size,
                               shuffle=True, num_workers=args.num_workers, collate_fn=collate,
                               drop_last=len(train) > args.batch_size)
     val_loader = DataLoader(DetectionDataset(val.samples, args.size), batch_size=args.batch_size,
                             num_workers=args.num_workers, collate_fn=collate)
     torch.manual_seed(args.seed)
-    model = CenterNet(len(train.class_names), weights=args.weights, dcn=args.dcn, skips=not args.no_skips)
+    model = build_model(config_of(args, train), weights=args.weights)
     if not torch.cuda.is_available():
         model.to(memory_format=torch.channels_last)
     task = CenterNetTask(model, lr=args.lr)  # one-cycle over trainer.estimated_stepping_batches
@@ -106,8 +106,12 @@ def train_native(args, train: DetectionData, val: DetectionData, run: runs.RunDi
                                 callbacks=[run.start_callback(args)])
     history = trainer.fit(task, train_loader, val_loader, resume=args.resume)
     load_checkpoint(run / "last.pt", task)  # the one-cycle schedule ends at a tiny LR: keep the last
-    torch.save(task.model.state_dict(), run / MODEL_FILE)
-    return Detector(task.model, args.size, train.class_names, trainer.device), history
+    return task.model, history, trainer.device
+
+
+def config_of(args: argparse.Namespace, data: DetectionData) -> dict:
+    """The model file's ``config`` for these options (:func:`hw_detection.models.model_config`)."""
+    return model_config(args.backend, len(data.class_names), dcn=args.dcn, skips=not args.no_skips)
 
 
 def evaluate(detector, data: DetectionData, score_threshold: float) -> tuple[dict, list, list]:
@@ -140,10 +144,13 @@ def main(argv: list[str] | None = None) -> dict:
     if args.backend == "mmdet":
         from .mmdet_backend import train_mmdet
 
-        detector, history = train_mmdet(args, train, val, run)
+        model, history = train_mmdet(args, train, val, run)
+        device = "cpu"
     else:
-        detector, history = train_native(args, train, val, run)
+        model, history, device = train_native(args, train, val, run)
     train_seconds = time.perf_counter() - start
+    save_detector(run, model, config_of(args, train), train.class_names, args.size, args.score_threshold)
+    detector = make_detector(args.backend, model, args.size, train.class_names, device)
     metrics, arrays, predictions = evaluate(detector, val, args.score_threshold)
     metrics = {"val_images": len(val), "epochs": len(history), "train_seconds": round(train_seconds, 1),
                **{k: round(v, 4) for k, v in metrics.items()}}

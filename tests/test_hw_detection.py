@@ -13,6 +13,7 @@ import torch
 from PIL import Image
 
 from core.data import DataError
+from core.errors import UserError
 from hw_detection.data import load_voc, make_scenes, parse_voc, split_indices
 from hw_detection.train import main as train_main
 
@@ -148,9 +149,57 @@ def test_train_evaluate_predict_end_to_end(tmp_path, runs_root, monkeypatch):
     result = json.loads((tmp_path / "pred" / "detections.json").read_text())[str(image)]
     assert result["kind"] == "detection" and (result["width"], result["height"]) == (100, 80)
     assert all(b["score"] >= 0.3 and b["label"] in ("helmet", "head") for b in result["boxes"])
-    with pytest.raises(DataError, match="model weights not found"):
-        (run / "model.pt").unlink()
-        evaluate_main(["--run", str(run), "--data-dir", str(voc)])
+
+
+def test_load_model_gives_the_trained_network_and_its_scores(tmp_path, runs_root, monkeypatch):
+    import hw_detection
+    from core.checkpoint import load_checkpoint
+    from core.detection.centernet import CenterNet, CenterNetTask
+    from core.runs import load_model
+    from hw_detection.models import Detector, loaded_detector
+
+    monkeypatch.delenv("DLS_DATA", raising=False)
+    run = tmp_path / "run"
+    metrics = train_main(TINY + ["--score-threshold", "0", "--run-dir", str(run)])
+    loaded = hw_detection.load_model(run)
+    assert (loaded.homework, loaded.kind, loaded.name) == ("hw_detection", "detection", "run")
+    assert loaded.config == {"backend": "torch", "num_classes": 2, "dcn": False, "skips": True}
+    assert loaded.extras == {"classes": ["helmet", "head"], "size": 64, "score_threshold": 0.0}
+    assert not loaded.model.training and loaded.settings["size"] == 64 and loaded.metrics == metrics
+    assert type(load_model(run).model) is CenterNet                      # core's loader finds it
+    # the weights are the last epoch's (last.pt), rebuilt into the same network
+    reference = CenterNetTask(CenterNet(2, skips=True))
+    load_checkpoint(run / "last.pt", reference)
+    images = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        ours, theirs = loaded.model(images), reference.model.eval()(images)
+    assert all(torch.equal(ours[key], theirs[key]) for key in ("heatmap", "size", "offset"))
+    # its detector: the same boxes, in the images' own pixels, as the last epoch's network
+    arrays = [np.asarray(Image.fromarray(s.image).resize((96, 80))) for s in make_scenes(2, 64, seed=5).samples]
+    found = loaded_detector(loaded).predict(arrays)
+    expected = Detector(reference.model, 64, ("helmet", "head")).predict(arrays)
+    for ours, theirs in zip(found, expected):
+        assert len(ours["boxes"]) == 100 and ours["scores"].max() > 0
+        assert all(torch.equal(ours[key], theirs[key]) for key in ("boxes", "scores", "labels"))
+        assert ours["boxes"][:, 0::2].max() > 64 and ours["boxes"][:, 0::2].max() <= 96 + 1e-3
+
+
+def test_a_run_without_its_model_file_is_refused_in_one_line(tmp_path, runs_root, monkeypatch):
+    from hw_detection.evaluate import main as evaluate_main
+    from hw_detection.predict import main as predict_main
+
+    monkeypatch.delenv("DLS_DATA", raising=False)
+    run = tmp_path / "run"
+    train_main(TINY + ["--epochs", "1", "--limit-batches", "1", "--run-dir", str(run)])
+    (run / "model.pt").unlink()                                     # best.pt and last.pt are still there
+    image = tmp_path / "site.png"
+    Image.fromarray(np.zeros((20, 30, 3), np.uint8)).save(image)
+    for command in (["--run", str(run)], ["--run", str(run), str(image)]):
+        main = evaluate_main if len(command) == 2 else predict_main
+        with pytest.raises(UserError, match="train it again") as error:
+            main(command)
+        assert "\n" not in str(error.value)
+    assert sorted(p.name for p in run.iterdir() if p.is_dir()) == ["plots"]   # no output folder made
 
 
 # -- the mmdet backend ------------------------------------------------------------------------------
