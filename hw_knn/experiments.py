@@ -27,11 +27,10 @@ def split(X: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndar
 
 
 def liblinear_demo(X_train, y_train, X_test, y_test) -> float:
-    """``LogisticRegression(C=1, solver='liblinear')`` test accuracy (the course got 0.699).
-
-    liblinear handles several classes one-versus-rest; scikit-learn 1.8 stopped doing that
-    inside ``LogisticRegression``, so the same model is written as ``OneVsRestClassifier``.
-    """
+    """Test accuracy of the course's ``LogisticRegression(C=1, solver='liblinear')``: one
+    binary liblinear model per class (one-versus-rest), written as ``OneVsRestClassifier``
+    so that it is that model on every supported scikit-learn (``LogisticRegression`` itself
+    no longer fits one-versus-rest from scikit-learn 1.8 on)."""
     model = OneVsRestClassifier(LogisticRegression(C=1, solver="liblinear")).fit(X_train, y_train)
     return float(accuracy_score(y_test, model.predict(X_test)))
 
@@ -57,8 +56,8 @@ def penalty_name(params: dict) -> str:
 
 def saga_grid(X, y, cv: int = 5, n_jobs: int = -1, verbose: int = 1) -> tuple[dict, float]:
     """Grid-search saga logistic regression on the whole data (as the course does, so the
-    score is optimistic); return the best parameters and the refitted model's accuracy on
-    that same data (the course got {'C': 1, 'penalty': 'l1'} and 0.6419).
+    score is optimistic); return the best parameters, as ``{"C": int, "penalty": "l1" or
+    "l2"}``, and the refitted model's accuracy on that same data.
 
     saga stops at its default ``max_iter=100`` on unscaled features, as in the course; its
     ConvergenceWarnings are silenced.
@@ -73,14 +72,14 @@ def saga_grid(X, y, cv: int = 5, n_jobs: int = -1, verbose: int = 1) -> tuple[di
 
 
 def default_knn_accuracy(X_train, y_train, X_test, y_test) -> float:
-    """Q1: test accuracy of ``KNeighborsClassifier()`` with its defaults (course: 0.7365)."""
+    """Q1: test accuracy of ``KNeighborsClassifier()`` with its defaults."""
     model = KNeighborsClassifier().fit(X_train, y_train)
     return float(accuracy_score(y_test, model.predict(X_test)))
 
 
 def knn_grid(X, y, cv: int = 5, n_jobs: int = -1, verbose: int = 1) -> GridSearchCV:
-    """Grid search over k 1..10 x uniform/distance x manhattan/euclidean on the whole data
-    (course: manhattan, k=4, distance)."""
+    """Grid search (accuracy) over k 1..10 x uniform/distance x manhattan/euclidean on the
+    whole data, refitted on it with the best parameters."""
     grid = GridSearchCV(KNeighborsClassifier(), KNN_GRID, cv=cv, scoring="accuracy", n_jobs=n_jobs, verbose=verbose)
     return grid.fit(X, y)
 

@@ -34,15 +34,31 @@ def build_parser() -> argparse.ArgumentParser:
     parser = cli.make_parser("hw_knn.train", __doc__.split("\n")[0])
     cli.add_data_args(parser, "forest", loader=False)
     group = parser.add_argument_group("knn")
-    group.add_argument("--data", type=str, default=None, help=f"path to the course's {FOREST_FILE}")
+    group.add_argument("--data", type=str, default=None,
+                       help=f"path to the course's {FOREST_FILE} (not with --data-dir or a --dataset)")
     group.add_argument("--dataset", choices=["auto", "covtype", *BUILTIN], default="auto",
-                       help=f"auto: --data, else {FOREST_FILE} in --data-dir / $DLS_DATA/forest, else digits")
+                       help=f"auto: --data, else {FOREST_FILE} in --data-dir / $DLS_DATA/forest, else digits; "
+                            "covtype (downloaded by scikit-learn), digits, wine: that data set instead (not with "
+                            "--data or --data-dir)")
     group.add_argument("--covtype-rows", type=cli.positive_int, default=10000, help="rows sampled from covtype")
     group.add_argument("--seed", type=int, default=42, help="seed of the covtype sample")
     group.add_argument("--cv", type=cli.int_at_least(2), default=5, help="cross-validation folds of both grid searches")
     group.add_argument("--n-jobs", type=cli.n_jobs, default=-1, help="grid-search processes (-1: all cores)")
     cli.add_run_args(parser)
     return parser
+
+
+def check_data_options(args: argparse.Namespace) -> None:
+    """``--data``, ``--data-dir`` and a ``--dataset`` other than auto each choose the data:
+    at most one of them may be given.
+
+    Raises:
+        UserError: two or more of them, named.
+    """
+    given = [flag for flag, on in (("--data", args.data), ("--data-dir", args.data_dir),
+                                   (f"--dataset {args.dataset}", args.dataset != "auto")) if on]
+    if len(given) > 1:
+        raise UserError(f"{' and '.join(given)}: each chooses the data; give only one of them")
 
 
 def load_table(args: argparse.Namespace) -> Table:
@@ -72,6 +88,7 @@ def stage(message: str) -> float:
 
 def main(argv: list[str] | None = None) -> dict:
     args = cli.parse_args(build_parser(), argv)
+    check_data_options(args)
     try:
         table = load_table(args)
     except ValueError as exc:

@@ -1,13 +1,14 @@
 """HW2: gradient descent on sin^2, then elastic-net logistic regression on blobs, breast cancer and MNIST.
 
     python -m hw_logreg.train                       # MNIST 0-vs-1 too when $DLS_DATA/mnist exists
-    python -m hw_logreg.train --data-dir PATH       # PATH holds MNIST/raw/t10k-*-ubyte.gz
+    python -m hw_logreg.train --data-dir PATH       # PATH holds MNIST/raw/t10k-{images-idx3,labels-idx1}-ubyte[.gz]
 
 Part 1 draws the descent path of ``grad_descent_2d(f, grad_f, lr=0.1, num_iter=20)`` on the
-surface of f. Part 3 fits MyElasticLogisticRegression(0.1, 0.1) on the course's blobs for 1000
-epochs (weights [-0.43004999, 0.81077042, -0.00395889]) and draws its loss per batch and its
-decision boundary; then compares it with scikit-learn's saga elastic net (same penalties) by
-cross-validated accuracy on breast cancer and on the MNIST 0/1 digits.
+surface of f, from a start drawn after ``np.random.seed(--seed)``. Part 3 fits
+MyElasticLogisticRegression(--l1, --l2) on the course's blobs for --blob-epochs epochs (with
+the defaults 0.1, 0.1 and 1000 its weights are the course's) and draws its loss per batch and
+its decision boundary; then compares it with scikit-learn's saga elastic net (same penalties)
+by cross-validated accuracy on breast cancer and, when MNIST is found, on its 0/1 test digits.
 """
 from __future__ import annotations
 
@@ -27,16 +28,20 @@ from .plots import batch_losses, decision_boundary, descent_path
 
 def build_parser() -> argparse.ArgumentParser:
     parser = cli.make_parser("hw_logreg.train", __doc__.split("\n")[0])
+    parser.epilog = ("Without MNIST (no --data-dir and no $DLS_DATA/mnist) the comparison runs on breast "
+                     "cancer only; the blobs and breast cancer come with scikit-learn.")
     cli.add_data_args(parser, "mnist", loader=False)
     group = parser.add_argument_group("logistic regression")
     group.add_argument("--l1", type=cli.nonneg_float, default=0.1, help="L1 coefficient")
     group.add_argument("--l2", type=cli.nonneg_float, default=0.1, help="L2 coefficient")
     group.add_argument("--blob-epochs", type=cli.positive_int, default=1000, help="epochs on the blobs")
     group.add_argument("--epochs", type=cli.positive_int, default=10, help="epochs in the breast-cancer/MNIST comparison")
-    group.add_argument("--lr", type=cli.positive_float, default=0.1, help="learning rate")
-    group.add_argument("--batch-size", type=cli.positive_int, default=100, help="batch size")
+    group.add_argument("--lr", type=cli.positive_float, default=0.1, help="learning rate (blobs and comparison)")
+    group.add_argument("--batch-size", type=cli.positive_int, default=100, help="batch size (blobs and comparison)")
     group.add_argument("--cv", type=cli.int_at_least(2), default=3, help="cross-validation folds of the comparison")
-    group.add_argument("--seed", type=int, default=42, help="seed of the descent's random start")
+    group.add_argument("--seed", type=int, default=42,
+                       help="seed of NumPy's global generator, set once at the start: it draws the descent's "
+                            "random start, then scikit-learn's saga shuffles with it")
     cli.add_run_args(parser)
     return parser
 

@@ -251,6 +251,16 @@ def test_bad_options_are_one_line_before_any_work(argv, message, runs_root, cli_
     assert not runs_root.exists()
 
 
+@pytest.mark.parametrize("argv, flags", [
+    (["--data", "a.csv", "--dataset", "covtype"], "--data and --dataset covtype"),
+    (["--data-dir", "forest", "--dataset", "digits"], "--data-dir and --dataset digits"),
+    (["--data", "a.csv", "--data-dir", "forest", "--dataset", "wine"], "--data and --data-dir and --dataset wine"),
+])
+def test_two_choices_of_data_are_one_line_before_any_work(argv, flags, runs_root, cli_error):
+    assert cli_error(main, argv) == f"error: {flags}: each chooses the data; give only one of them"
+    assert not runs_root.exists()
+
+
 def test_unwritable_run_folder_stops_before_the_grid_searches(tmp_path, cli_error, capsys, monkeypatch):
     import hw_knn.train as knn_train
 
