@@ -54,10 +54,12 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument("--folds", type=cli.int_at_least(2), default=5, help="number of stratified CV folds")
     group.add_argument("--threads", type=cli.positive_int, default=2, help="CatBoost threads")
     group.add_argument("--catboost-defaults", action="store_true",
-                       help="also score CatBoost with its default parameters (1000 trees; about a minute more)")
+                       help="also score CatBoost with its default parameters (1000 trees), when --model runs "
+                            "CatBoost (catboost, blend, all)")
     group.add_argument("--quick", action="store_true",
-                       help="fast configuration: 3 inner folds for C, 2 CatBoost candidates at a higher "
-                            "learning rate, no CatBoost baselines")
+                       help="fast configuration: 3 inner folds for C, no log+spending logreg step, 2 CatBoost "
+                            "candidates at a higher learning rate (at most 600 trees, patience 50), no "
+                            "course-parameter CatBoost baseline")
     return parser
 
 
