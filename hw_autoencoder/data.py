@@ -12,6 +12,10 @@ Digits are MNIST in torchvision's raw layout (:mod:`core.mnist`), pixels scaled 
 
 With no data on disk, the built-in sets are generated faces (with ``Smiling`` and
 ``Eyeglasses`` scores) and scikit-learn's 8x8 digits drawn at MNIST's size.
+
+Every command reads its data here: :func:`load_dataset` (the faces or the digits, from
+``--data-dir``, ``$DLS_DATA`` or built-in), :func:`run_data` (the images of a trained run, its
+split rebuilt from its settings), :func:`fetch_digits` (``--download``).
 """
 from __future__ import annotations
 
@@ -25,14 +29,16 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
-from core.data import DataError, list_images, load_image_array, require_dir
-from core.mnist import has_split, load_mnist
+from core.console import echo
+from core.data import DataError, DataSource, InMemoryImages, list_images, load_image_array, require_dir, resolve_data_root
+from core.mnist import RAW_DIR, download_mnist, has_split, load_mnist
 
 ATTRIBUTES_FILE = "lfw_attributes.txt"
 PHOTO_FOLDERS = ("lfw", "lfw-deepfunneled")
 CROP = 80
 FACE_SIZE = 64
 _PHOTO_NAME = re.compile(r"^(?P<person>.+)_(?P<num>\d+)$")
+DOWNLOAD_DIR = "data/mnist"
 
 
 @dataclass
@@ -287,3 +293,78 @@ def jitter_faces(images: torch.Tensor, shift: float = 3.0, scale: float = 0.05, 
     if brightness:
         out = (out * (1 + brightness * uniform(n, 1, 1, 1))).clamp(0, 1)
     return out
+
+
+# -- what the commands read --------------------------------------------------------------------
+def load_dataset(kind: str, data_dir=None, n_images: int = 600, announce: bool = True,
+                 builtin: bool = False) -> tuple[ImageSet, DataSource]:
+    """The faces or the digits: ``--data-dir``, else ``$DLS_DATA/faces|mnist``, else built-in
+    (``builtin=True``: the built-in set whatever is on disk, for runs trained on it)."""
+    faces = kind == "faces"
+    what = (f"{n_images} generated cartoon faces (built-in)" if faces
+            else "scikit-learn's 1797 8x8 digits drawn at 28x28 (built-in)")
+    if builtin:
+        source = DataSource(None, "built-in", f"data: {what}")
+        if announce:
+            echo(source.description)
+    else:
+        source = resolve_data_root("faces" if faces else "mnist", data_dir, what, announce)
+    if faces:
+        return (make_faces(n_images) if source.builtin else load_faces(source.root)), source
+    return (builtin_digits() if source.builtin else load_digits(source.root)), source
+
+
+def Images(data: ImageSet, flip: bool = False) -> InMemoryImages:
+    """``(image, label)`` pairs, randomly flipped left-right when ``flip``."""
+    return InMemoryImages(data.images, data.labels, flip)
+
+
+def add_download_arg(group) -> None:
+    """The ``--download`` option of the commands that read digits."""
+    group.add_argument("--download", action="store_true",
+                       help=f"digits: fetch the full MNIST with torchvision into --data-dir (default {DOWNLOAD_DIR}) "
+                            "first, where the network allows")
+
+
+def fetch_digits(args, parser, dataset: str) -> None:
+    """With ``--download``: the full MNIST into ``--data-dir`` (created; default
+    :data:`DOWNLOAD_DIR`), which the command then reads. Without it, nothing."""
+    if not args.download:
+        return
+    if dataset != "digits":
+        parser.error("--download: only the digits (MNIST) can be downloaded")
+    args.data_dir = args.data_dir or DOWNLOAD_DIR
+    echo(f"download: MNIST into {Path(args.data_dir).resolve() / RAW_DIR} (torchvision; files already there are kept)")
+    download_mnist(args.data_dir)
+
+
+def run_data(settings: dict, dataset: str, shape, data_dir=None) -> tuple[ImageSet | None, ImageSet, DataSource, bool]:
+    """The images of a trained run (``settings``: its ``args.json``; ``dataset`` and ``shape``:
+    its model's data kind and image shape): its training images and the images to score. On
+    the run's own data (``data_dir`` None or the same folder) the images to score are its
+    held-out test split, rebuilt from ``data_root``, ``split_seed`` and ``n_images``; on other
+    data, every image. ``same`` says which. The training images are ``None`` when the run's
+    data cannot be read any more.
+
+    Raises:
+        DataError: settings without those entries, or images of another shape than ``shape``.
+    """
+    try:
+        trained_root, split_seed, n_images = settings["data_root"], settings["split_seed"], settings["n_images"]
+    except KeyError as exc:
+        raise DataError(f"the run's args.json has no {exc} entry: not written by hw_autoencoder.train") from None
+    data_dir = data_dir or trained_root
+    data, source = load_dataset(dataset, data_dir, n_images, builtin=data_dir is None)
+    if tuple(data.shape) != tuple(shape):
+        raise DataError(f"{source.root or 'built-in data'}: images of shape {tuple(data.shape)}, the model was "
+                        f"trained on {tuple(shape)}")
+    same = (str(source.root) if source.root else None) == trained_root
+    train_ix, _, test_ix = split_indices(len(data), split_seed)
+    if same:
+        return data.subset(train_ix), data.subset(test_ix), source, True
+    try:
+        own, _ = load_dataset(dataset, trained_root, n_images, announce=False, builtin=trained_root is None)
+    except DataError as exc:
+        echo(f"note: the run's training data cannot be read ({exc}): no PCA / classifier figures")
+        return None, data, source, False
+    return own.subset(split_indices(len(own), split_seed)[0]), data, source, False

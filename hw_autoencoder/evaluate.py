@@ -10,21 +10,19 @@ own training images. Writes ``metrics.json`` and a reconstruction figure into ``
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
 
 from core import cli, runs
-from core.data import DataError
 from core.console import echo
 from core.device import pick_device
 from core.plots import image_grid
 
-from .data import ImageSet, add_noise, split_indices
+from .data import ImageSet, add_download_arg, add_noise, fetch_digits, run_data
 from .judge import classify, digit_judge
-from .latent import decode, load_model, reconstruct, sample_codes
-from .models import VAE, elbo_terms
+from .latent import decode, reconstruct, sample_codes
+from .models import VAE, elbo_terms, load_model
 
 
 def pca_mse(train: torch.Tensor, test: torch.Tensor, components: int, inputs: torch.Tensor | None = None) -> float:
@@ -137,15 +135,18 @@ def score_cvae_samples(model: VAE, train: ImageSet, test: ImageSet, per_class: i
             "classifier_real_accuracy": float((real == test.labels).float().mean())}
 
 
-def score(model, config: dict, test: ImageSet, train: ImageSet | None, seed: int = 0, judge_steps: int = 700) -> dict:
-    """The metrics of ``evaluate`` for any model of this homework (``judge_steps``: see
-    :func:`score_cvae_samples`; fewer for a dry run)."""
+def score(model, test: ImageSet, train: ImageSet | None, noise: float = 0.0, seed: int = 0,
+          judge_steps: int = 700) -> dict:
+    """The metrics of ``evaluate`` for any model of this homework: :func:`score_vae` (and, for
+    the CVAE with training images, :func:`score_cvae_samples`; ``judge_steps``: its judge's
+    training batches, fewer for a dry run) or :func:`score_autoencoder` (``noise``: the
+    denoising AE's input noise, 0 for the others)."""
     if isinstance(model, VAE):
         metrics = score_vae(model, test, seed)
         if model.conditional and train is not None:
             metrics.update(score_cvae_samples(model, train, test, seed=seed, judge_steps=judge_steps))
         return metrics
-    return score_autoencoder(model, test, train, config.get("noise", 0.0), seed)
+    return score_autoencoder(model, test, train, noise, seed)
 
 
 def reconstruction_figure(model, images: ImageSet, path, n: int = 8, noise: float = 0.0) -> Path:
@@ -161,8 +162,6 @@ def reconstruction_figure(model, images: ImageSet, path, n: int = 8, noise: floa
 
 
 def main(argv: list[str] | None = None) -> dict:
-    from .train import add_download_arg, fetch_digits
-
     parser = cli.make_parser("hw_autoencoder.evaluate", "Score a trained autoencoder run on a data set.")
     parser.add_argument("--run", required=True, help="run folder written by hw_autoencoder.train")
     parser.add_argument("--data-dir", default=None,
@@ -173,54 +172,26 @@ def main(argv: list[str] | None = None) -> dict:
                         help="ae: steps that fit each code to its image (0: the encoder's code alone); "
                              "default the run's")
     add_download_arg(parser)
-    cli.add_run_args(parser)
+    cli.add_run_args(parser, default="<run>/eval-<data folder name, or builtin>-<timestamp>")
     args = cli.parse_args(parser, argv)
-    device = pick_device(args.device)
-    model, config = load_model(args.run, device)
+    loaded = load_model(args.run)
+    name, dataset, noise = loaded.config["model"], loaded.extras["dataset"], loaded.extras["noise"]
+    model = loaded.model.to(pick_device(args.device))
     if args.code_steps is not None:
-        if config["name"] != "ae":
-            parser.error(f"--code-steps: only an ae run fits its codes; {args.run} is a {config['name']} run")
+        if name != "ae":
+            parser.error(f"--code-steps: only an ae run fits its codes; {args.run} is a {name} run")
         model.code_steps = args.code_steps
-    fetch_digits(args, parser, config["dataset"])
-    train, test, source, same = run_data(args.run, config, args.data_dir)
-    echo(f"model: {config['name']} (latent {config['latent']}) from {args.run}; scoring "
+    fetch_digits(args, parser, dataset)
+    train, test, source, same = run_data(loaded.settings, dataset, loaded.config["shape"], args.data_dir)
+    echo(f"model: {name} (latent {loaded.config['latent']}) from {args.run}; scoring "
          + (f"the {len(test)} held-out test images" if same else f"all {len(test)} images"))
     run = runs.RunDir.create("hw_autoencoder", args, parent=Path(args.run),
                             prefix=f"eval-{source.root.name if source.root else 'builtin'}-")
-    metrics = score(model, config, test, train, args.seed)
+    metrics = score(model, test, train, noise, args.seed)
     run.save_metrics(metrics)
-    reconstruction_figure(model, test, run.plots / "reconstructions.png", noise=config.get("noise", 0.0))
+    reconstruction_figure(model, test, run.plots / "reconstructions.png", noise=noise)
     run.summary(metrics)
     return metrics
-
-
-def run_data(run, config: dict, data_dir=None) -> tuple[ImageSet | None, ImageSet, "DataSource", bool]:
-    """The run's training images and the images to score: on the run's own data (the default)
-    its held-out test split, on other data every image; ``same`` says which. The training
-    images come from the run's data (``None`` if it cannot be read any more)."""
-    from .train import load_dataset
-
-    path = Path(run) / "args.json"
-    try:
-        train_args = json.loads(path.read_text())
-        trained_root, split_seed, n_images = train_args["data_root"], train_args["split_seed"], train_args["n_images"]
-    except (OSError, ValueError, KeyError) as exc:
-        raise DataError(f"{path}: not the args.json of a hw_autoencoder.train run ({exc})") from None
-    data_dir = data_dir or trained_root
-    data, source = load_dataset(config["dataset"], data_dir, n_images, builtin=data_dir is None)
-    if tuple(data.shape) != tuple(config["shape"]):
-        raise DataError(f"{source.root or 'built-in data'}: images of shape {tuple(data.shape)}, the model was "
-                        f"trained on {tuple(config['shape'])}")
-    same = (str(source.root) if source.root else None) == trained_root
-    train_ix, _, test_ix = split_indices(len(data), split_seed)
-    if same:
-        return data.subset(train_ix), data.subset(test_ix), source, True
-    try:
-        own, _ = load_dataset(config["dataset"], trained_root, n_images, announce=False, builtin=trained_root is None)
-    except DataError as exc:
-        echo(f"note: the run's training data cannot be read ({exc}): no PCA / classifier figures")
-        return None, data, source, False
-    return own.subset(split_indices(len(own), split_seed)[0]), data, source, False
 
 
 if __name__ == "__main__":

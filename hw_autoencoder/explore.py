@@ -25,16 +25,15 @@ from core.device import pick_device
 from core.errors import UserError
 from core.plots import embedding_scatter, image_grid
 
-from .data import ImageSet, add_noise, crop_and_resize
-from .evaluate import run_data
-from .latent import attribute_vector, decode, encode, load_model, nearest, reconstruct, sample_images
-from .models import VAE, Autoencoder
+from .data import ImageSet, add_noise, crop_and_resize, run_data
+from .latent import attribute_vector, decode, encode, nearest, reconstruct, sample_images
+from .models import VAE, Autoencoder, load_model
 
 SMILE_STEPS = (0.0, 0.5, 1.0, 1.5, 2.0)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = cli.make_parser("hw_autoencoder.explore", "Figures from a trained hw_autoencoder run.")
+    parser = cli.make_parser("hw_autoencoder.explore", "Figures from a trained hw_autoencoder run, written into <run>/explore/ (never overwritten).")
     parser.add_argument("--run", required=True, help="run folder written by hw_autoencoder.train")
     parser.add_argument("--data-dir", default=None, help="data to explore; default the run's")
     parser.add_argument("--smile", action="store_true", help="faces moved along the smile vector")
@@ -62,18 +61,19 @@ def fresh_path(folder: Path, name: str) -> Path:
     return path
 
 
-def check_requests(args, config: dict, model) -> None:
-    """Refuse requests the run cannot answer, before any work."""
+def check_requests(args, name: str, dataset: str, model) -> None:
+    """Refuse requests the run cannot answer, before any work (``name``: the run's model,
+    ``dataset``: the data it was trained on)."""
     run = args.run
     if args.digit is not None:
         if not getattr(model, "conditional", False):
-            raise UserError(f"--digit: needs a cvae run; {run} is a {config['name']} run")
+            raise UserError(f"--digit: needs a cvae run; {run} is a {name} run")
         if not 0 <= args.digit < model.classes:
             raise UserError(f"--digit {args.digit}: unknown digit, expected 0-{model.classes - 1}")
-    if args.smile and config["dataset"] != "faces":
-        raise UserError(f"--smile: needs a run trained on faces; {run} was trained on {config['dataset']}")
+    if args.smile and dataset != "faces":
+        raise UserError(f"--smile: needs a run trained on faces; {run} was trained on {dataset}")
     if args.denoise and not isinstance(model, Autoencoder):
-        raise UserError(f"--denoise: needs an ae or denoise run; {run} is a {config['name']} run")
+        raise UserError(f"--denoise: needs an ae or denoise run; {run} is a {name} run")
 
 
 def samples_figure(model, path: Path, seed: int, temperature: float = 1.0) -> Path:
@@ -156,9 +156,11 @@ def denoise_figure(model, test: ImageSet, noise: float, path: Path, seed: int, n
 
 def main(argv: list[str] | None = None) -> list[Path]:
     args = cli.parse_args(build_parser(), argv)
-    model, config = load_model(args.run, pick_device(args.device))
-    check_requests(args, config, model)
-    train, test, _, _ = run_data(args.run, config, args.data_dir)
+    loaded = load_model(args.run)
+    shape, dataset = tuple(loaded.config["shape"]), loaded.extras["dataset"]
+    model = loaded.model.to(pick_device(args.device))
+    check_requests(args, loaded.config["model"], dataset, model)
+    train, test, _, _ = run_data(loaded.settings, dataset, shape, args.data_dir)
     if train is None:
         train = test
     folder = Path(args.run) / "explore"
@@ -173,7 +175,7 @@ def main(argv: list[str] | None = None) -> list[Path]:
     if args.tsne:
         written.append(tsne_figure(model, test, fresh_path(folder, "tsne"), args.seed))
     if args.retrieve:
-        query, name = query_image(args.retrieve, test, tuple(config["shape"]))
+        query, name = query_image(args.retrieve, test, shape)
         written.append(retrieval_figure(model, train, query, name, fresh_path(folder, "retrieval")))
     if args.denoise:
         written.append(denoise_figure(model, test, args.noise, fresh_path(folder, "denoise"), args.seed))

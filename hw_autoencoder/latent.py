@@ -1,9 +1,7 @@
-"""What the homework does with codes: encode a set, sample like the codes, the smile vector,
-nearest-neighbour retrieval, and loading a trained model from its run folder."""
+"""Work in code space: encode and decode a set, sample codes like the training codes (or
+from the prior), the smile vector, nearest-neighbour retrieval. A trained run's model comes
+from :func:`hw_autoencoder.load_model`."""
 from __future__ import annotations
-
-import os
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -11,9 +9,7 @@ from torch import nn
 
 from core.data import DataError
 
-from .models import VAE, Autoencoder, build_model
-
-MODEL_FILE = "model.pt"
+from .models import VAE, Autoencoder
 
 
 @torch.no_grad()
@@ -124,35 +120,3 @@ def nearest(index_codes, query_codes, k: int = 5) -> tuple[np.ndarray, np.ndarra
     search = NearestNeighbors(n_neighbors=min(k, len(index_codes))).fit(index_codes)
     return search.kneighbors(np.asarray(query_codes, dtype=np.float64).reshape(-1, index_codes.shape[1]))
 
-
-# -- saved models ------------------------------------------------------------------------------
-def save_model(path: str | os.PathLike, model: nn.Module, config: dict) -> Path:
-    """Weights and the config that rebuilds the model (``name``, ``shape``, ``latent``,
-    ``width``, ``dataset``): plain tensors and numbers, readable with ``weights_only=True``."""
-    path = Path(path)
-    torch.save({"config": dict(config), "state_dict": model.state_dict()}, path)
-    return path
-
-
-def load_model(run: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[nn.Module, dict]:
-    """The model saved in a run folder by ``hw_autoencoder.train``, in eval mode, and its config.
-
-    Raises:
-        DataError: no such run, no ``model.pt``, or a file that is not such a model.
-    """
-    run = Path(run)
-    if not run.is_dir():
-        raise DataError(f"--run {run}: folder does not exist")
-    path = run / MODEL_FILE
-    if not path.is_file():
-        raise DataError(f"{path}: not found (is {run} a hw_autoencoder.train run folder?)")
-    try:
-        saved = torch.load(path, map_location="cpu", weights_only=True)
-        config = saved["config"]
-        model = build_model(config["name"], tuple(config["shape"]), config["latent"], config["width"],
-                            config.get("linear", False), config.get("refine", 0), config.get("blocks", 0),
-                            config.get("code_steps", 0), config.get("code_lr", 0.05))
-        model.load_state_dict(saved["state_dict"])
-    except Exception as exc:
-        raise DataError(f"{path}: not a hw_autoencoder model ({type(exc).__name__}: {exc})") from None
-    return model.to(device).eval(), config

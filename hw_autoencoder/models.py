@@ -9,14 +9,28 @@
 
 All are convolutional and built for an image shape: 28x28 digits go down to 7x7, 64x64 faces
 to 4x4 (stride-2 4x4 convolutions; the decoder mirrors them with transposed convolutions).
+
+A trained run's model is read back by :func:`load_model` from its ``model.pt`` (kind
+``"autoencoder"``; ``config``: :data:`CONFIG_KEYS`, ``model`` one of :data:`MODEL_NAMES`;
+``extras``: ``dataset`` (faces or digits) and ``noise`` (the denoising AE's input noise, else 0)).
 """
 from __future__ import annotations
+
+import os
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from core.checkpoint import load_task_weights
+from core.errors import UserError
+from core.runs import LoadedModel, read_args, read_metrics, read_model
+
+HOMEWORK = "hw_autoencoder"
+KIND = "autoencoder"
 MODEL_NAMES = ("ae", "vae", "cvae", "denoise")
+CONFIG_KEYS = ("model", "shape", "latent", "width", "linear", "refine", "blocks", "code_steps", "code_lr")
 
 
 def _downsamplings(size: int) -> int:
@@ -163,14 +177,14 @@ class Autoencoder(nn.Module):
     @torch.no_grad()
     def init_pca(self, images: torch.Tensor, noise: float = 0.0, mirror: bool = False) -> None:
         """Set the linear parts to the PCA of ``images`` (N, C, H, W): the mean image and the
-        top ``latent`` right singular vectors of the centred images. With ``mirror`` the images'
-        left-right mirror images join them: a model trained on randomly flipped faces starts at
-        the PCA of the faces it is trained on (on held-out LFW faces about 2 % lower MSE than
-        the plain photos' PCA, 0.978x on validation, split seed 0). With ``noise`` (the std of
-        Gaussian noise on the inputs, a denoising AE) component ``i`` of variance ``l_i`` is
-        scaled by ``sqrt(l_i / (l_i + noise^2))``, so that encoding and decoding shrink it by
-        ``l_i / (l_i + noise^2)``: the linear part starts as the Wiener (linear MMSE) denoiser
-        restricted to the top components instead of PCA's plain projection."""
+        top ``latent`` right singular vectors of the centred images (rows beyond the images'
+        rank stay zero). With ``mirror`` the images' left-right mirror images join them, so a
+        model trained on randomly flipped images starts at the PCA of the images it is trained
+        on. With ``noise`` (the std of Gaussian noise on the inputs, a denoising AE) component
+        ``i`` of variance ``l_i`` is scaled by ``sqrt(l_i / (l_i + noise^2))``, so that encoding
+        and decoding shrink it by ``l_i / (l_i + noise^2)``: the linear part starts as the
+        Wiener (linear MMSE) denoiser restricted to the top components instead of PCA's plain
+        projection."""
         if mirror:
             images = torch.cat([images, images.flip(-1)])
         x = images.flatten(1).float().to(self.mean.device)
@@ -195,17 +209,13 @@ class Autoencoder(nn.Module):
         return code
 
     def fit_code(self, x: torch.Tensor, code: torch.Tensor, steps: int) -> torch.Tensor:
-        """Improve each image's ``code`` by ``steps`` Adam steps (step size ``code_lr``) on the
-        squared error of its reconstruction, the decoder fixed: the encoder's code is only a
-        first guess (the amortisation gap, Cremer et al. 2018; a semi-amortised encoder, Kim et
-        al. 2018). This puts the AE on PCA's footing, whose code is the exact best code for its
-        decoder (the projection). Adam works coordinate by coordinate and the loss is a sum over
-        images, so each image's code moves as if alone. Model weights are left untouched (their
-        gradients too); the result is detached.
-
-        On the faces, the encoder of a network trained on 1008 photos generalises worse than its
-        decoder: after the recipe's 55 epochs, 30 steps take unseen faces from 0.916x PCA's MSE
-        to 0.835x (validation faces, split seed 0)."""
+        """``code`` (N, latent) improved by ``steps`` Adam steps (step size ``code_lr``) on the
+        summed squared error of its reconstruction against ``x``, the decoder fixed: the
+        encoder's code is a first guess (the amortisation gap, Cremer et al. 2018; a
+        semi-amortised encoder, Kim et al. 2018), PCA's projection is the exact best code for
+        its decoder. Adam works coordinate by coordinate and the loss is a sum over images, so
+        each image's code moves as if alone (the result does not depend on the batch). The
+        model's weights and their gradients are left untouched; the result is detached, fp32."""
         target = x.detach().float()
         with torch.enable_grad():
             code = code.detach().float().clone().requires_grad_(True)
@@ -312,6 +322,27 @@ def build_model(name: str, shape: tuple[int, int, int], latent: int, width: int 
     if name == "cvae":
         return CVAE(shape, latent, width, blocks=blocks)
     raise ValueError(f"unknown model {name!r}; expected one of {', '.join(MODEL_NAMES)}")
+
+
+def load_model(run: str | os.PathLike) -> LoadedModel:
+    """The model of a ``hw_autoencoder.train`` run: rebuilt from its ``model.pt`` by
+    :func:`build_model`, its weights loaded (every key, every shape), in eval mode on the CPU.
+
+    Raises:
+        UserError: no run folder, no ``model.pt`` (a run of the older code: train it again), a
+            model file of another homework or kind, or weights that do not fit the config.
+    """
+    saved = read_model(run, homework=HOMEWORK)
+    config = saved.config
+    missing = [key for key in CONFIG_KEYS if key not in config]
+    if saved.kind != KIND or missing or config["model"] not in MODEL_NAMES:
+        raise UserError(f"{saved.path}: not a {HOMEWORK} model file (kind {saved.kind!r}"
+                        + (f", no {', '.join(missing)} in its config)" if missing else ")"))
+    model = build_model(config["model"], tuple(config["shape"]), config["latent"], config["width"], config["linear"],
+                        config["refine"], config["blocks"], config["code_steps"], config["code_lr"])
+    load_task_weights(model, saved.state_dict, saved.path)
+    return LoadedModel(Path(run), HOMEWORK, saved.kind, model.eval(), config, saved.extras,
+                       read_args(run, HOMEWORK), read_metrics(run))
 
 
 # -- the VAE's loss (the course's functions) ------------------------------------------------------

@@ -14,17 +14,19 @@ from pathlib import Path
 from core.cli import run_command
 from core.predictor import Predictor, generation_result, predict_main
 
-from .latent import load_model, sample_images
+from .latent import sample_images
+from .models import load_model
 
 
 class SamplePredictor(Predictor):
     """A hw_autoencoder model as a generator."""
 
     def __init__(self, run_dir: str | Path):
-        model, config = load_model(run_dir)
+        loaded = load_model(run_dir)
+        model, config = loaded.model, loaded.config
         classes = [str(d) for d in range(model.classes)] if getattr(model, "conditional", False) else []
         super().__init__(run_dir, kind="generation", classes=classes, input_size=config["shape"][1:],
-                         model=config["name"], latent=config["latent"])
+                         model=config["model"], latent=config["latent"])
         self.model = model
 
     def generate(self, seed: int = 0, count: int = 16) -> dict:
@@ -33,7 +35,8 @@ class SamplePredictor(Predictor):
 
 
 def load_predictor(run_dir: str | Path) -> SamplePredictor:
-    """The predictor of a ``hw_autoencoder.train`` run (weights read weights-only, CPU, eval mode)."""
+    """The predictor of a ``hw_autoencoder.train`` run: its model from
+    :func:`hw_autoencoder.load_model` (CPU, eval mode)."""
     return SamplePredictor(run_dir)
 
 

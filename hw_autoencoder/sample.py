@@ -20,7 +20,8 @@ from core.console import echo
 from core.device import pick_device
 from core.errors import UserError
 
-from .latent import load_model, sample_images
+from .latent import sample_images
+from .models import load_model
 
 
 def write_pngs(images: torch.Tensor, folder: Path, prefix: str = "sample") -> list[Path]:
@@ -49,10 +50,11 @@ def main(argv: list[str] | None = None) -> list[Path]:
     out = Path(args.out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise UserError(f"--out {out}: exists and is not an empty folder (samples are never overwritten)")
-    model, config = load_model(args.run, pick_device(args.device))
+    loaded = load_model(args.run)
+    model = loaded.model.to(pick_device(args.device))
     if args.digit is not None:
         if not getattr(model, "conditional", False):
-            raise UserError(f"--digit: needs a cvae run; {args.run} is a {config['name']} run")
+            raise UserError(f"--digit: needs a cvae run; {args.run} is a {loaded.config['model']} run")
         if not 0 <= args.digit < model.classes:
             raise UserError(f"--digit {args.digit}: unknown digit, expected 0-{model.classes - 1}")
     images = sample_images(model.cpu(), args.n, args.seed, args.digit, args.temperature)

@@ -17,22 +17,19 @@ from __future__ import annotations
 
 import argparse
 import time
-from pathlib import Path
 
 import torch
 from torch.utils.data import DataLoader
 
 from core import cli, runs
-from core.data import DataSource, InMemoryImages, resolve_data_root
 from core.console import echo
 from core.inference import count_parameters
-from core.mnist import RAW_DIR, download_mnist
 from core.plots import image_grid, plot_history
 
-from .data import ImageSet, builtin_digits, load_digits, load_faces, make_faces, split_indices
+from .data import ImageSet, Images, add_download_arg, fetch_digits, load_dataset, split_indices
 from .evaluate import reconstruction_figure, score
-from .latent import MODEL_FILE, fit_code_gaussian, sample_images, save_model
-from .models import MODEL_NAMES, Autoencoder, build_model
+from .latent import fit_code_gaussian, sample_images
+from .models import HOMEWORK, KIND, MODEL_NAMES, Autoencoder, build_model
 from .task import AutoencoderTask, VAETask
 
 DATASET_OF = {"ae": "faces", "denoise": "faces", "vae": "digits", "cvae": "digits"}
@@ -44,7 +41,6 @@ RECIPES = {
     "vae": dict(epochs=20, batch_size=64, lr=1e-3, latent=20, shift=0, blocks=1),
     "cvae": dict(epochs=10, batch_size=64, lr=1e-3, latent=3, shift=0, blocks=0),
 }
-DOWNLOAD_DIR = "data/mnist"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -82,24 +78,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def add_download_arg(group) -> None:
-    group.add_argument("--download", action="store_true",
-                       help=f"digits: fetch the full MNIST with torchvision into --data-dir (default {DOWNLOAD_DIR}) "
-                            "first, where the network allows")
-
-
-def fetch_digits(args, parser: argparse.ArgumentParser, dataset: str) -> None:
-    """With ``--download``: the full MNIST into ``--data-dir`` (created; default
-    :data:`DOWNLOAD_DIR`), which the run then reads."""
-    if not args.download:
-        return
-    if dataset != "digits":
-        parser.error("--download: only the digits (MNIST) can be downloaded")
-    args.data_dir = args.data_dir or DOWNLOAD_DIR
-    echo(f"download: MNIST into {Path(args.data_dir).resolve() / RAW_DIR} (torchvision; files already there are kept)")
-    download_mnist(args.data_dir)
-
-
 def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     """Refuse option combinations that cannot work, in argparse's one-line style, and fill the
     options left at None from the model's recipe."""
@@ -114,29 +92,6 @@ def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Non
     else:
         args.shift, args.blocks = args.shift or 0, args.blocks or 0
     cli.apply_recipe(args, RECIPES[args.model])
-
-
-def load_dataset(kind: str, data_dir=None, n_images: int = 600, announce: bool = True,
-                 builtin: bool = False) -> tuple[ImageSet, DataSource]:
-    """The faces or the digits: ``--data-dir``, else ``$DLS_DATA/faces|mnist``, else built-in
-    (``builtin=True``: the built-in set whatever is on disk, for runs trained on it)."""
-    faces = kind == "faces"
-    what = (f"{n_images} generated cartoon faces (built-in)" if faces
-            else "scikit-learn's 1797 8x8 digits drawn at 28x28 (built-in)")
-    if builtin:
-        source = DataSource(None, "built-in", f"data: {what}")
-        if announce:
-            echo(source.description)
-    else:
-        source = resolve_data_root("faces" if faces else "mnist", data_dir, what, announce)
-    if faces:
-        return (make_faces(n_images) if source.builtin else load_faces(source.root)), source
-    return (builtin_digits() if source.builtin else load_digits(source.root)), source
-
-
-def Images(data: ImageSet, flip: bool = False) -> InMemoryImages:
-    """``(image, label)`` pairs, randomly flipped left-right when ``flip``."""
-    return InMemoryImages(data.images, data.labels, flip)
 
 
 def make_task(args, model):
@@ -183,26 +138,29 @@ def main(argv: list[str] | None = None) -> dict:
     model = task.model.cpu().eval()
     if isinstance(model, Autoencoder):
         fit_code_gaussian(model, train.images)
-    config = {"name": args.model, "shape": list(data.shape), "latent": args.latent, "width": args.width,
-              "dataset": args.dataset, "linear": linear, "refine": args.refine if linear else 0, "blocks": args.blocks, "noise": args.noise if args.model == "denoise" else 0.0,
+    noise = args.noise if args.model == "denoise" else 0.0
+    config = {"model": args.model, "shape": list(data.shape), "latent": args.latent, "width": args.width,
+              "linear": linear, "refine": args.refine if linear else 0, "blocks": args.blocks,
               "code_steps": args.code_steps, "code_lr": model.code_lr if isinstance(model, Autoencoder) else 0.0}
-    save_model(run / MODEL_FILE, model, config)
+    runs.save_model(run, homework=HOMEWORK, kind=KIND, config=config, state_dict=model.state_dict(),
+                    extras={"dataset": args.dataset, "noise": noise})
 
     metrics = {"epochs": len(history), "train_seconds": round(time.perf_counter() - start, 1),
                "parameters": count_parameters(model)}
     judge_steps = 20 if args.dry_run else 700        # a dry run checks the pipeline, not the figures
-    metrics.update({f"test_{k}": v for k, v in score(model, config, test, train, args.seed, judge_steps).items()})
+    metrics.update({f"test_{k}": v for k, v in score(model, test, train, noise, args.seed, judge_steps).items()})
     run.save_metrics(metrics)
-    write_plots(run, model, config, test)
+    write_plots(run, model, args.model, test, noise)
     run.summary(metrics)
     return metrics
 
 
-def write_plots(run: runs.RunDir, model, config: dict, test: ImageSet) -> None:
-    """Curves, held-out reconstructions and samples (the AE's from a Gaussian fitted to its
-    training codes, the VAE's from the prior N(0, I), the CVAE's one row per digit)."""
-    plot_history(run / "history.csv", run.plots / "history.png", title=config["name"])
-    reconstruction_figure(model, test, run.plots / "reconstructions.png", noise=config["noise"])
+def write_plots(run: runs.RunDir, model, name: str, test: ImageSet, noise: float = 0.0) -> None:
+    """Curves, held-out reconstructions (of noisy inputs, with ``noise``) and samples (the AE's
+    from a Gaussian fitted to its training codes, the VAE's from the prior N(0, I), the CVAE's
+    one row per digit)."""
+    plot_history(run / "history.csv", run.plots / "history.png", title=name)
+    reconstruction_figure(model, test, run.plots / "reconstructions.png", noise=noise)
     n = 80 if getattr(model, "conditional", False) else 32
     image_grid(sample_images(model, n), run.plots / "samples.png", ncols=10 if n == 80 else 8, cell_size=1.2)
 

@@ -388,8 +388,8 @@ def test_cvae_digits_are_recognised_by_the_judge(runs_root, monkeypatch):
     """A 12-epoch CVAE on the built-in digits: the CNN judge trained on real digits recognises
     the requested digit in 85 % or more of 10 samples per digit, averaged over 10 draws
     (chance: 10 %; 95 % measured), and at half the prior's spread in 90 % or more (100 %)."""
+    from hw_autoencoder import load_model
     from hw_autoencoder.evaluate import score_cvae_samples
-    from hw_autoencoder.latent import load_model
     from hw_autoencoder.train import main
 
     monkeypatch.delenv("DLS_DATA", raising=False)
@@ -399,7 +399,7 @@ def test_cvae_digits_are_recognised_by_the_judge(runs_root, monkeypatch):
     assert metrics["test_sample_recognised"] >= 0.85 and metrics["test_sample_recognised_t05"] >= 0.9
     assert 0 <= metrics["test_sample_recognised_worst"] <= metrics["test_sample_recognised"]
     assert metrics["test_classifier_real_accuracy"] > 0.95
-    model, _ = load_model(runs_root / "cvae")
+    model = load_model(runs_root / "cvae").model
     digits = builtin_digits()
     again = score_cvae_samples(model, digits.subset(range(1000)), digits.subset(range(1000, 1797)), draws=2,
                                judge_steps=300)
@@ -595,9 +595,9 @@ def test_sample_writes_one_png_per_sample(face_run, tmp_path, monkeypatch):
     run, _ = face_run
     paths = main(["--run", str(run), "--n", "5", "--out", str(tmp_path / "s")])
     assert [p.name for p in paths] == [f"sample_{i:04d}.png" for i in range(5)]
-    from hw_autoencoder.latent import load_model
+    from hw_autoencoder import load_model
 
-    model, _ = load_model(run)                   # sampled from the Gaussian of the training codes
+    model = load_model(run).model                # sampled from the Gaussian of the training codes
     assert model.code_std.min() > 0 and not torch.equal(model.code_mean, torch.zeros(8))
     assert np.asarray(Image.open(paths[0])).shape == (64, 64, 3)
     with pytest.raises(UserError, match="exists and is not an empty folder"):
@@ -616,6 +616,60 @@ def digit_runs(tmp_path_factory):
     return root
 
 
+def test_a_loaded_run_scores_what_train_reported(face_run, digit_runs, monkeypatch):
+    """model.pt round trip: the loaded model's held-out figures equal the ones train computed
+    with the model in memory, and a VAE's weights are the last epoch's."""
+    from core.checkpoint import load_checkpoint, submodule_weights
+    from hw_autoencoder import load_model
+    from hw_autoencoder.data import run_data
+    from hw_autoencoder.evaluate import score
+
+    monkeypatch.delenv("DLS_DATA", raising=False)
+    for run in (face_run[0], digit_runs / "vae"):
+        loaded = load_model(run)
+        assert (loaded.homework, loaded.kind, loaded.name) == ("hw_autoencoder", "autoencoder", run.name)
+        assert not loaded.model.training and loaded.settings["model"] == loaded.config["model"]
+        train, test, _, same = run_data(loaded.settings, loaded.extras["dataset"], loaded.config["shape"])
+        assert same
+        metrics = score(loaded.model, test, train, loaded.extras["noise"], loaded.settings["seed"], judge_steps=20)
+        reported = {k.removeprefix("test_"): v for k, v in loaded.metrics.items() if k.startswith("test_")}
+        assert set(metrics) == set(reported)
+        assert metrics == pytest.approx(reported, rel=1e-6)
+    trained = submodule_weights(load_checkpoint(digit_runs / "vae" / "last.pt"))
+    state = loaded.model.state_dict()
+    assert set(state) == set(trained) and all(torch.equal(state[k], trained[k]) for k in state)
+
+
+def test_a_run_without_model_file_is_refused_in_one_line(digit_runs, tmp_path):
+    import shutil
+
+    from hw_autoencoder import load_model
+    from hw_autoencoder.predict import load_predictor
+
+    old = tmp_path / "old"
+    shutil.copytree(digit_runs / "vae", old)
+    (old / "model.pt").unlink()
+    for read in (load_model, load_predictor):
+        with pytest.raises(UserError, match="train it again") as info:
+            read(old)
+        assert "\n" not in str(info.value)
+
+
+def test_a_model_file_that_does_not_fit_its_config_is_refused(digit_runs, tmp_path):
+    import shutil
+
+    from core.runs import read_model, save_model
+    from hw_autoencoder import load_model
+
+    run = tmp_path / "run"
+    shutil.copytree(digit_runs / "vae", run)
+    saved = read_model(run)
+    save_model(run, homework="hw_autoencoder", kind=saved.kind, config={**saved.config, "latent": 5},
+               state_dict=saved.state_dict, extras=saved.extras)
+    with pytest.raises(UserError, match=r"checkpoint of another model .VAE does not fit it.: shape differs"):
+        load_model(run)
+
+
 def test_evaluate_refuses_code_steps_for_a_vae_run(digit_runs, tmp_path, monkeypatch, capsys):
     from hw_autoencoder.evaluate import main as evaluate
 
@@ -628,10 +682,11 @@ def test_evaluate_refuses_code_steps_for_a_vae_run(digit_runs, tmp_path, monkeyp
 
 
 def test_vae_metrics_are_the_elbo_terms(digit_runs):
-    from hw_autoencoder.latent import load_model
+    from hw_autoencoder import load_model
     from hw_autoencoder.models import ResidualBlock
 
-    model, config = load_model(digit_runs / "vae")                 # the recipe's residual decoder comes back
+    loaded = load_model(digit_runs / "vae")                       # the recipe's residual decoder comes back
+    model, config = loaded.model, loaded.config
     assert config["blocks"] == 1 and sum(isinstance(m, ResidualBlock) for m in model.modules()) == 2
     metrics = json.loads((digit_runs / "vae" / "metrics.json").read_text())
     assert metrics["test_nelbo"] == pytest.approx(metrics["test_rec"] + metrics["test_kl"])
@@ -679,7 +734,7 @@ def test_bad_input_is_one_line_with_exit_status_2(tmp_path):
 
     missing = subprocess.run([sys.executable, "-m", "hw_autoencoder.explore", "--run", str(tmp_path / "nope")],
                              capture_output=True, text=True)
-    assert missing.returncode == 2 and missing.stderr.strip() == f"error: --run {tmp_path / 'nope'}: folder does not exist"
+    assert missing.returncode == 2 and missing.stderr.strip() == f"error: {tmp_path / 'nope'}: run folder not found"
     bad = subprocess.run([sys.executable, "-m", "hw_autoencoder.train", "--latent", "0"], capture_output=True, text=True)
     assert bad.returncode == 2 and bad.stderr.strip().endswith("error: argument --latent: expected an integer >= 1, got '0'")
     cvae = subprocess.run([sys.executable, "-m", "hw_autoencoder.train", "--model", "cvae", "--dataset", "faces"],
