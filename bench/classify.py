@@ -30,8 +30,8 @@ import torchvision
 from PIL import Image
 from torchvision.transforms import v2
 
-from core.data import read_rgb
-from hw_classify.data import IMAGENET_MEAN, IMAGENET_STD, build_transform
+from core.data import IMAGENET_MEAN, IMAGENET_STD, read_rgb
+from hw_classify.data import build_transform
 from hw_classify.models import build_model
 
 LOAD = 256

@@ -27,6 +27,10 @@ from tqdm.auto import tqdm
 from .errors import UserError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
+#: per-channel mean and standard deviation of ImageNet's RGB images in [0, 1] (torchvision's
+#: pretrained models expect inputs normalised with them)
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 class DataError(UserError):

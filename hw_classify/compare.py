@@ -44,7 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="image side (default: the recipe's; simple_cnn needs at least 94)")
     parser.add_argument("--weights", default="none", help="none, imagenet or a state-dict file (torchvision models)")
     parser.add_argument("--extra", default="", help="more hw_classify.train options for every run, as one string")
-    cli.add_run_args(parser)
+    cli.add_run_args(parser, default="runs/hw_classify/compare-<timestamp>")
     return parser
 
 

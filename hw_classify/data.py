@@ -25,11 +25,9 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
-from core.data import (DataError, LabelledImages, csv_label_items, decode_images,
+from core.data import (IMAGENET_MEAN, IMAGENET_STD, DataError, LabelledImages, csv_label_items, decode_images,
                        image_folder_items, list_images)
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 AUGMENTS = ("none", "light", "strong")
 SHAPES = ("circle", "square", "triangle", "cross", "ring")
 #: images are decoded once at LOAD_SCALE x the training size, so random crops have margin
@@ -179,10 +177,11 @@ def build_transform(size: int, augment: str = "none", mean=IMAGENET_MEAN, std=IM
     """A callable uint8 (H, W, 3) array -> normalised float tensor (3, size, size).
 
     ``none``: resize only (evaluation), or with ``center_crop`` the central ``size x size`` of
-    the image decoded at the load size (a test-time view, 77% of the area). ``light``: random resized crop (70-100% of the area)
-    and horizontal flip. ``strong``: also rotation / shift (Affine), colour jitter without
-    much hue change (a character's colours identify it) and coarse dropout (1-3 holes, DeVries
-    & Taylor 2017's cutout). Uses albumentations (see bench/classify.py for the choice).
+    the image decoded at the load size (a test-time view: ``1 / LOAD_SCALE**2`` of the area).
+    ``light``: random resized crop (70-100% of the area) and horizontal flip. ``strong``: also
+    rotation / shift (Affine), colour jitter without much hue change (a character's colours
+    identify it) and coarse dropout (1-3 holes, DeVries & Taylor 2017's cutout). Uses
+    albumentations; channels are normalised with ``mean`` and ``std`` (RGB in [0, 1]).
     """
     import albumentations as A
 

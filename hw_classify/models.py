@@ -4,11 +4,15 @@ hundred images, and any torchvision classifier by name with its head replaced.
 ``build_model(name, num_classes, weights)`` returns a :class:`Classifier`: the network plus
 the names of its head parameters, which staged unfreezing (:mod:`hw_classify.stages`) needs.
 ``weights`` is ``"none"`` (random init), ``"imagenet"`` (torchvision's weights API; offline
-this fails with one sentence saying how to pass a local file) or a path to a state dict read
-with ``torch.load(weights_only=True)``.
+this fails with one sentence saying how to pass a local file) or a path to a state dict, read
+weights-only (:func:`core.checkpoint.read_weights_only`).
+
+A trained run keeps its classifier in ``model.pt``: :func:`save_run_model` writes it,
+:func:`load_model` rebuilds it.
 """
 from __future__ import annotations
 
+import argparse
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,7 +21,10 @@ import torch
 import torchvision
 from torch import nn
 
+from core.checkpoint import load_task_weights, read_weights_only
+from core.data import IMAGENET_MEAN, IMAGENET_STD
 from core.errors import UserError
+from core.runs import LoadedModel, read_args, read_metrics, read_model, save_model
 
 OWN_MODELS = ("simple_cnn", "small_resnet")
 #: the architectures ``compare`` runs by default (the course's and the classic families)
@@ -65,9 +72,9 @@ class BasicBlock(nn.Module):
 
 class SmallResNet(nn.Module):
     """A four-stage ResNet with one basic block per stage (widths w, 2w, 4w, 8w), a stride-2
-    stem, global average pooling, Dropout and a Linear head. With ``width=32`` it has 1.2 M
-    parameters, a tenth of ResNet-18: few enough to learn from a few hundred images without
-    pretraining in minutes on a CPU."""
+    stem, global average pooling, Dropout and a Linear head: a network small enough to learn
+    from a few hundred images without pretraining (``width=32``: about a tenth of ResNet-18's
+    parameters)."""
 
     def __init__(self, num_classes: int, width: int = 32, dropout: float = 0.2):
         super().__init__()
@@ -128,16 +135,20 @@ def imagenet_weights(arch: str):
 
 
 def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """A state dict from a ``.pt``/``.pth`` file, read with ``weights_only=True`` (no code runs).
-    A dict holding it under ``state_dict`` or ``model`` is accepted too."""
+    """A state dict from a ``.pt``/``.pth`` file, read weights-only (no code runs). A dict
+    holding it under ``state_dict`` or ``model`` is accepted too.
+
+    Raises:
+        UserError: starting with ``--weights``: no such file, a file that cannot be read
+            weights-only, or not a dict of tensors.
+    """
     path = Path(path)
     if not path.is_file():
         raise UserError(f"--weights {path}: file not found (use 'imagenet', 'none' or a state-dict file)")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise UserError(f"--weights {path}: not a weights file torch.load(weights_only=True) can read "
-                        f"({type(exc).__name__})") from None
+        state = read_weights_only(path, what="weights file")
+    except UserError as exc:
+        raise UserError(f"--weights {exc}") from None
     for key in ("state_dict", "model"):
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]
@@ -212,3 +223,47 @@ def build_model(arch: str, num_classes: int, weights: str = "none", size: int = 
     if state is not None:
         load_backbone_weights(model, state, head, weights)
     return Classifier(model, head)
+
+
+# -- the run's model file -------------------------------------------------------------------------
+HOMEWORK = "hw_classify"
+KIND = "classification"
+
+
+def save_run_model(run: str | os.PathLike, model: nn.Module, settings: argparse.Namespace, classes: list[str],
+                   load_size: int) -> Path:
+    """Write the run's ``model.pt`` (:func:`core.runs.save_model`) with ``model``'s weights.
+
+    ``config`` is ``{"arch", "num_classes", "size", "width"}`` (what :func:`build_model`
+    needs; ``size`` is also the side of the images the model takes); ``extras`` holds
+    ``classes`` (in output order) and the preprocessing: images are resized to ``load_size``,
+    then to ``size`` (or centre-cropped to it, a test-time view), and RGB in [0, 1] is
+    normalised with ``mean`` and ``std`` (see :func:`hw_classify.data.build_transform`).
+    """
+    config = {"arch": settings.arch, "num_classes": len(classes), "size": settings.size, "width": settings.width}
+    extras = {"classes": list(classes), "load_size": load_size, "mean": list(IMAGENET_MEAN),
+              "std": list(IMAGENET_STD)}
+    state = {k: v.contiguous() for k, v in model.state_dict().items()}
+    return save_model(run, homework=HOMEWORK, kind=KIND, config=config, state_dict=state, extras=extras)
+
+
+def load_model(run: str | os.PathLike) -> LoadedModel:
+    """The classifier of a ``hw_classify.train`` run, from its ``model.pt`` (read weights-only):
+    the network of its config with its weights, in eval mode on the CPU; ``config`` and
+    ``extras`` as :func:`save_run_model` describes them.
+
+    Raises:
+        UserError: not a run folder, a run of another homework, no ``model.pt`` (a run written
+            before model files existed: the message says to train it again), or a model file
+            whose config or weights do not rebuild the network.
+    """
+    settings = read_args(run, HOMEWORK)
+    saved = read_model(run, homework=HOMEWORK)
+    config = saved.config
+    try:
+        model = build_model(config["arch"], config["num_classes"], "none", config["size"], config["width"]).model
+    except (KeyError, TypeError, ValueError) as exc:
+        raise UserError(f"{saved.path}: cannot rebuild the model from its config ({exc})") from None
+    load_task_weights(model, saved.state_dict, saved.path)
+    return LoadedModel(Path(run), HOMEWORK, saved.kind, model.eval(), config, saved.extras, settings,
+                       read_metrics(run))

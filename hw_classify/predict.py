@@ -6,13 +6,13 @@ prints the top three classes of each image with their probabilities and writes e
 probability to ``RUN/predict-<timestamp>/predictions.json`` (:func:`core.predictor.predict_main`).
 ``load_predictor(run_dir)`` is what the command and the web service (``core.serve``) share, so
 they answer alike. :class:`Ensemble` does the work: one run's or several runs' averaged class
-probabilities for a batch of images; ``submit`` uses it for whole test folders.
+probabilities for a batch of images; ``submit`` uses it for whole test folders. Every run's
+model comes from its ``model.pt`` through :func:`hw_classify.load_model`.
 """
 from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -24,31 +24,10 @@ from core.device import pick_device
 from core.errors import UserError
 from core.inference import predict
 from core.predictor import Predictor, classification_result, predict_main
+from core.runs import LoadedModel
 
 from .data import build_transform
-from .models import build_model
-from .report import MODEL_FORMAT
-
-
-def read_model_file(run_dir: str | os.PathLike) -> dict:
-    """``RUN/model.pt`` (or a model.pt path), read with ``weights_only=True``.
-
-    Raises:
-        UserError: no such run folder or file, or not a model written by hw_classify.train.
-    """
-    path = Path(run_dir)
-    if path.is_dir():
-        path = path / "model.pt"
-    if not path.is_file():
-        where = path.parent if path.name == "model.pt" else path
-        raise UserError(f"--run {where}: no model.pt (not a finished hw_classify.train run folder)")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise UserError(f"{path}: cannot read ({type(exc).__name__}: {exc})") from None
-    if not isinstance(payload, dict) or payload.get("format") != MODEL_FORMAT:
-        raise UserError(f"{path}: not a model written by hw_classify.train")
-    return payload
+from .models import load_model
 
 
 class Ensemble:
@@ -57,37 +36,31 @@ class Ensemble:
     Every image is prepared as in training's validation: converted to RGB, resized to the
     run's load size, then to its input size, normalised. Runs of an ensemble must share their
     class names; each may have its own architecture and size.
+
+    Raises:
+        UserError: runs whose class lists differ.
     """
 
-    def __init__(self, payloads: Sequence[dict], device: str | torch.device = "cpu", tta: bool = False,
+    def __init__(self, runs: Sequence[LoadedModel], device: str | torch.device = "cpu", tta: bool = False,
                  batch_size: int = 32):
-        if not payloads:
+        if not runs:
             raise ValueError("a predictor needs at least one run")
-        self.classes: list[str] = list(payloads[0]["classes"])
-        for p in payloads[1:]:
-            if list(p["classes"]) != self.classes:
+        self.classes: list[str] = list(runs[0].extras["classes"])
+        for run in runs[1:]:
+            if list(run.extras["classes"]) != self.classes:
                 raise UserError("the runs of an ensemble predict different class lists: "
-                                f"{self.classes[:4]}... vs {list(p['classes'])[:4]}...")
-        self.payloads, self.device, self.tta, self.batch_size = list(payloads), pick_device(str(device)), tta, batch_size
-        self.models = []
-        for p in self.payloads:
-            model = build_model(p["arch"], len(self.classes), "none", p["size"], p["width"]).model
-            model.load_state_dict(p["state_dict"])
-            self.models.append(model.to(self.device).eval())
+                                f"{self.classes[:4]}... ({runs[0].run}) vs {list(run.extras['classes'])[:4]}... "
+                                f"({run.run})")
+        self.runs, self.device, self.tta, self.batch_size = list(runs), pick_device(str(device)), tta, batch_size
+        self.models = [run.model.to(self.device).eval() for run in self.runs]
         # test-time views: the whole image, and with TTA also its centre crop (each also mirrored)
-        self.views = [[build_transform(p["size"], "none", p["mean"], p["std"], center_crop=crop)
-                       for crop in ((False, True) if tta else (False,))] for p in self.payloads]
-
-    @property
-    def id_column(self) -> str:
-        return self.payloads[0]["id_column"]
-
-    @property
-    def label_column(self) -> str:
-        return self.payloads[0]["label_column"]
+        self.views = [[build_transform(run.config["size"], "none", run.extras["mean"], run.extras["std"],
+                                       center_crop=crop)
+                       for crop in ((False, True) if tta else (False,))] for run in self.runs]
 
     def load_sizes(self) -> list[int]:
-        return [p["load_size"] for p in self.payloads]
+        """The side each run's images are first resized to."""
+        return [run.extras["load_size"] for run in self.runs]
 
     def probabilities(self, images: Sequence[Image.Image | np.ndarray]) -> torch.Tensor:
         """(N, K) class probabilities, averaged over the runs (and with ``tta`` over the whole
@@ -108,10 +81,11 @@ class ClassificationPredictor(Predictor):
     """A hw_classify run behind :mod:`core.predictor`'s interface (the command line and the
     web service): every class with its probability, most likely first."""
 
-    def __init__(self, run_dir: str | os.PathLike, ensemble: Ensemble):
-        payload = ensemble.payloads[0]
-        super().__init__(run_dir, kind="classification", classes=ensemble.classes,
-                         input_size=(payload["size"], payload["size"]), model=payload["arch"])
+    def __init__(self, ensemble: Ensemble):
+        run = ensemble.runs[0]
+        size = run.config["size"]
+        super().__init__(run.run, kind=run.kind, classes=ensemble.classes, input_size=(size, size),
+                         model=run.config["arch"])
         self.ensemble = ensemble
 
     def predict(self, image: Image.Image) -> dict:
@@ -120,15 +94,16 @@ class ClassificationPredictor(Predictor):
 
 def load_ensemble(run_dirs: str | os.PathLike | Sequence[str | os.PathLike], device: str = "cpu",
                   tta: bool = False) -> Ensemble:
-    """An :class:`Ensemble` of one run folder or several."""
+    """An :class:`Ensemble` of one run folder or several, each read by :func:`hw_classify.load_model`."""
     if isinstance(run_dirs, (str, os.PathLike)):
         run_dirs = [run_dirs]
-    return Ensemble([read_model_file(r) for r in run_dirs], device=device, tta=tta)
+    return Ensemble([load_model(r) for r in run_dirs], device=device, tta=tta)
 
 
 def load_predictor(run_dir: str | os.PathLike, tta: bool = False) -> ClassificationPredictor:
-    """The predictor of a ``hw_classify.train`` run (weights read weights-only, CPU, eval mode)."""
-    return ClassificationPredictor(run_dir, load_ensemble(run_dir, "cpu", tta))
+    """The predictor of a ``hw_classify.train`` run: its :func:`hw_classify.load_model` model
+    (with ``tta``: four views of each image, see :meth:`Ensemble.probabilities`)."""
+    return ClassificationPredictor(load_ensemble(run_dir, "cpu", tta))
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -5,8 +5,9 @@
 The test folder and the columns follow the data's layout: Simpsons ``testset/testset/*.jpg``
 -> ``Id,Expected``; cars ``test/*`` -> ``Id,Category``; an image folder's ``test/*`` ->
 ``Id,Expected``. Ids are the file names. With several runs their class probabilities are
-averaged (an ensemble). The file goes to the first run's folder as ``submission.csv`` (or
-``submission-2.csv``, ... when one is already there: a submission is never overwritten),
+averaged (an ensemble); each run's model is read by :func:`hw_classify.load_model`. The file
+goes to ``--out``, by default the first run's folder as ``submission.csv``; when that file
+exists, ``-2``, ``-3`` ... is added to its name (a submission is never overwritten). It is
 validated first by :func:`core.submission.write_submission`.
 """
 from __future__ import annotations
@@ -33,7 +34,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--data-dir", default=None, help="dataset root; default $DLS_DATA/simpsons, else built-in")
     parser.add_argument("--tta", action="store_true",
                         help="average four views of each image: whole and centre crop, each also mirrored")
-    parser.add_argument("--out", default=None, help="output CSV (default: RUN/submission.csv)")
+    parser.add_argument("--out", default=None,
+                        help="output CSV (default <first run>/submission.csv); an existing file is kept and "
+                             "-2, -3 ... added to the new one's name")
     parser.add_argument("--batch-size", type=cli.positive_int, default=64, help="images per forward pass")
     parser.add_argument("--device", type=cli.device_name, default="auto", help="auto (cuda > mps > cpu), cpu, cuda, mps")
     return parser

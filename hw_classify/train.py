@@ -12,14 +12,14 @@ and weights in use (printed at the start); any of them given on the command line
   half the previous stage's LR, the backbone at a fifth of the head's: 1e-4 when everything
   trains, the course's fine-tuning LR), light augmentation.
 - ``scratch`` (``--weights none``, under 2000 training images): a small ResNet at 96 px
-  with strong augmentation, label smoothing and a one-cycle schedule; the figures that chose
-  it are in the README (stratified cross-validation on the shared Simpsons frames).
+  with strong augmentation, label smoothing and a one-cycle schedule.
 - ``scratch-large`` (``--weights none``, 2000 or more): MobileNetV2 at 160 px, one-cycle.
 - ``built-in``: the small ResNet at 64 px on the generated shapes.
 
-The run folder gets history.csv, best.pt/last.pt, model.pt (weights, class names and the
-preprocessing: all that submit and predict need), metrics.json, per_class.csv and plots
-(curves, confusion matrix, the worst mistakes).
+The run folder gets history.csv, best.pt/last.pt (for ``--resume``), model.pt (the
+``--select`` weights, the class names and the preprocessing: what ``hw_classify.load_model``,
+predict and submit read), metrics.json, per_class.csv and plots (curves, confusion matrix,
+the worst mistakes).
 """
 from __future__ import annotations
 
@@ -36,10 +36,10 @@ from core.inference import count_parameters
 from core.checkpoint import load_checkpoint
 
 from .data import AUGMENTS, LOAD_SCALE, ClassificationData, build_transform, decode_data, load_layout, make_shapes
-from .models import build_model, pretrained_state
-from .report import evaluate_and_report, save_model
+from .models import build_model, pretrained_state, save_run_model
 from .stages import parse_stages, total_epochs
 from .task import ClassifyTask, StageSchedule, balanced_class_weights
+from .validation import evaluate_and_report
 
 RECIPES = {
     "built-in": dict(arch="small_resnet", size=64, epochs=10, batch_size=32, lr=3e-3, augment="light",
@@ -211,7 +211,7 @@ def main(argv: list[str] | None = None) -> dict:
     train_time, cpu_time = time.perf_counter() - start, time.process_time() - cpu_start
 
     load_checkpoint(run / f"{args.select}.pt", task)
-    save_model(run / "model.pt", task.model, args, data)
+    save_run_model(run, task.model, args, data.classes, load_size=round(args.size * LOAD_SCALE))
     # cpu_seconds: CPU time of all threads, about what an idle machine needs with one thread
     metrics = {"epochs": len(history), "train_seconds": round(train_time, 1), "cpu_seconds": round(cpu_time, 1),
                "seconds_per_epoch": round(sum(r["time"] for r in history) / len(history), 2),

@@ -1,9 +1,6 @@
-"""What a classification run leaves behind: ``model.pt`` and the validation report
-(per-class table, confusion matrix, the worst mistakes, curves)."""
+"""The validation report of a classification run: scores without and with flip TTA, the
+per-class table, the confusion matrix, the worst mistakes and the training curves."""
 from __future__ import annotations
-
-import argparse
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -11,29 +8,14 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from core import cli, runs
+from core import runs
 from core.data import ImageClassificationDataset
 from core.device import is_main_process
 from core.inference import predict
 from core.metrics import classification_scores
 from core.plots import confusion_matrix_plot, image_grid, plot_history
 
-from .data import IMAGENET_MEAN, IMAGENET_STD, LOAD_SCALE, ClassificationData, denormalize
-
-MODEL_FORMAT = "hw_classify/1"
-
-
-def save_model(path: Path, model: nn.Module, args: argparse.Namespace, data: ClassificationData) -> Path:
-    """Everything ``submit`` and ``predict`` need, readable with ``torch.load(weights_only=True)``:
-    the weights, the class names, the architecture and the preprocessing."""
-    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    payload = {"format": MODEL_FORMAT, "state_dict": state, "classes": list(data.classes), "arch": args.arch,
-               "size": args.size, "load_size": round(args.size * LOAD_SCALE), "width": args.width,
-               "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD), "layout": data.layout,
-               "id_column": data.id_column, "label_column": data.label_column}
-    if is_main_process():
-        torch.save(payload, path)
-    return path
+from .data import denormalize
 
 
 def per_class_table(scores: dict, classes: list[str]) -> pd.DataFrame:

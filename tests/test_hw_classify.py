@@ -14,6 +14,7 @@ from core.data import DataError, rgb_array
 from core.errors import UserError
 from core.inference import predict as core_predict
 from core.trainer import Trainer
+from hw_classify import load_model
 from hw_classify.data import build_transform, detect_layout, load_layout, make_shapes
 from hw_classify.models import build_model
 from hw_classify.stages import group_lrs, parse_stages
@@ -140,12 +141,15 @@ def test_train_submit_predict_on_builtin_shapes(tmp_path, runs_root, builtin_dat
         assert (run / name).is_file(), name
     saved = json.loads((run / "metrics.json").read_text())
     assert saved["val_f1_macro"] == metrics["val_f1_macro"]
-    payload = torch.load(run / "model.pt", weights_only=True)
-    assert payload["classes"] == ["circle", "square", "triangle", "cross", "ring"]   # names round-trip
+    loaded = load_model(run)
+    assert (loaded.homework, loaded.kind, loaded.name) == ("hw_classify", "classification", "run")
+    assert loaded.extras["classes"] == ["circle", "square", "triangle", "cross", "ring"]   # names round-trip
+    assert loaded.config == {"arch": "small_resnet", "num_classes": 5, "size": 32, "width": 8}
+    assert loaded.extras["load_size"] == 36 and loaded.metrics == saved and not loaded.model.training
     out = submit.main(["--run", str(run)])
     table = pd.read_csv(out)
     assert list(table.columns) == ["Id", "Expected"] and len(table) == 40
-    assert set(table["Expected"]) <= set(payload["classes"])
+    assert set(table["Expected"]) <= set(loaded.extras["classes"])
     assert submit.main(["--run", str(run)]).name == "submission-2.csv"                # never overwritten
 
     image = tmp_path / "x.png"
@@ -159,6 +163,70 @@ def test_train_submit_predict_on_builtin_shapes(tmp_path, runs_root, builtin_dat
     assert max(probs) == pytest.approx(one.max().item(), abs=1e-6)
     printed = predict.main(["--run", str(run), str(image)])                         # the command: same answer
     assert printed[str(image)]["classes"] == single["classes"]
+
+
+def test_load_model_gives_the_model_the_run_scored(tmp_path, runs_root, builtin_data):
+    """model.pt holds the weights of last.pt (--select last), and they score the run's metrics
+    again on its validation split."""
+    from argparse import Namespace
+
+    from torch.utils.data import DataLoader
+
+    from core.checkpoint import load_checkpoint, submodule_weights
+    from core.data import resolve_data_root
+    from core.metrics import classification_scores
+    from hw_classify import train
+
+    run = tmp_path / "run"
+    metrics = train.main(QUICK + ["--run-dir", str(run)])
+    loaded = load_model(run)
+    last = submodule_weights(load_checkpoint(run / "last.pt"))
+    state = loaded.model.state_dict()
+    assert state.keys() == last.keys() and all(torch.equal(state[k], last[k]) for k in last)
+    settings = Namespace(**loaded.settings)
+    data = train.read_images(settings, resolve_data_root("simpsons", None, announce=False), None)
+    _, _, val_set = train.make_loaders(data, settings)
+    probs = core_predict(loaded.model, DataLoader(val_set, batch_size=64), activation="softmax")
+    scores = classification_scores(np.asarray(val_set.labels), probs.argmax(1).numpy(), 5)
+    assert round(scores["accuracy"], 4) == metrics["val_accuracy"]
+    assert round(scores["f1_macro"], 4) == metrics["val_f1_macro"]
+
+
+def test_a_run_without_model_pt_is_refused_in_one_line_saying_to_train_again(tmp_path, cli_error):
+    from hw_classify import submit
+
+    run = tmp_path / "old"
+    run.mkdir()
+    (run / "args.json").write_text(json.dumps({"homework": "hw_classify", "arch": "small_resnet"}))
+    (run / "last.pt").write_bytes(b"a checkpoint of the old format")
+    with pytest.raises(UserError, match="train it again") as caught:
+        load_model(run)
+    assert "\n" not in str(caught.value)
+    line = cli_error(submit.main, ["--run", str(run)])
+    assert line.startswith(f"error: {run}: no model.pt") and "train it again" in line
+    assert sorted(p.name for p in run.iterdir()) == ["args.json", "last.pt"]
+
+
+def _fake_run(folder, net, classes, size=33, width=8):
+    """A run folder holding only ``args.json`` and the ``model.pt`` of ``net``."""
+    from argparse import Namespace
+
+    from hw_classify.models import save_run_model
+
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "args.json").write_text(json.dumps({"homework": "hw_classify"}))
+    save_run_model(folder, net.model, Namespace(arch="small_resnet", size=size, width=width), classes,
+                   load_size=round(size * 1.14))
+    return folder
+
+
+def test_an_ensemble_of_runs_with_other_classes_is_refused(tmp_path):
+    from hw_classify import predict
+
+    a = _fake_run(tmp_path / "a", build_model("small_resnet", 3, width=8), ["x", "y", "z"])
+    b = _fake_run(tmp_path / "b", build_model("small_resnet", 3, width=8), ["x", "z", "y"])
+    with pytest.raises(UserError, match=r"different class lists: .*\(.*a\) vs .*\(.*b\)"):
+        predict.load_ensemble([a, b])
 
 
 def test_compare_writes_a_row_per_architecture(tmp_path, runs_root, builtin_data):
@@ -177,21 +245,17 @@ def test_compare_writes_a_row_per_architecture(tmp_path, runs_root, builtin_data
 
 
 def test_tta_of_a_flip_invariant_model_equals_plain(tmp_path):
-    from argparse import Namespace
-
     from hw_classify import predict
-    from hw_classify.report import save_model
 
     net = build_model("small_resnet", 5, width=8)
     data = make_shapes(1, 37)
     # mirror-symmetric conv kernels on odd sizes (33, 17, 9, 5, 3: every stride-2 grid is centred)
     # make the network's output invariant to a left-right flip
-    args = Namespace(arch="small_resnet", size=33, width=8)
     with torch.no_grad():
         for m in net.model.modules():
             if isinstance(m, torch.nn.Conv2d):
                 m.weight.copy_((m.weight + m.weight.flip(-1)) / 2)
-    save_model(tmp_path / "model.pt", net.model, args, data)
+    _fake_run(tmp_path, net, data.classes)
     images = [Image.fromarray(a) for a in data.test_images[:6]]
     plain = predict.load_ensemble(tmp_path).probabilities(images)
     tta = predict.load_ensemble(tmp_path, tta=True)
@@ -209,7 +273,7 @@ def test_tta_of_a_flip_invariant_model_equals_plain(tmp_path):
 def test_bad_input_gets_one_clear_message(tmp_path, runs_root, builtin_data):
     from hw_classify import submit, train
 
-    with pytest.raises(UserError, match="no model.pt"):
+    with pytest.raises(UserError, match="nothing: run folder not found"):
         submit.main(["--run", str(tmp_path / "nothing")])
     root = _simpsons(tmp_path / "s", {"bart_simpson": 6, "homer_simpson": 6})
     (root / "train" / "simpsons_dataset" / "bart_simpson" / "pic_9999.jpg").write_bytes(b"\xff\xd8broken")
@@ -228,6 +292,12 @@ def test_weights_file_loads_backbone_weights_only(tmp_path):
     net = build_model("resnet18", 4, str(tmp_path / "r18.pth"))
     torch.testing.assert_close(net.model.conv1.weight, source.conv1.weight)
     assert net.model.fc.out_features == 4 and net.head == ["fc.weight", "fc.bias"]
+    (tmp_path / "junk.pth").write_bytes(b"not a weights file")
+    with pytest.raises(UserError, match=r"^--weights \S*junk.pth: cannot read weights file"):
+        build_model("resnet18", 4, str(tmp_path / "junk.pth"))
+    torch.save({"net": torch.nn.Identity()}, tmp_path / "code.pth")   # a pickled module: code on load
+    with pytest.raises(UserError, match=r"^--weights \S*code.pth: refused"):
+        build_model("resnet18", 4, str(tmp_path / "code.pth"))
 
 
 def test_imagenet_weights_offline_is_one_sentence_naming_weights_path(monkeypatch):
