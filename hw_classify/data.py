@@ -173,7 +173,7 @@ def make_shapes(n_per_class: int = 60, size: int = 64, seed: int = 0, n_test: in
 
 # -- augmentation -------------------------------------------------------------------------------
 def build_transform(size: int, augment: str = "none", mean=IMAGENET_MEAN, std=IMAGENET_STD,
-                    center_crop: bool = False):
+                    center_crop: bool = False, seed: int | None = None):
     """A callable uint8 (H, W, 3) array -> normalised float tensor (3, size, size).
 
     ``none``: resize only (evaluation), or with ``center_crop`` the central ``size x size`` of
@@ -181,7 +181,9 @@ def build_transform(size: int, augment: str = "none", mean=IMAGENET_MEAN, std=IM
     ``light``: random resized crop (70-100% of the area) and horizontal flip. ``strong``: also
     rotation / shift (Affine), colour jitter without much hue change (a character's colours
     identify it) and coarse dropout (1-3 holes, DeVries & Taylor 2017's cutout). Uses
-    albumentations; channels are normalised with ``mean`` and ``std`` (RGB in [0, 1]).
+    albumentations; channels are normalised with ``mean`` and ``std`` (RGB in [0, 1]). The
+    random draws of one transform follow ``seed`` (a fresh seed when ``None``): two transforms
+    built with the same seed augment a sequence of images alike.
     """
     import albumentations as A
 
@@ -196,7 +198,7 @@ def build_transform(size: int, augment: str = "none", mean=IMAGENET_MEAN, std=IM
                   A.ColorJitter(0.3, 0.3, 0.3, 0.02, p=0.8),
                   A.CoarseDropout(num_holes_range=(1, 3), hole_height_range=(0.1, 0.25),
                                   hole_width_range=(0.1, 0.25), p=0.5)]
-    pipeline = A.Compose(steps)
+    pipeline = A.Compose(steps, seed=seed)
     mean_t = torch.tensor(mean).view(3, 1, 1) * 255
     std_t = torch.tensor(std).view(3, 1, 1) * 255
 

@@ -153,7 +153,7 @@ def make_loaders(data: ClassificationData, args) -> tuple[DataLoader, DataLoader
     def dataset(ix, augment):
         images = [cache[i] for i in ix] if cache is not None else None
         return ImageClassificationDataset([data.train.files[i] for i in ix], data.train.labels[ix],
-                                          build_transform(args.size, augment), images, size=load)
+                                          build_transform(args.size, augment, seed=args.seed), images, size=load)
 
     train_set, val_set = dataset(train_ix, args.augment), dataset(val_ix, "none")
     sampler = None

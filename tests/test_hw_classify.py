@@ -92,6 +92,17 @@ def test_bad_layouts_name_the_folder(tmp_path):
         detect_layout(tmp_path / "empty")
 
 
+def test_augmentation_follows_its_seed():
+    image = np.random.default_rng(0).integers(0, 255, (40, 40, 3), dtype=np.uint8)
+    views = {}
+    for name, seed in (("a", 3), ("b", 3), ("c", 4)):
+        transform = build_transform(32, "strong", seed=seed)
+        views[name] = torch.stack([transform(image) for _ in range(4)])
+    assert torch.equal(views["a"], views["b"])              # same seed: the same four draws
+    assert not torch.equal(views["a"], views["c"])
+    assert not torch.equal(views["a"][0], views["a"][1])    # successive draws differ
+
+
 # -- staged unfreezing ----------------------------------------------------------------------------
 def _staged_task(stages="head:1,half:1,all:1"):
     torch.manual_seed(0)
