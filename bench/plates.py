@@ -27,20 +27,18 @@ from pathlib import Path
 import torch
 
 from hw_plates.data import load_crops, load_photos, make_rendered_plates, to_input
-from hw_plates.detect import PlateNet
-from hw_plates.models import CRNN
+from hw_plates.models import CRNN, PlateNet, load_model
 from hw_plates.predict import read_photo
-from hw_plates.report import load_detector, load_reader
 from hw_plates.task import read_crops
 from hw_plates.text import Alphabet
 
 
 def load_models(run: str | None):
     if run:
-        reader = load_reader(run)
-        detector, config = load_detector(run)
-        if detector is not None:
-            return reader, detector, config
+        loaded = load_model(run)
+        reader = loaded.model.require("reader", "bench/plates.py")
+        if loaded.model.detector is not None:
+            return reader, loaded.model.detector, loaded.extras["detection"]
         return reader, PlateNet().eval(), {"size": 384, "margin": 0.0, "score_threshold": 0.3}
     return (CRNN(Alphabet(), channels=16).eval(), PlateNet().eval(),
             {"size": 384, "margin": 0.0, "score_threshold": 0.3})

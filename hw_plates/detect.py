@@ -1,77 +1,24 @@
-"""The plate detector: CenterNet (Zhou et al. 2019, "Objects as Points") from ``core.detection``
-(targets, Gaussian focal loss, decoding, the task, box-aware augmentation, mAP) on a light
-backbone of this homework's own, sized for a CPU.
+"""Finding plates with the plate detector (:class:`hw_plates.models.PlateNet`, a CenterNet
+trained with ``core.detection``'s targets, loss, task and box-aware augmentation): its dataset,
+the squashed input, detection in each photo's own pixels, and matching detections to the true
+plates.
 
-Plates are one class of small, wide objects: a photo is squashed to ``size x size`` (384 by
-default) and the heat map has stride 8, so a median plate (88 x 27 px in a 640 px photo) spans
-about 7 x 2 cells. The backbone is four residual stages down to stride 32, then two
-upsampling steps with skip connections back to stride 8 (a small FPN), and CenterNet's three
-heads (plate heat map, box size, centre offset).
+A photo is squashed to ``size x size`` (384 by default) and the heat map has stride 8: a plate
+of 88 x 27 px in a 640 px photo spans about 7 x 2 cells.
 """
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from core.detection.data import DetectionDataset, DetectionSample
 
 from .data import Photo
-from .models import BasicBlock
-
-DETECTOR_STRIDE = 8
-
-
-class PlateNet(nn.Module):
-    """A small CenterNet for one class: images (B, 3, S, S) in [0, 1], S a multiple of 32 ->
-    ``heatmap`` (B, 1, S/8, S/8) logits, ``size`` and ``offset`` (B, 2, S/8, S/8) in map cells.
-
-    ``width`` w: stem w (stride 2), residual stages 1.5w, 3w, 4w, 6w (strides 4 to 32), an FPN
-    of 2w channels back to stride 8, and CenterNet's three heads on it. At w = 16 and 384 px
-    it costs about 0.3 GMAC per photo, a tenth of CenterNet's ResNet-18 at that size.
-    """
-
-    num_classes = 1
-    stride = DETECTOR_STRIDE
-
-    def __init__(self, width: int = 16):
-        super().__init__()
-        w = width
-        c4, c8, c16, c32, neck = 3 * w // 2, 3 * w, 4 * w, 6 * w, 2 * w
-        self.stem = nn.Sequential(nn.Conv2d(3, w, 3, 2, 1, bias=False), nn.BatchNorm2d(w), nn.ReLU(inplace=True))
-        self.down4 = BasicBlock(w, c4, (2, 2))
-        self.down8 = BasicBlock(c4, c8, (2, 2))
-        self.down16 = BasicBlock(c8, c16, (2, 2))
-        self.down32 = BasicBlock(c16, c32, (2, 2))
-        self.lateral8, self.lateral16, self.top = nn.Conv2d(c8, neck, 1), nn.Conv2d(c16, neck, 1), nn.Conv2d(c32, neck, 1)
-        self.smooth = nn.Sequential(nn.Conv2d(neck, neck, 3, 1, 1, bias=False), nn.BatchNorm2d(neck),
-                                    nn.ReLU(inplace=True))
-        self.heatmap = self._head(neck, 1, bias=-math.log((1 - 0.1) / 0.1))  # every cell starts at p = 0.1
-        self.size = self._head(neck, 2)
-        self.offset = self._head(neck, 2)
-        self.register_buffer("mean", torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1), persistent=False)
-
-    @staticmethod
-    def _head(cin: int, cout: int, bias: float = 0.0) -> nn.Sequential:
-        head = nn.Sequential(nn.Conv2d(cin, cin, 3, 1, 1), nn.ReLU(inplace=True), nn.Conv2d(cin, cout, 1))
-        nn.init.constant_(head[-1].bias, bias)
-        return head
-
-    def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
-        if images.shape[-1] % 32 or images.shape[-2] % 32:
-            raise ValueError(f"image height and width must be multiples of 32, got {tuple(images.shape[-2:])}")
-        x8 = self.down8(self.down4(self.stem((images - self.mean) / self.std)))
-        x16 = self.down16(x8)
-        x32 = self.down32(x16)
-        p16 = self.lateral16(x16) + F.interpolate(self.top(x32), size=x16.shape[-2:], mode="nearest")
-        p8 = self.smooth(self.lateral8(x8) + F.interpolate(p16, size=x8.shape[-2:], mode="nearest"))
-        return {"heatmap": self.heatmap(p8), "size": self.size(p8), "offset": self.offset(p8)}
+from .models import PlateNet
 
 
 class PlateDetectionDataset(DetectionDataset):

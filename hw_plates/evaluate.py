@@ -6,9 +6,10 @@ detector on the photos (``map50``), and both end to end (``e2e_exact``, ``e2e_le
 
 ``--split test`` (default) scores the plates that training held out (the split is a hash of
 the plate text, the same in every run); ``--split all`` scores every plate, for a data set the
-run never saw. Writes ``metrics.json``, ``readings.csv`` (crops) / ``photos.csv`` (end to end)
-and figures of the worst readings into ``--run-dir`` (default: ``<run>/eval-<timestamp>``, a
-fresh folder each time).
+run never saw. Each part the run trained is scored (a ``--stage read`` run has no detector:
+crops only; a ``--stage detect`` run has no reader: photos only). Writes ``metrics.json``,
+``readings.csv`` (crops) / ``photos.csv`` (end to end) and figures of the worst readings into
+``--run-dir`` (default: ``<run>/eval-<timestamp>``, a fresh folder each time).
 """
 from __future__ import annotations
 
@@ -19,8 +20,8 @@ from core.data import DataError, resolve_data_root
 from core.console import echo
 
 from .data import SPLITS, CropSet, load_crops, load_photos, make_rendered_plates
-from .report import (crop_metrics, detector_metrics, end_to_end, load_detector, load_reader, read_model_file,
-                     worst_photos_figure, worst_readings_figure)
+from .models import load_model
+from .scoring import crop_metrics, detector_metrics, end_to_end, worst_photos_figure, worst_readings_figure
 from .text import Alphabet, levenshtein
 
 
@@ -33,7 +34,7 @@ def build_parser():
                         help="1: greedy decoding; more: prefix beam search")
     parser.add_argument("--n-rendered", type=cli.int_at_least(10), default=300,
                         help="rendered plates (and scenes) when no data is found")
-    cli.add_run_args(parser)
+    cli.add_run_args(parser, default="<run>/eval-<timestamp>")
     return parser
 
 
@@ -59,13 +60,11 @@ def load_eval_data(args, reader, detector, alphabet: Alphabet):
 
 def main(argv: list[str] | None = None) -> dict:
     args = cli.parse_args(build_parser(), argv)
-    read_model_file(args.run)  # a clear error first when the folder holds no model
-    reader = load_reader(args.run, required=False)
-    detector, det_config = load_detector(args.run)
+    loaded = load_model(args.run)
+    reader, detector, det_config = loaded.model.reader, loaded.model.detector, loaded.extras["detection"]
     alphabet = reader.alphabet if reader is not None else Alphabet()
     crops, photos = load_eval_data(args, reader, detector, alphabet)
-    echo(f"model from {args.run}: {'reader' if reader else ''}{' + ' if reader and detector else ''}"
-         f"{'detector' if detector else ''}; scoring the {args.split} split: "
+    echo(f"model from {args.run}: {' + '.join(loaded.model.parts)}; scoring the {args.split} split: "
          f"{len(crops) if crops is not None else 0} crops, {len(photos)} photos")
     run = runs.RunDir.create("hw_plates", args, parent=args.run, prefix="eval-")
 

@@ -3,8 +3,9 @@
     python -m hw_plates.predict --run runs/hw_plates/<name> car1.jpg car2.jpg
 
 A run with a detector finds the plates (scores at least the run's ``--score-threshold``), cuts
-each with the run's ``--margin`` and reads it; a run with a reader only reads each image as one
-plate crop. Prints the texts and writes
+each with the run's ``--margin`` and reads it; a run with a reader only (``--stage read``) reads
+each image as one plate crop; a run without a reader (``--stage detect``) is refused in one
+line. Prints the texts and writes
 ``predictions.json`` (per image: ``boxes``, each with its ``label`` = the plate's text, its
 ``score`` and ``box``) and each image with its plates drawn into ``<run>/predict-<timestamp>/``
 (or ``--run-dir``). ``python -m core.serve --run RUN`` serves the same predictor.
@@ -23,8 +24,7 @@ from core.predictor import Predictor, detection_result, predict_main
 
 from .data import cut_plate, prepare_crop, to_input
 from .detect import detect_plates
-from .models import CRNN
-from .report import load_detector, load_reader
+from .models import CRNN, load_model
 from .task import read_crops
 
 
@@ -65,9 +65,14 @@ class PlatePredictor(Predictor):
 
 
 def load_predictor(run_dir: str | Path) -> PlatePredictor:
-    """The predictor of a ``hw_plates.train`` run (``model.pt``, read weights-only, CPU, eval mode)."""
-    detector, config = load_detector(run_dir)
-    return PlatePredictor(run_dir, load_reader(run_dir), detector, config)
+    """The predictor of a ``hw_plates.train`` run (:func:`hw_plates.load_model`: CPU, eval mode).
+
+    Raises:
+        UserError: a run without a reader (``--stage detect``), or the errors of ``load_model``.
+    """
+    loaded = load_model(run_dir)
+    reader = loaded.model.require("reader", "hw_plates.predict (reading plates)")
+    return PlatePredictor(run_dir, reader, loaded.model.detector, loaded.extras["detection"])
 
 
 def main(argv: list[str] | None = None) -> None:

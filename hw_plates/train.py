@@ -10,9 +10,9 @@ with a margin, reader). The plates are split by text (hw_plates.data.split_of): 
 10% val (picks the best epoch), 20% test, never trained nor tuned on; the figures reported
 are the test plates'. Epochs, batch sizes and learning rates default to a recipe for the
 data in use (printed at the start). The run folder gets args.json, reader/ and detector/
-(history.csv, best.pt, last.pt), model.pt (the weights, the alphabet and what rebuilds them,
-read back with ``torch.load(weights_only=True)``), metrics.json and plots (curves, the worst
-readings of crops and of photos).
+(history.csv, best.pt, last.pt), model.pt (the parts trained, the alphabet and what rebuilds
+them: :mod:`hw_plates.models`; ``hw_plates.load_model`` reads it), metrics.json and plots
+(curves, the worst readings of crops and of photos).
 """
 from __future__ import annotations
 
@@ -23,15 +23,17 @@ import torch
 from torch.utils.data import DataLoader
 
 from core import cli, runs
-from core.data import resolve_data_root
-from core.console import echo
-from core.plots import plot_history
 from core.checkpoint import load_checkpoint
+from core.console import echo
+from core.data import resolve_data_root
+from core.detection.centernet import CenterNetTask
+from core.detection.data import collate
+from core.plots import plot_history
 
 from .data import CropDataset, CropSet, Photo, collate_crops, load_crops, load_photos, make_rendered_plates
-from .models import CRNN, READER_ARCHS, count_parameters
-from .report import (crop_metrics, detector_metrics, end_to_end, save_model, worst_photos_figure,
-                     worst_readings_figure)
+from .detect import PlateDetectionDataset
+from .models import CRNN, READER_ARCHS, PlateNet, count_parameters, save_plate_model
+from .scoring import crop_metrics, detector_metrics, end_to_end, worst_photos_figure, worst_readings_figure
 from .task import ReaderTask
 from .text import DEFAULT_ALPHABET, Alphabet
 
@@ -73,7 +75,8 @@ def build_parser() -> argparse.ArgumentParser:
     det.add_argument("--score-threshold", type=cli.probability, default=0.3,
                      help="end to end: detections scoring less are not read")
     group.add_argument("--select", choices=("best", "last"), default="best",
-                       help="the weights the run keeps: best val exact (best.pt) or the last epoch's")
+                       help="the weights each stage keeps (in model.pt): its best epoch (best.pt: val exact for the "
+                            "reader, val map50 for the detector) or its last")
     return parser
 
 
@@ -116,7 +119,8 @@ def load_data(args, alphabet: Alphabet) -> tuple[CropSet, list[Photo], bool]:
 
 
 def train_reader(args, crops: CropSet, run: runs.RunDir) -> tuple[CRNN, dict]:
-    """Fit the CRNN on the train crops (best epoch by val exact); returns it and its numbers."""
+    """Fit the CRNN on the train crops; returns it with the weights ``--select`` picks (the best
+    epoch by val exact, or the last) in eval mode, and its numbers."""
     train, val = crops.split("train"), crops.split("val")
     train_loader = DataLoader(CropDataset(train, augment=not args.no_augment, seed=args.seed),
                               batch_size=args.batch_size, shuffle=True, num_workers=args.num_workers,
@@ -139,12 +143,8 @@ def train_reader(args, crops: CropSet, run: runs.RunDir) -> tuple[CRNN, dict]:
 
 
 def train_detector(args, photos: list[Photo], run: runs.RunDir, start_run: bool):
-    """Fit the plate CenterNet on the train photos (best epoch by val map50)."""
-    from core.detection.data import collate
-    from core.detection.centernet import CenterNetTask
-
-    from .detect import PlateDetectionDataset, PlateNet
-
+    """Fit the plate CenterNet on the train photos; returns it with the weights ``--select``
+    picks (the best epoch by val map50, or the last) in eval mode, and its numbers."""
     train = PlateDetectionDataset([p for p in photos if p.split == "train"], args.det_size, train=True)
     val = PlateDetectionDataset([p for p in photos if p.split == "val"], args.det_size)
     train_loader = DataLoader(train, batch_size=args.det_batch_size, shuffle=True, num_workers=args.num_workers,
@@ -191,22 +191,26 @@ def main(argv: list[str] | None = None) -> dict:
                                   args.beam_width)
         metrics.update({f"test_{k}": v for k, v in scores.items()})
         worst_photos_figure(rows, run.plots / "worst_photos.png")
-    save_model(run / "model.pt", reader=reader, reader_config=reader_config(args),
-               detector=detector, detector_config=detector_config(args))
+    save_plate_model(run, reader, reader_config(args), detector, detector_config(args), detection_settings(args))
     run.save_metrics(metrics)
     run.summary(metrics)
     return metrics
 
 
-def detector_config(args) -> dict:
-    return {"width": args.det_width, "size": args.det_size, "margin": args.margin,
-            "score_threshold": args.score_threshold}
-
-
 def reader_config(args) -> dict:
-    """What it takes to rebuild the reader (its alphabet travels in its weights)."""
+    """What rebuilds the reader, beside its alphabet."""
     return {"arch": args.arch, "height": args.height, "width": args.width, "channels": args.channels,
             "hidden": args.hidden}
+
+
+def detector_config(args) -> dict:
+    """What rebuilds the detector."""
+    return {"width": args.det_width}
+
+
+def detection_settings(args) -> dict:
+    """How the detector is used: input size, the margin plates are cut with, the score threshold."""
+    return {"size": args.det_size, "margin": args.margin, "score_threshold": args.score_threshold}
 
 
 if __name__ == "__main__":

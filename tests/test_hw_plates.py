@@ -16,9 +16,8 @@ from core.data import DataError
 from core.trainer import Trainer
 from hw_plates.data import (CropDataset, collate_crops, cut_plate, load_crops, load_photos, make_rendered_plates,
                             prepare_crop, split_of, to_input)
-from hw_plates.detect import PlateDetectionDataset, PlateNet, detect_plates, match_plates
-from hw_plates.models import CRNN
-from hw_plates.report import load_detector, load_reader, save_model
+from hw_plates.detect import PlateDetectionDataset, detect_plates, match_plates
+from hw_plates.models import CRNN, PlateNet, load_model, save_plate_model
 from hw_plates.task import ReaderTask, ctc_loss, read_crops
 from hw_plates.text import (Alphabet, beam_decode, beam_decode_one, collapse, end_to_end_metrics, greedy_decode,
                             levenshtein, reading_metrics)
@@ -95,15 +94,34 @@ def test_alphabet_round_trip_and_unknown_characters():
 
 
 def test_the_alphabet_travels_with_the_saved_reader(tmp_path):
-    model = CRNN("XYZ0", channels=4, hidden=8).eval()
-    save_model(tmp_path / "model.pt", reader=model,
-               reader_config={"arch": "crnn_small", "height": 32, "width": 64, "channels": 4, "hidden": 8})
-    loaded = load_reader(tmp_path)
-    assert loaded.alphabet.chars == "XYZ0" and loaded.input_size == (32, 64)
+    from core.errors import UserError
+    from hw_plates.predict import load_predictor
+
+    (tmp_path / "args.json").write_text('{"homework": "hw_plates"}')
+    model = CRNN("XYZ0", channels=4, hidden=8, width=64).eval()
+    save_plate_model(tmp_path, reader=model,
+                     reader_config={"arch": "crnn_small", "height": 32, "width": 64, "channels": 4, "hidden": 8})
+    loaded = load_model(tmp_path)
+    reader = loaded.model.reader
+    assert reader.alphabet.chars == "XYZ0" and reader.input_size == (32, 64) and not reader.training
+    assert loaded.model.detector is None and loaded.model.parts == loaded.extras["parts"] == ["reader"]
+    assert loaded.extras["alphabet"] == "XYZ0" and loaded.extras["detection"] is None
     x = torch.rand(2, 3, 32, 64)
     with torch.no_grad():
-        assert torch.equal(model(x), loaded(x))
+        assert torch.equal(model(x), reader(x))
     assert model(x).shape == (16, 2, 5)                               # W/4 frames, 4 characters + blank
+    with pytest.raises(UserError, match=r"needs a detector, and this run has only a reader \(trained with "
+                                        r"--stage read\): train with --stage detect or --stage both"):
+        loaded.model.require("detector", "reading photos")
+    # a run with a detector only cannot read: predict says so in one line
+    (tmp_path / "model.pt").unlink()
+    save_plate_model(tmp_path, detector=PlateNet(4), detector_config={"width": 4},
+                     detection={"size": 64, "margin": 0.0, "score_threshold": 0.3})
+    loaded = load_model(tmp_path)
+    assert loaded.model.parts == ["detector"] and loaded.extras["alphabet"] is None
+    with pytest.raises(UserError, match=r"needs a reader, and this run has only a detector \(trained with "
+                                        r"--stage detect\)"):
+        load_predictor(tmp_path)
 
 
 # -- metrics ---------------------------------------------------------------------------------------
@@ -288,7 +306,7 @@ def test_train_evaluate_predict_on_rendered_plates(runs_root, monkeypatch, tmp_p
         (plate,) = results[str(path)]["boxes"]
         image = Image.open(path)
         assert plate["box"] == [0, 0, image.width, image.height]
-        reader = load_reader(run)
+        reader = load_model(run).model.reader
         x = to_input(prepare_crop(np.asarray(image.convert("RGB")), *reader.input_size))[None]
         assert plate["label"] == read_crops(reader, x)[0]
     assert len(list((tmp_path / "pred").glob("*.png"))) == 2
@@ -313,8 +331,53 @@ def test_both_stages_on_rendered_plates_score_the_photos_end_to_end(runs_root, m
     Image.fromarray(scenes[0].image).save(tmp_path / "scene.png")
     predict.main(["--run", str(run), str(tmp_path / "scene.png"), "--run-dir", str(tmp_path / "pred")])
     (result,) = json.loads((tmp_path / "pred" / "predictions.json").read_text()).values()
-    boxes, scores, texts = predict.read_photo(scenes[0].image, load_reader(run), *load_detector(run))
+    loaded = load_model(run)
+    boxes, scores, texts = predict.read_photo(scenes[0].image, loaded.model.reader, loaded.model.detector,
+                                              loaded.extras["detection"])
     assert [b["label"] for b in result["boxes"]] == [texts[i] for i in np.argsort(-scores, kind="stable")]
+
+
+def test_load_model_gives_the_selected_weights_and_the_run_test_scores(runs_root, monkeypatch, tmp_path):
+    import hw_plates
+    from core.checkpoint import load_checkpoint
+    from core.detection.centernet import CenterNetTask
+    from core.errors import UserError
+    from hw_plates import evaluate, train
+    from hw_plates.scoring import crop_metrics, detector_metrics, end_to_end
+
+    monkeypatch.delenv("DLS_DATA", raising=False)
+    run = tmp_path / "run"
+    metrics = train.main(TINY + ["--det-epochs", "2", "--run-dir", str(run)])
+    loaded = hw_plates.load_model(run)
+    assert (loaded.homework, loaded.kind, loaded.model.parts) == ("hw_plates", "detection", ["reader", "detector"])
+    assert loaded.config == {"reader": {"arch": "crnn_small", "height": 32, "width": 64, "channels": 4, "hidden": 8},
+                             "detector": {"width": 4}}
+    assert loaded.extras == {"parts": ["reader", "detector"], "alphabet": Alphabet().chars,
+                             "detection": {"size": 64, "margin": 0.0, "score_threshold": 0.3}}
+    assert not loaded.model.training and loaded.metrics == metrics and loaded.settings["stage"] == "both"
+    # the weights are each stage's best epoch (--select best)
+    reader_task, detector_task = ReaderTask(CRNN(Alphabet(), channels=4, hidden=8, width=64)), CenterNetTask(PlateNet(4))
+    load_checkpoint(run / "reader" / "best.pt", reader_task)
+    load_checkpoint(run / "detector" / "best.pt", detector_task)
+    with torch.no_grad():
+        crops_in, photos_in = torch.rand(3, 3, 32, 64), torch.rand(2, 3, 64, 64)
+        assert torch.equal(loaded.model.reader(crops_in), reader_task.model.eval()(crops_in))
+        ours, theirs = loaded.model.detector(photos_in), detector_task.model.eval()(photos_in)
+        assert all(torch.equal(ours[key], theirs[key]) for key in ("heatmap", "size", "offset"))
+    # the held-out plates scored through the loaded parts: the run's own test figures
+    crops, photos = make_rendered_plates(40, 20, Alphabet(), 32, 64, seed=42)    # the run's data (seed 42)
+    test_photos = [p for p in photos if p.split == "test"]
+    scores = {**crop_metrics(loaded.model.reader, crops.split("test"))[0],
+              **detector_metrics(loaded.model.detector, test_photos, 64),
+              **end_to_end(loaded.model.detector, loaded.model.reader, test_photos, 64, 0.0)[0]}
+    assert {f"test_{key}": value for key, value in scores.items()} == \
+        {key: value for key, value in metrics.items() if key.startswith("test_")}
+    assert scores["mean_levenshtein"] > 0 and scores["crops"] > 0 and scores["photos"] > 0
+    # without model.pt the run is refused in one line, naming its checkpoints
+    (run / "model.pt").unlink()
+    with pytest.raises(UserError, match="train it again") as error:
+        evaluate.main(["--run", str(run)])
+    assert "\n" not in str(error.value) and "reader/last.pt" in str(error.value)
 
 
 @pytest.mark.parametrize("option, message", [
@@ -338,7 +401,9 @@ def test_bad_options_stop_with_one_line_before_any_work(option, message, runs_ro
 def test_evaluate_of_a_folder_without_a_model_is_one_clear_error(tmp_path):
     from hw_plates import evaluate
 
-    with pytest.raises(DataError, match=r"model\.pt: not found"):
+    from core.errors import UserError
+
+    with pytest.raises(UserError, match=r"no model\.pt \(is this a finished training run"):
         evaluate.main(["--run", str(tmp_path)])
 
 

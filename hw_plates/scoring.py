@@ -1,4 +1,5 @@
-"""Scoring a trained reader, the saved model file, and the figure of the worst readings."""
+"""Scoring a trained reader (on crops), detector (on photos) and both end to end, and the
+figures of the worst readings."""
 from __future__ import annotations
 
 import os
@@ -8,15 +9,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from core.data import DataError
+from core.detection.evaluate import mean_average_precision
 from core.plots import image_grid
 
 from .data import CropSet, Photo, cut_plate, prepare_crop, to_input
+from .detect import detect_plates, match_plates
 from .models import CRNN
 from .task import read_crops
-from .text import Alphabet, end_to_end_metrics, levenshtein, reading_metrics
-
-MODEL_FILE = "model.pt"
+from .text import end_to_end_metrics, levenshtein, reading_metrics
 
 
 def crop_metrics(reader: CRNN, crops: CropSet, beam_width: int = 1) -> tuple[dict, list[str]]:
@@ -36,63 +36,8 @@ def worst_readings_figure(crops: CropSet, predictions: Sequence[str], path: str 
                       title="worst readings: truth -> reading (edits)")
 
 
-def save_model(path: str | os.PathLike, reader: CRNN | None = None, reader_config: dict | None = None,
-               detector: torch.nn.Module | None = None, detector_config: dict | None = None) -> Path:
-    """The trained weights and what rebuilds them, as tensors, strings and numbers only, so
-    :func:`load_model` can read it with ``torch.load(weights_only=True)``."""
-    content = {}
-    if reader is not None:
-        content["reader"] = {"config": reader_config, "state_dict": reader.state_dict()}
-    if detector is not None:
-        content["detector"] = {"config": detector_config, "state_dict": detector.state_dict()}
-    path = Path(path)
-    torch.save(content, path)
-    return path
-
-
-def load_reader(run: str | os.PathLike, required: bool = True) -> CRNN | None:
-    """The reader saved in a run folder's ``model.pt`` (its alphabet comes with the weights);
-    ``None`` for a detector-only run unless ``required``."""
-    entry = read_model_file(run).get("reader")
-    if entry is None:
-        if not required:
-            return None
-        raise DataError(f"{Path(run) / MODEL_FILE}: holds no reader (train with --stage read or both)")
-    state, config = entry["state_dict"], entry["config"]
-    model = CRNN(Alphabet.from_tensor(state["alphabet_codes"]), config["arch"], config["height"], config["channels"],
-                 config["hidden"], width=config["width"])
-    model.load_state_dict(state)
-    return model.eval()
-
-
-def read_model_file(run: str | os.PathLike) -> dict:
-    path = Path(run) / MODEL_FILE
-    if not path.is_file():
-        raise DataError(f"{path}: not found (is {run} a hw_plates.train run folder?)")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise DataError(f"{path}: cannot read ({type(exc).__name__}: {exc})") from None
-
-
-def load_detector(run: str | os.PathLike):
-    """The plate detector saved in a run folder's ``model.pt`` and its config (size, margin, ...)."""
-    from .detect import PlateNet
-
-    entry = read_model_file(run).get("detector")
-    if entry is None:
-        return None, None
-    model = PlateNet(entry["config"]["width"])
-    model.load_state_dict(entry["state_dict"])
-    return model.eval(), entry["config"]
-
-
 def detector_metrics(detector, photos: Sequence[Photo], size: int) -> dict:
     """``map50`` and ``map`` (COCO's, IoU 0.5:0.95) of the plate detector on ``photos``."""
-    from core.detection.evaluate import mean_average_precision
-
-    from .detect import detect_plates
-
     detections = detect_plates(detector, [p.load() for p in photos], size)
     targets = [{"boxes": torch.as_tensor(p.boxes), "labels": torch.zeros(len(p.boxes), dtype=torch.long)}
                for p in photos]
@@ -104,8 +49,6 @@ def end_to_end(detector, reader: CRNN, photos: Sequence[Photo], size: int, margi
                score_threshold: float = 0.3, beam_width: int = 1) -> tuple[dict, list[dict]]:
     """Detect, cut each matched plate with ``margin``, read it; the photo-level scores
     (:func:`hw_plates.text.end_to_end_metrics`) and one row per true plate for the figure."""
-    from .detect import detect_plates, match_plates
-
     images = [p.load() for p in photos]
     detections = detect_plates(detector, images, size)
     height, width = reader.input_size
