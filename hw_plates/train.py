@@ -71,7 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
     det.add_argument("--det-width", type=cli.int_at_least(4), default=16, help="channels of the detector's first stage")
     det.add_argument("--margin", type=cli.nonneg_float, default=0.0,
                      help="plates are cut with this fraction of their box height added on every side (the "
-                          "detector's boxes already run a little wide: on the val photos 0 beat 0.05 and 0.15)")
+                          "detector's boxes already run a little wide)")
     det.add_argument("--score-threshold", type=cli.probability, default=0.3,
                      help="end to end: detections scoring less are not read")
     group.add_argument("--select", choices=("best", "last"), default="best",
