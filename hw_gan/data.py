@@ -6,9 +6,14 @@ sub-folder, ``faces/``) and the transforms ``Resize(S)``, ``CenterCrop(S)``, ``T
 a folder (flat, or an ImageFolder root with any number of sub-folders) and keeps the whole
 set in memory as one tensor in [-1, 1]: 3143 images of 64x64 are 150 MB, and reading PNGs
 once instead of every epoch matters on a CPU.
+
+Every command reads its faces here: :func:`load_data` (train: the training and held-out
+faces, from ``--data-dir``, ``$DLS_DATA/faces/lfw_gan`` or built-in) and :func:`real_faces`
+(evaluate: a run's held-out faces from its ``split.json``, or another folder).
 """
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,8 +22,12 @@ import numpy as np
 import torch
 from PIL import Image
 
-from core.data import IMAGE_EXTENSIONS, DataError, require_dir, to_rgb
 from core.console import echo
+from core.data import IMAGE_EXTENSIONS, DataError, DataSource, require_dir, resolve_data_root, to_rgb
+from core.errors import UserError
+
+DATASET = "faces/lfw_gan"
+SPLIT_FILE = "split.json"
 
 
 @dataclass
@@ -118,13 +127,58 @@ def split_holdout(n: int, holdout: int, seed: int = 0) -> tuple[list[int], list[
     return sorted(order[holdout:]), sorted(order[:holdout])
 
 
-def two_mode_points(n: int, seed: int = 0, size: int = 16) -> torch.Tensor:
-    """A tiny two-mode image set for tests: half the images dark with a bright left half,
-    half bright with a dark top half, plus a little noise; (n, 3, size, size) in [-1, 1]."""
-    g = torch.Generator().manual_seed(seed)
-    images = torch.full((n, 3, size, size), -0.6)
-    half = size // 2
-    images[: n // 2, :, :, :half] = 0.6
-    images[n // 2:] = 0.6
-    images[n // 2:, :, :half, :] = -0.6
-    return (images + 0.05 * torch.randn(images.shape, generator=g)).clamp(-1, 1)
+
+def load_data(data_dir: str | None, image_size: int, holdout: int, split_seed: int,
+              batch_size: int) -> tuple[Faces, Faces, DataSource]:
+    """The training faces and the held-out ones (:func:`split_holdout`; from the built-in set
+    at most a fifth is held out), and the data source. Prints what it read.
+
+    Raises:
+        UserError: ``holdout`` leaves no training faces.
+        DataError: unreadable data, or fewer training faces than ``batch_size``.
+    """
+    source = resolve_data_root(DATASET, data_dir, builtin="100 built-in faces (scikit-image lfw_subset)")
+    faces = builtin_faces(image_size) if source.builtin else load_faces(source.root, image_size)
+    try:
+        train_ix, holdout_ix = split_holdout(len(faces), min(holdout, len(faces) // 5) if source.builtin
+                                             else holdout, split_seed)
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+    train, held = faces.subset(train_ix), faces.subset(holdout_ix)
+    echo(f"dataset: {faces.description}; {len(train)} for training, {len(held)} held out (split seed "
+         f"{split_seed})")
+    if len(train) < batch_size:
+        raise DataError(f"{source.root or 'built-in data'}: {len(train)} training images, fewer than "
+                        f"--batch-size {batch_size}")
+    return train, held, source
+
+
+def real_faces(run: Path, data_dir: str | None, size: int) -> tuple[Faces, Faces | None]:
+    """The real faces to compare a run's samples with, and the run's training faces (``None``
+    when the data is another folder): with no ``data_dir``, or the run's own data folder, the
+    faces its ``split.json`` held out; else every image of ``data_dir``. Prints which data it is.
+
+    Raises:
+        UserError: no such ``data_dir``; no ``split.json`` and no ``data_dir``; images of the
+            run's split that are gone.
+    """
+    split_path = Path(run) / SPLIT_FILE
+    split = json.loads(split_path.read_text()) if split_path.is_file() else None
+    own = split["data"] if split else None
+    if data_dir is not None and not Path(data_dir).is_dir():
+        raise UserError(f"--data-dir {data_dir}: folder does not exist")
+    if data_dir is None and own is None:
+        raise UserError(f"{run}: no {SPLIT_FILE}, so give --data-dir with the real faces")
+    same = data_dir is None or (own != "built-in" and Path(data_dir).resolve() == Path(own).resolve())
+    if not same:
+        faces = load_faces(data_dir, size)
+        echo(f"data: all {len(faces)} images of {Path(data_dir).resolve()} (--data-dir)")
+        return faces, None
+    faces = builtin_faces(size) if own == "built-in" else load_faces(own, size)
+    index = {name: i for i, name in enumerate(faces.names)}
+    missing = [name for name in split["holdout"] + split["train"] if name not in index]
+    if missing:
+        raise UserError(f"{own}: {len(missing)} image(s) of the run's {SPLIT_FILE} are gone, e.g. {missing[0]}")
+    held = faces.subset(index[name] for name in split["holdout"])
+    echo(f"data: the run's {len(held)} held-out faces from {own} (never trained on)")
+    return held, faces.subset(index[name] for name in split["train"])

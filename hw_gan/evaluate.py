@@ -15,7 +15,6 @@ Writes ``metrics.json`` and ``plots/`` (t-SNE, generated and real grids) into
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
@@ -24,9 +23,10 @@ from core import cli, runs
 from core.console import echo
 from core.errors import UserError
 
-from .data import Faces, builtin_faces, load_faces
+from .data import real_faces
+from .images import save_grid
 from .metrics import gradient_magnitude_ratio, loo_1nn_accuracy, pca_gaussian_samples, two_sample_test
-from .sampling import generate, load_generator, save_grid
+from .models import generate, load_model
 
 
 def build_parser():
@@ -39,33 +39,8 @@ def build_parser():
     parser.add_argument("--folds", type=cli.int_at_least(2), default=5, help="folds of the two-sample test")
     parser.add_argument("--baseline", action="store_true", help="also score a PCA-Gaussian's samples")
     parser.add_argument("--no-tsne", action="store_true", help="skip the t-SNE figure")
-    cli.add_run_args(parser)
+    cli.add_run_args(parser, default="<run>/eval-<data folder name, or holdout>-<timestamp>")
     return parser
-
-
-def real_faces(run: Path, data_dir: str | None, size: int) -> tuple[Faces, Faces | None]:
-    """The real faces to compare with, and the run's training faces (``None`` when the data is
-    another folder). Prints which data it is."""
-    split_path = run / "split.json"
-    split = json.loads(split_path.read_text()) if split_path.is_file() else None
-    own = split["data"] if split else None
-    if data_dir is not None and not Path(data_dir).is_dir():
-        raise UserError(f"--data-dir {data_dir}: folder does not exist")
-    if data_dir is None and own is None:
-        raise UserError(f"{run}: no split.json, so give --data-dir with the real faces")
-    same = data_dir is None or (own != "built-in" and Path(data_dir).resolve() == Path(own).resolve())
-    if not same:
-        faces = load_faces(data_dir, size)
-        echo(f"data: all {len(faces)} images of {Path(data_dir).resolve()} (--data-dir)")
-        return faces, None
-    faces = builtin_faces(size) if own == "built-in" else load_faces(own, size)
-    index = {name: i for i, name in enumerate(faces.names)}
-    missing = [name for name in split["holdout"] + split["train"] if name not in index]
-    if missing:
-        raise UserError(f"{own}: {len(missing)} image(s) of the run's split.json are gone, e.g. {missing[0]}")
-    held = faces.subset(index[name] for name in split["holdout"])
-    echo(f"data: the run's {len(held)} held-out faces from {own} (never trained on)")
-    return held, faces.subset(index[name] for name in split["train"])
 
 
 def score(real: torch.Tensor, fake: torch.Tensor, folds: int, seed: int, prefix: str = "") -> dict:
@@ -80,15 +55,16 @@ def score(real: torch.Tensor, fake: torch.Tensor, folds: int, seed: int, prefix:
 def main(argv: list[str] | None = None) -> dict:
     args = cli.parse_args(build_parser(), argv)
     run_path = Path(args.run)
-    generator, train_args = load_generator(run_path)
-    real, train = real_faces(run_path, args.data_dir, train_args["image_size"])
+    loaded = load_model(run_path)
+    size = loaded.config["image_size"]
+    real, train = real_faces(run_path, args.data_dir, size)
     n = args.n or len(real)
     if n > len(real):
         raise UserError(f"--n {n}: larger than the {len(real)} real images available")
     order = torch.randperm(len(real), generator=torch.Generator().manual_seed(args.seed))[:n]
     real_images = real.images[order]
-    fake_images = generate(generator, n, args.seed)
-    echo(f"comparing {n} real and {n} generated images at {train_args['image_size']} px")
+    fake_images = generate(loaded.model, n, args.seed)
+    echo(f"comparing {n} real and {n} generated images at {size} px")
 
     data_name = Path(args.data_dir).resolve().name if args.data_dir else "holdout"
     run = runs.RunDir.create("hw_gan", args, parent=run_path, prefix=f"eval-{data_name}-")  # a new folder each time

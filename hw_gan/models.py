@@ -12,15 +12,29 @@ two; channels double per block away from the image, capped at 8 x ``width``. The
 discriminator returns one *logit* per image: the course's ``Sigmoid`` + ``BCELoss`` is
 computed as ``BCEWithLogits`` (the same value, without overflow), and the hinge loss needs
 the logit anyway.
+
+A trained run's generator is read back by :func:`load_model` from its ``model.pt`` (kind
+``"generation"``; ``config``: ``image_size``, ``latent``, ``width``; ``extras``: ``ema``, the
+decay of the weights' average the run kept, or None).
 """
 from __future__ import annotations
 
+import copy
 import math
+import os
+from pathlib import Path
 
 import torch
 from torch import nn
 from torch.nn.utils.parametrizations import spectral_norm
 
+from core.checkpoint import load_task_weights, unwrap
+from core.errors import UserError
+from core.runs import LoadedModel, read_args, read_metrics, read_model
+
+HOMEWORK = "hw_gan"
+KIND = "generation"
+CONFIG_KEYS = ("image_size", "latent", "width")
 MIN_SIZE, MAX_SIZE = 16, 256
 
 
@@ -104,3 +118,60 @@ def init_dcgan_weights(module: nn.Module) -> None:
         elif isinstance(m, nn.BatchNorm2d):
             nn.init.normal_(m.weight, 1.0, 0.02)
             nn.init.zeros_(m.bias)
+
+
+def generator_weights(task_state: dict) -> dict:
+    """The generator's entries of a GAN task's state dict, without their ``generator.`` prefix."""
+    return {k.removeprefix("generator."): v for k, v in task_state.items() if k.startswith("generator.")}
+
+
+@torch.no_grad()
+def refresh_batchnorm(generator: Generator, n: int = 2048, batch_size: int = 64, seed: int = 0) -> Generator:
+    """Recompute the BatchNorm running statistics of ``generator`` from ``n`` latents drawn
+    with ``seed`` (as ``torch.optim.swa_utils.update_bn`` does for averaged weights): an EMA of
+    the weights comes with the trained network's statistics, which do not fit it. Returns it
+    in eval mode; the global random state is not used."""
+    g = torch.Generator().manual_seed(seed)
+    latents = [torch.randn(batch_size, generator.latent, generator=g) for _ in range(n // batch_size)]
+    device = next(generator.parameters()).device
+    torch.optim.swa_utils.update_bn([z.to(device) for z in latents], generator)
+    return generator.eval()
+
+
+def reported_generator(task, ema=None) -> Generator:
+    """The generator a run reports, as a CPU copy (contiguous tensors) in eval mode: the
+    task's trained weights, or, given the run's :class:`core.callbacks.EMA` callback, its
+    averaged weights with the BatchNorm statistics refreshed for them (:func:`refresh_batchnorm`)."""
+    generator = copy.deepcopy(unwrap(task.generator)).cpu().to(memory_format=torch.contiguous_format)
+    if ema is not None:
+        generator.load_state_dict(generator_weights(ema.averaged_state_dict(task)))
+        refresh_batchnorm(generator)
+    return generator.eval()
+
+
+@torch.no_grad()
+def generate(generator: Generator, n: int, seed: int = 0, batch_size: int = 256) -> torch.Tensor:
+    """``n`` images in [-1, 1] from latents drawn with ``seed`` (the same seed, the same images)."""
+    g = torch.Generator().manual_seed(seed)
+    z = torch.randn(n, generator.latent, generator=g)
+    return torch.cat([generator(z[i:i + batch_size]).float() for i in range(0, n, batch_size)])
+
+
+def load_model(run: str | os.PathLike) -> LoadedModel:
+    """The generator of a ``hw_gan.train`` run from its ``model.pt`` (the averaged weights when
+    the run kept an EMA), every weight loaded, in eval mode on the CPU.
+
+    Raises:
+        UserError: no run folder, no ``model.pt`` (a run of the older code: train it again), a
+            model file of another homework or kind, or weights that do not fit the config.
+    """
+    saved = read_model(run, homework=HOMEWORK)
+    config = saved.config
+    missing = [key for key in CONFIG_KEYS if key not in config]
+    if saved.kind != KIND or missing:
+        raise UserError(f"{saved.path}: not a {HOMEWORK} model file (kind {saved.kind!r}"
+                        + (f", no {', '.join(missing)} in its config)" if missing else ")"))
+    generator = Generator(config["image_size"], config["latent"], config["width"])
+    load_task_weights(generator, saved.state_dict, saved.path)
+    return LoadedModel(Path(run), HOMEWORK, saved.kind, generator.eval(), config, saved.extras,
+                       read_args(run, HOMEWORK), read_metrics(run))

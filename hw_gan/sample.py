@@ -10,9 +10,11 @@ from __future__ import annotations
 from pathlib import Path
 
 from core import cli
+from core.console import echo
 from core.errors import UserError
 
-from .sampling import generate, load_generator, save_grid, save_pngs
+from .images import save_grid, save_pngs
+from .models import generate, load_model
 
 
 def build_parser():
@@ -20,8 +22,9 @@ def build_parser():
     parser.add_argument("--run", required=True, help="run folder written by hw_gan.train")
     parser.add_argument("--n", type=cli.positive_int, default=64, help="number of images")
     parser.add_argument("--seed", type=int, default=0, help="seed of the latent vectors")
-    parser.add_argument("--out", default=None, help="folder for one PNG per image")
-    parser.add_argument("--grid", default=None, help="one PNG file with all images in a grid")
+    parser.add_argument("--out", default=None,
+                        help="folder for one PNG per image, sample_00000.png ... (holding none of those yet)")
+    parser.add_argument("--grid", default=None, help="a new PNG file with all images in a grid")
     parser.add_argument("--ncols", type=cli.positive_int, default=8, help="columns of the grid")
     return parser
 
@@ -35,17 +38,17 @@ def main(argv: list[str] | None = None) -> list[Path]:
         raise UserError(f"--out {args.out}: already holds sample_*.png files (choose a new folder)")
     if args.grid and Path(args.grid).exists():
         raise UserError(f"--grid {args.grid}: file exists (choose a new name)")
-    generator, train_args = load_generator(args.run)
-    print(f"model: generator of {args.run} ({train_args['image_size']} px, latent {train_args['latent']}); "
-          f"data: none, {args.n} latent vectors from seed {args.seed}")
-    images = generate(generator, args.n, args.seed)
+    loaded = load_model(args.run)
+    echo(f"model: generator of {args.run} ({loaded.config['image_size']} px, latent {loaded.config['latent']}); "
+         f"data: none, {args.n} latent vectors from seed {args.seed}")
+    images = generate(loaded.model, args.n, args.seed)
     written = []
     if args.out:
         written += save_pngs(images, args.out)
-        print(f"wrote {args.n} PNG files to {args.out}")
+        echo(f"wrote {args.n} PNG files to {args.out}")
     if args.grid:
         written.append(save_grid(images, args.grid, args.ncols))
-        print(f"wrote the grid to {args.grid}")
+        echo(f"wrote the grid to {args.grid}")
     return written
 
 

@@ -12,8 +12,9 @@ still noise-like by then (bench/gan.py gives step times).
 ``split.json`` and ``hw_gan.evaluate`` compares the samples with them by default.
 
 The run folder gets history.csv (discriminator and generator losses, mean real and fake
-scores per epoch), last.pt, plots/samples/epoch_NNN.png (the same fixed noise every epoch),
-plots/progress.gif, plots/history.png and metrics.json.
+scores per epoch), last.pt (for --resume), model.pt (the generator, with the averaged weights
+under --ema, for sample, evaluate and predict), plots/samples/epoch_NNN.png (the same fixed
+noise every epoch), plots/progress.gif, plots/history.png and metrics.json.
 """
 from __future__ import annotations
 
@@ -24,19 +25,16 @@ import torch
 from torch.utils.data import DataLoader
 
 from core import cli, runs
-from core.data import DataError, InMemoryImages, resolve_data_root
-from core.console import echo
 from core.callbacks import EMA
-from core.errors import UserError
+from core.console import echo
+from core.data import InMemoryImages
 from core.inference import count_parameters
 from core.plots import plot_history
 
-from .data import Faces, builtin_faces, load_faces, split_holdout
-from .models import Discriminator, Generator, check_image_size
-from .sampling import SampleGrids
+from .data import DATASET, SPLIT_FILE, load_data
+from .images import SampleGrids
+from .models import HOMEWORK, KIND, Discriminator, Generator, check_image_size, reported_generator
 from .task import LOSSES, GANTask
-
-DATASET = "faces/lfw_gan"
 
 
 def image_size(text: str) -> int:
@@ -80,27 +78,9 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def load_data(args: argparse.Namespace) -> tuple[Faces, Faces, object]:
-    """The training faces and the held-out ones; the data source."""
-    source = resolve_data_root(DATASET, args.data_dir, builtin="100 built-in faces (scikit-image lfw_subset)")
-    faces = builtin_faces(args.image_size) if source.builtin else load_faces(source.root, args.image_size)
-    try:
-        train_ix, holdout_ix = split_holdout(len(faces), min(args.holdout, len(faces) // 5) if source.builtin
-                                             else args.holdout, args.split_seed)
-    except ValueError as exc:
-        raise UserError(str(exc)) from None
-    train, held = faces.subset(train_ix), faces.subset(holdout_ix)
-    echo(f"dataset: {faces.description}; {len(train)} for training, {len(held)} held out (split seed "
-         f"{args.split_seed})")
-    if len(train) < args.batch_size:
-        raise DataError(f"{source.root or 'built-in data'}: {len(train)} training images, fewer than "
-                        f"--batch-size {args.batch_size}")
-    return train, held, source
-
-
 def main(argv: list[str] | None = None) -> dict:
     args = cli.parse_args(build_parser(), argv)
-    train, held, source = load_data(args)
+    train, held, source = load_data(args.data_dir, args.image_size, args.holdout, args.split_seed, args.batch_size)
     loader = DataLoader(InMemoryImages(train.images, flip=not args.no_flip), batch_size=args.batch_size,
                         shuffle=True, drop_last=True, num_workers=args.num_workers)
 
@@ -111,10 +91,11 @@ def main(argv: list[str] | None = None) -> dict:
          f"{count_parameters(discriminator):,} parameters at {args.image_size} px, width {args.width}")
     task = GANTask(generator, discriminator, lr=args.lr, betas=(args.beta1, 0.999), loss=args.loss,
                    label_smoothing=args.label_smoothing, instance_noise=args.instance_noise, seed=args.seed)
-    run = runs.RunDir.reserve("hw_gan", args)
-    run.save_json("split.json", {"data": str(source.root) if source.root else "built-in",
+    run = runs.RunDir.reserve(HOMEWORK, args)
+    run.save_json(SPLIT_FILE, {"data": str(source.root) if source.root else "built-in",
                                  "holdout": held.names, "train": train.names})
-    callbacks = [run.start_callback(args), SampleGrids(run.plots)] + ([EMA(args.ema)] if args.ema else [])
+    ema = EMA(args.ema) if args.ema else None
+    callbacks = [run.start_callback(args), SampleGrids(run.plots)] + ([ema] if ema else [])
     trainer = cli.build_trainer(args, run_dir=run.path, callbacks=callbacks)
     if trainer.device.type == "cpu":  # bench/gan.py: channels-last convolutions are faster on the CPU
         task.to(memory_format=torch.channels_last)
@@ -126,6 +107,9 @@ def main(argv: list[str] | None = None) -> dict:
                "discriminator_parameters": count_parameters(discriminator),
                **{k.removeprefix("train_"): round(v, 4) for k, v in last.items() if k.startswith("train_")}}
     run.save_metrics(metrics)
+    runs.save_model(run, homework=HOMEWORK, kind=KIND,
+                    config={"image_size": args.image_size, "latent": args.latent, "width": args.width},
+                    state_dict=reported_generator(task, ema).state_dict(), extras={"ema": args.ema})
     plot_history(run / "history.csv", run.plots / "history.png", title="DCGAN: losses and mean D scores")
     run.summary(metrics)
     return metrics

@@ -1,6 +1,6 @@
 """hw_gan: model shapes and sizes, the three evaluation measures on hand-built and known
-cases, the GAN task's update order, learning on a two-mode set, resume, bad input, and the
-train / sample / evaluate commands end to end."""
+cases, the GAN task's update order, learning on a two-mode set, resume, the model file, bad
+input, and the train / sample / evaluate commands end to end."""
 from __future__ import annotations
 
 import numpy as np
@@ -12,8 +12,8 @@ from PIL import Image
 from core.data import DataError
 from core.errors import UserError
 
-from hw_gan.metrics import gradient_magnitude, gradient_magnitude_ratio, loo_1nn_accuracy, two_sample_test
 from core.inference import count_parameters
+from hw_gan.metrics import gradient_magnitude, gradient_magnitude_ratio, loo_1nn_accuracy, two_sample_test
 from hw_gan.models import Discriminator, Generator, check_image_size
 
 
@@ -71,6 +71,19 @@ def test_loo_1nn_matches_sklearn_leave_one_out():
     assert 0.55 < expected < 0.9            # a case that is neither trivial nor chance
 
 
+def test_loo_1nn_of_identical_sets_is_zero_and_of_separated_sets_one():
+    # each image's nearest other image is its twin in the other set: every vote is wrong
+    points = np.array([[0.0, 0.0], [3.0, 0.0], [0.0, 7.0], [10.0, 10.0], [-4.0, 2.5]])
+    assert loo_1nn_accuracy(points, points.copy()) == 0.0
+    images = torch.linspace(-1, 1, 6 * 3 * 4 * 4).view(6, 3, 4, 4)
+    assert loo_1nn_accuracy(images, images.clone()) == 0.0
+    # two tight groups 100 apart: every nearest other image is of the same set
+    assert loo_1nn_accuracy(points * 0.01, points * 0.01 + 100.0) == 1.0
+    # one real image among the fakes is voted fake, and its nearest fake votes real: 2 wrong of 6
+    real, fake = np.array([[0.0], [0.1], [5.0]]), np.array([[5.05], [9.0], [9.1]])
+    assert loo_1nn_accuracy(real, fake) == pytest.approx(4 / 6)
+
+
 def test_loo_1nn_is_one_when_separated_and_near_half_for_one_distribution():
     rng = np.random.default_rng(1)
     assert loo_1nn_accuracy(rng.normal(0, 1, (100, 10)), rng.normal(8, 1, (100, 10))) == 1.0
@@ -94,7 +107,7 @@ def test_gradient_magnitude_of_ramps_and_of_blurred_images():
 def test_sample_grid_is_torchvisions_make_grid():
     from torchvision.utils import make_grid
 
-    from hw_gan.sampling import grid_image, to_pil
+    from hw_gan.images import grid_image, to_pil
 
     images = torch.rand(10, 3, 5, 7) * 2 - 1
     expected = to_pil(make_grid(images, nrow=4, padding=2, pad_value=1.0))
@@ -191,9 +204,19 @@ def test_generator_loss_never_reaches_the_discriminators_next_step():
     assert all(grad is None for grad in g_step_d_grads)
 
 
-def two_mode_images(n: int, seed: int = 0) -> torch.Tensor:
-    from hw_gan.data import two_mode_points
+def two_mode_points(n: int, seed: int = 0, size: int = 16) -> torch.Tensor:
+    """A tiny two-mode image set: half the images dark with a bright left half, half bright
+    with a dark top half, plus a little noise; (n, 3, size, size) in [-1, 1]."""
+    g = torch.Generator().manual_seed(seed)
+    images = torch.full((n, 3, size, size), -0.6)
+    half = size // 2
+    images[: n // 2, :, :, :half] = 0.6
+    images[n // 2:] = 0.6
+    images[n // 2:, :, :half, :] = -0.6
+    return (images + 0.05 * torch.randn(images.shape, generator=g)).clamp(-1, 1)
 
+
+def two_mode_images(n: int, seed: int = 0) -> torch.Tensor:
     return two_mode_points(n, seed=seed, size=16)
 
 
@@ -218,7 +241,7 @@ def test_short_run_moves_samples_towards_a_two_mode_set():
 
 
 def test_refreshed_batchnorm_statistics_are_those_of_the_latents():
-    from hw_gan.sampling import refresh_batchnorm
+    from hw_gan.models import refresh_batchnorm
 
     torch.manual_seed(0)
     generator = Generator(16, latent=8, width=4)
@@ -237,16 +260,10 @@ def test_refreshed_batchnorm_statistics_are_those_of_the_latents():
 def write_faces(folder, n: int = 40, size: int = 20, seed: int = 0) -> None:
     """``n`` two-mode PNG images of ``size`` px (resized to --image-size when read)."""
     folder.mkdir(parents=True, exist_ok=True)
-    images = two_mode_points_at(n, seed, size)
+    images = two_mode_points(n, seed, size)
     for i, image in enumerate(images):
         array = ((image.permute(1, 2, 0).numpy() * 0.5 + 0.5) * 255).round().astype(np.uint8)
         Image.fromarray(array).save(folder / f"face_{i:03d}.png")
-
-
-def two_mode_points_at(n: int, seed: int, size: int) -> torch.Tensor:
-    from hw_gan.data import two_mode_points
-
-    return two_mode_points(n, seed=seed, size=size)
 
 
 TINY = ["--image-size", "16", "--width", "4", "--latent", "8", "--batch-size", "8", "--holdout", "8",
@@ -261,19 +278,34 @@ def face_folder(tmp_path):
 
 
 def test_resumed_run_reproduces_the_uninterrupted_one(face_folder, tmp_path, runs_root):
-    from core.predictor import load_weights
+    from core.checkpoint import read_weights_only
+    from hw_gan import load_model
+    from hw_gan.models import refresh_batchnorm
     from hw_gan.train import main
 
     common = ["--data-dir", str(face_folder), *TINY, "--deterministic", "--ema", "0.9"]
     main([*common, "--epochs", "3", "--run-dir", str(tmp_path / "full")])
     main([*common, "--epochs", "1", "--run-dir", str(tmp_path / "part")])
     main([*common, "--epochs", "3", "--run-dir", str(tmp_path / "resumed"), "--resume", str(tmp_path / "part/last.pt")])
-    full, resumed = (load_weights(tmp_path / name / "last.pt") for name in ("full", "resumed"))
+    full, resumed = (read_weights_only(tmp_path / name / "last.pt") for name in ("full", "resumed"))
     assert full["epoch"] == resumed["epoch"] == 3
     for part in ("task", "ema"):                    # trained and averaged weights alike
         for key, value in full[part].items():
             torch.testing.assert_close(resumed[part][key], value, rtol=0, atol=0, msg=key)
     assert full["optimizers"][1]["state"][0]["step"] == resumed["optimizers"][1]["state"][0]["step"] == 12
+    # model.pt holds the averaged generator, its BatchNorm statistics refreshed for the average
+    loaded = load_model(tmp_path / "full")
+    assert loaded.extras["ema"] == 0.9 and loaded.config == {"image_size": 16, "latent": 8, "width": 4}
+    expected = Generator(16, 8, 4)
+    expected.load_state_dict({k.removeprefix("generator."): v for k, v in full["ema"].items()
+                              if k.startswith("generator.")})
+    refresh_batchnorm(expected)
+    state = loaded.model.state_dict()
+    assert set(state) == set(expected.state_dict())
+    for key, value in expected.state_dict().items():
+        torch.testing.assert_close(state[key], value, rtol=0, atol=0, msg=key)
+    trained = full["task"]["generator.net.0.weight"]         # the trained weights differ from the average
+    assert not torch.equal(state["net.0.weight"], trained)
 
 
 def test_train_sample_evaluate_end_to_end(face_folder, tmp_path, runs_root, capsys):
@@ -284,7 +316,7 @@ def test_train_sample_evaluate_end_to_end(face_folder, tmp_path, runs_root, caps
     run = tmp_path / "run"
     metrics = train.main(["--data-dir", str(face_folder), *TINY, "--epochs", "2", "--run-dir", str(run)])
     assert metrics["epochs"] == 2 and metrics["steps"] == 2 * (32 // 8)
-    for name in ("args.json", "history.csv", "last.pt", "metrics.json", "split.json", "plots/history.png",
+    for name in ("args.json", "history.csv", "last.pt", "model.pt", "metrics.json", "split.json", "plots/history.png",
                  "plots/progress.gif", "plots/samples/epoch_001.png", "plots/samples/epoch_002.png"):
         assert (run / name).is_file(), name
     history = (run / "history.csv").read_text().splitlines()[0].split(",")
@@ -309,10 +341,48 @@ def test_train_sample_evaluate_end_to_end(face_folder, tmp_path, runs_root, caps
     for name in ("metrics.json", "plots/tsne.png", "plots/generated.png", "plots/real.png", "plots/pca_gaussian.png"):
         assert (run / "eval" / name).is_file(), name
     assert "data: the run's 8 held-out faces" in capsys.readouterr().out
-    assert 0 <= scores["loo_1nn_accuracy"] <= 1 and scores["gradient_ratio"] > 0
+    # the figures of the held-out faces against the loaded generator's first 8 samples of seed 0
+    from hw_gan import load_model
+    from hw_gan.data import real_faces
+    from hw_gan.models import generate
+
+    held_out, _ = real_faces(run, None, 16)
+    fake = generate(load_model(run).model, 8, seed=0)
+    assert scores["loo_1nn_accuracy"] == round(loo_1nn_accuracy(held_out.images, fake), 4)
+    assert scores["gradient_ratio"] == round(gradient_magnitude_ratio(held_out.images, fake), 4)
     assert "pca_gaussian_loo_1nn_accuracy" in scores
     with pytest.raises(UserError, match=r"--n 9: larger than the 8 real images available"):
         evaluate.main(["--run", str(run), "--n", "9", "--no-tsne"])
+
+
+def test_model_file_holds_the_last_epochs_generator(face_folder, tmp_path, runs_root):
+    from core.checkpoint import read_weights_only
+    from core.predictor import load_predictor
+    from hw_gan import load_model
+    from hw_gan.models import generate
+    from hw_gan.train import main
+
+    run = tmp_path / "run"
+    main(["--data-dir", str(face_folder), *TINY, "--epochs", "1", "--run-dir", str(run)])
+    loaded = load_model(run)
+    assert (loaded.homework, loaded.kind, loaded.name, loaded.extras) == ("hw_gan", "generation", "run", {"ema": None})
+    assert not loaded.model.training and loaded.settings["epochs"] == 1 and loaded.metrics["steps"] == 4
+    last = read_weights_only(run / "last.pt")["task"]
+    state = loaded.model.state_dict()
+    assert set(state) == {k.removeprefix("generator.") for k in last if k.startswith("generator.")}
+    for key, value in state.items():
+        torch.testing.assert_close(value, last[f"generator.{key}"], rtol=0, atol=0, msg=key)
+    trained = Generator(16, 8, 4)
+    trained.load_state_dict({k.removeprefix("generator."): v for k, v in last.items() if k.startswith("generator.")})
+    torch.testing.assert_close(generate(loaded.model, 6, seed=2), generate(trained.eval(), 6, seed=2), rtol=0, atol=0)
+    grid = load_predictor(run).generate(seed=2, count=6)
+    assert (grid["count"], grid["width"], grid["height"]) == (6, 2 + 3 * 18, 2 + 2 * 18)   # 3 x 2 images of 16 px
+
+    (run / "model.pt").unlink()                                    # a run of the older code: last.pt only
+    for read in (load_model, load_predictor):
+        with pytest.raises(UserError, match="train it again") as info:
+            read(run)
+        assert "\n" not in str(info.value)
 
 
 # -- bad input -------------------------------------------------------------------------------------
@@ -368,9 +438,9 @@ def test_short_run_on_the_shared_faces_lowers_the_two_sample_accuracy(dls_data, 
     from pathlib import Path
 
     from conftest import real_dataset
-    from hw_gan import train
-    from hw_gan.evaluate import real_faces
-    from hw_gan.sampling import generate, load_generator
+    from hw_gan import load_model, train
+    from hw_gan.data import real_faces
+    from hw_gan.models import generate
 
     root = real_dataset(dls_data, "faces/lfw_gan")
     common = ["--data-dir", str(root), "--image-size", "16", "--width", "16", "--lr", "5e-4", "--device", "cpu"]
@@ -380,7 +450,7 @@ def test_short_run_on_the_shared_faces_lowers_the_two_sample_accuracy(dls_data, 
     assert len(held_out) == 100
     scores = {}
     for name in ("first", "later"):
-        fake = generate(load_generator(tmp_path / name)[0], 100, seed=0)
+        fake = generate(load_model(tmp_path / name).model, 100, seed=0)
         scores[name] = (two_sample_test(held_out.images, fake, epochs=2)["accuracy"],
                         loo_1nn_accuracy(held_out.images, fake))
     assert scores["first"][0] > 0.95 and scores["first"][1] > 0.9, scores    # measured 1.0 and 0.975
