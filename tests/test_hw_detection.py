@@ -317,6 +317,7 @@ def test_mmdet_one_training_iteration_and_a_prediction(mmdet):
 
 
 def test_mmdet_backend_train_and_evaluate_commands(mmdet, tmp_path, runs_root, monkeypatch):
+    from hw_detection import load_model
     from hw_detection.evaluate import main as evaluate_main
 
     monkeypatch.delenv("DLS_DATA", raising=False)
@@ -325,6 +326,10 @@ def test_mmdet_backend_train_and_evaluate_commands(mmdet, tmp_path, runs_root, m
     for name in ("args.json", "mmdet_config.py", "model.pt", "metrics.json", "history.csv", "plots/predictions.png"):
         assert (run / name).is_file(), name
     assert 0 <= metrics["map50"] <= 1 and metrics["val_images"] == 2
+    loaded = load_model(run)                      # the same model file as the native backend's
+    assert loaded.config == {"backend": "mmdet", "num_classes": 2, "dcn": False, "skips": True}
+    assert type(loaded.model).__name__ == "CenterNet" and hasattr(loaded.model.neck, "laterals")
+    assert loaded.extras == {"classes": ["helmet", "head"], "size": 64, "score_threshold": 0.3}
     scores = evaluate_main(["--run", str(run), "--n-images", "3", "--run-dir", str(tmp_path / "eval")])
     assert scores["images"] == 3 and 0 <= scores["map50"] <= 1
 
