@@ -3,6 +3,8 @@
 Usage: python ddp_train_script.py RUN_DIR BATCH_SIZE_PER_PROCESS
        python ddp_train_script.py --run-folder REPORT_DIR   (a timestamped run folder; each rank reports it)
        python ddp_train_script.py --taken-folder REPORT_DIR RUN_DIR   (each rank reports the refusal)
+       python ddp_train_script.py --time-budget RUN_DIR MINUTES SECONDS_RANK0 SECONDS_RANK1
+           (each rank's clock says a batch takes its own SECONDS; each rank reports where it stopped)
 The homework-side code has no DDP in it: the Trainer adds the sampler and the wrapper.
 """
 import sys
@@ -88,7 +90,44 @@ def refuse_taken_folder(report_dir: str, taken: str) -> None:
     barrier()
 
 
-if __name__ == "__main__" and sys.argv[1] == "--run-folder":
+def train_against_clocks(run_dir: str, minutes: float, seconds: list[float]) -> None:
+    """Fit with a time budget while each rank's clock runs at its own speed (rank r's batches
+    take ``seconds[r]``): the processes can only agree if rank 0 decides for all. Each rank
+    writes ``rank<r>.txt`` beside the run folder: its epochs, optimiser steps and plan."""
+    import os
+    from pathlib import Path
+
+    import core.callbacks
+    from core.callbacks import Callback
+
+    rank = int(os.environ.get("RANK", 0))
+
+    class RankClock(Callback):
+        order = 0  # moves before the time budget reads it, as real time does
+
+        def __init__(self):
+            self.now = 1000.0
+
+        def __call__(self):
+            return self.now
+
+        def on_train_batch_end(self, trainer, task, outputs, batch, batch_index):
+            self.now += seconds[rank]
+
+    clock = RankClock()
+    core.callbacks._clock = clock
+    train = DataLoader(dataset(64, 0), batch_size=8, shuffle=True)
+    val = DataLoader(dataset(32, 1), batch_size=8)
+    trainer = Trainer(max_epochs=3, run_dir=run_dir, monitor="val_loss", mode="min", device="cpu",
+                      seed=1, progress=False, time_limit=minutes, callbacks=[clock])
+    trainer.fit(make_task(), train, val)
+    Path(run_dir).parent.joinpath(f"rank{rank}.txt").write_text(
+        f"epoch={trainer.epoch}\nglobal_step={trainer.global_step}\nmax_epochs={trainer.max_epochs}\n")
+
+
+if __name__ == "__main__" and sys.argv[1] == "--time-budget":
+    train_against_clocks(sys.argv[2], float(sys.argv[3]), [float(sys.argv[4]), float(sys.argv[5])])
+elif __name__ == "__main__" and sys.argv[1] == "--run-folder":
     make_run_folder(sys.argv[2])
 elif __name__ == "__main__" and sys.argv[1] == "--taken-folder":
     refuse_taken_folder(sys.argv[2], sys.argv[3])

@@ -173,11 +173,11 @@ def test_segment_predictor_describes_its_run(segment_run):
 
 
 def test_segment_predictor_equals_the_model_by_hand(segment_run):
-    from hw_segment.evaluate import load_trained_model
+    import hw_segment
 
     image = open_image(png_bytes(lesion_image(75, 50)))
     result = load_predictor(segment_run).predict(image)
-    model, _ = load_trained_model(segment_run)
+    model = hw_segment.load_model(segment_run).model
     x = torch.from_numpy(np.asarray(image).copy()).permute(2, 0, 1)[None].float() / 255
     x = F.interpolate(x, size=(32, 32), mode="bilinear", antialias=True, align_corners=False).clamp(0, 1)
     with torch.no_grad():

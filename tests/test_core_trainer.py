@@ -343,6 +343,51 @@ def test_ddp_two_processes_match_single_process(tmp_path):
     load_checkpoint(tmp_path / "ddp" / "best.pt", task)
 
 
+def run_torchrun(args: list[str], env: dict, tmp_path: Path, timeout: float = 240) -> subprocess.CompletedProcess:
+    """``torchrun --standalone --nproc_per_node 2 args``. On a time-out (a hung collective) torchrun
+    gets SIGTERM, which it passes on to its workers (they run in sessions of their own), then
+    SIGKILL, and the test fails. Output goes through files, which no stray worker can hold open."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", *args]
+    out_path, err_path = tmp_path / "torchrun.out", tmp_path / "torchrun.err"
+    with open(out_path, "w") as out, open(err_path, "w") as err:
+        process = subprocess.Popen(cmd, env=env, stdout=out, stderr=err, text=True)
+        try:
+            process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            process.terminate()
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+            pytest.fail(f"torchrun hung for {timeout} s (the processes disagree on a collective):\n"
+                        f"{out_path.read_text()[-2000:]}{err_path.read_text()[-2000:]}")
+    return subprocess.CompletedProcess(cmd, process.returncode, out_path.read_text(), err_path.read_text())
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("minutes, seconds, expected", [
+    # rank 0: 1 s batches, 4 per epoch, 30 s -> 7 epochs (rank 1's 2 s batches alone would plan 3)
+    (0.5, ("1", "2"), {"epoch": 7, "global_step": 28, "max_epochs": 7}),
+    # rank 0: 4 s batches in 6 s -> ends after the first batch (rank 1's 1 s batches would go on)
+    (0.1, ("4", "1"), {"epoch": 1, "global_step": 1, "max_epochs": 3}),
+])
+def test_time_budget_under_ddp_is_rank_0s_for_every_process(tmp_path, minutes, seconds, expected):
+    """Two processes whose clocks disagree plan the same epochs and stop after the same batch
+    (rank 0 decides and broadcasts), exit 0, and the run's files are written once."""
+    run = tmp_path / "run"
+    result = run_torchrun([str(HERE / "ddp_train_script.py"), "--time-budget", str(run), str(minutes), *seconds],
+                          script_env(), tmp_path)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    reports = [dict(line.split("=") for line in (tmp_path / f"rank{r}.txt").read_text().split())
+               for r in (0, 1)]
+    assert reports[0] == reports[1] == {k: str(v) for k, v in expected.items()}
+    assert sorted(p.name for p in run.iterdir()) == ["best.pt", "history.csv", "last.pt"]
+    history = pd.read_csv(run / "history.csv")
+    assert list(history["epoch"]) == list(range(1, expected["epoch"] + 1))
+    assert load_checkpoint(run / "last.pt")["global_step"] == expected["global_step"]
+
+
 def test_ddp_processes_share_one_run_folder(tmp_path):
     """Under torchrun, code before the Trainer already knows its rank (only rank 0 writes) and
     a timestamped run folder is rank 0's on every process, even across a second boundary."""
