@@ -51,7 +51,8 @@ def read_weights_only(path: str | os.PathLike, map_location="cpu", what: str = "
         return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # UnpicklingError for code-carrying pickles and junk, others for junk
         text = str(exc)
-        found = re.search(r"Unsupported global: GLOBAL (\S+)", text)
+        found = re.search(r"Unsupported global: GLOBAL (\S+)", text) or \
+            re.search(r"unsupported GLOBAL (\S+) whose module", text)  # a blocked module: os, posix, ...
         if found:
             raise UserError(f"{path}: refused: the file holds Python objects that could run code when loaded "
                             f"({found.group(1)}); only files of tensors and plain values are read") from None

@@ -1,7 +1,7 @@
 """Inference helpers shared by every model homework: batched prediction with flip TTA, and
 parameter counts.
 
-:func:`predict` runs a model in eval mode over a tensor of inputs or a ``DataLoader`` and
+:func:`model_outputs` runs a model in eval mode over a tensor of inputs or a ``DataLoader`` and
 returns its outputs on the CPU. With ``tta_flip=True`` each batch is also run mirrored
 left-right and the two outputs are averaged (test-time augmentation); outputs with spatial
 dimensions (segmentation logits, N x C x H x W) are mirrored back before averaging, so the
@@ -51,9 +51,9 @@ def flip_back(output: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def predict(model: nn.Module, data: torch.Tensor | DataLoader | Iterable, batch_size: int = 64,
-            device: torch.device | str = "cpu", tta_flip: bool = False, activation: str | None = None,
-            channels_last: bool = False) -> torch.Tensor:
+def model_outputs(model: nn.Module, data: torch.Tensor | DataLoader | Iterable, batch_size: int = 64,
+                  device: torch.device | str = "cpu", tta_flip: bool = False, activation: str | None = None,
+                  channels_last: bool = False) -> torch.Tensor:
     """Outputs of ``model`` in eval mode for every input, concatenated on the CPU as float32.
 
     Args:
@@ -83,5 +83,5 @@ def predict(model: nn.Module, data: torch.Tensor | DataLoader | Iterable, batch_
             out = (out + flip_back(act(model(x.flip(-1)).float()))) / 2
         outputs.append(out.cpu())
     if not outputs:
-        raise ValueError("predict: no inputs (the data is empty)")
+        raise ValueError("model_outputs: no inputs (the data is empty)")
     return torch.cat(outputs)

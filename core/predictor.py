@@ -15,10 +15,10 @@ Which homework a run folder belongs to
     the form ``hw_<letters, digits, _>`` are ever imported.
 
 What a homework provides
-    ``hw_<name>/predict.py`` defines ``load_predictor(run_dir: Path) -> Predictor``: it reads
-    the run's ``args.json`` and checkpoint (:func:`load_weights`: weights-only, it executes
-    no code; :func:`task_weights` picks the model's weights), rebuilds the model in eval mode
-    on the CPU and returns a :class:`Predictor` subclass that implements
+    ``hw_<name>/predict.py`` defines ``load_predictor(run_dir: Path) -> Predictor``: it loads
+    the run's model with the homework's ``load_model(run)`` (:mod:`core.runs`: the model file,
+    read weights-only, rebuilt in eval mode on the CPU) and returns a :class:`Predictor`
+    subclass that implements
     :meth:`Predictor.predict` (image kinds) or :meth:`Predictor.generate` (generation). The
     same module's command line is ``def main(argv=None): predict_main("hw_<name>", argv)``
     run under ``core.cli.run_command`` (see :func:`predict_main`); ``hw_segment/predict.py``
@@ -67,7 +67,6 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, UnidentifiedImageError
 
-from .checkpoint import load_checkpoint as load_weights, submodule_weights as task_weights  # noqa: F401 (until every homework has load_model)
 from .errors import UserError
 from .runs import read_metrics, run_homework
 

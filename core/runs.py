@@ -202,7 +202,9 @@ def read_model(run: str | os.PathLike, homework: str | None = None, name: str = 
                         "can be continued with --resume RUN/last.pt)")
     payload = read_weights_only(path, what="model file")
     if not isinstance(payload, dict) or payload.get("format") != MODEL_FORMAT:
-        raise UserError(f"{path}: not a model file written by core.runs.save_model")
+        raise UserError(f"{path}: not a model file of this version of the project (written by an older one, or "
+                        f"by something else); train the run again (its options are in {run / ARGS_FILE}: pass "
+                        "that file as --config)")
     if payload.get("version", 0) > MODEL_VERSION:
         raise UserError(f"{path}: model file version {payload['version']}, this code reads up to "
                         f"{MODEL_VERSION}: update the project")

@@ -22,7 +22,7 @@ from core import cli
 from core.data import rgb_array
 from core.device import pick_device
 from core.errors import UserError
-from core.inference import predict
+from core.inference import model_outputs
 from core.predictor import Predictor, classification_result, predict_main
 from core.runs import LoadedModel
 
@@ -72,7 +72,7 @@ class Ensemble:
             arrays = [img if isinstance(img, np.ndarray) else rgb_array(img, load) for img in images]
             for view in views:
                 x = torch.stack([view(a) for a in arrays])
-                total += predict(model, x, self.batch_size, self.device, tta_flip=self.tta, activation="softmax",
+                total += model_outputs(model, x, self.batch_size, self.device, tta_flip=self.tta, activation="softmax",
                                  channels_last=self.device.type == "cpu") / len(views)
         return total / len(self.models)
 

@@ -11,7 +11,7 @@ from torch.utils.data import DataLoader
 from core import runs
 from core.data import ImageClassificationDataset
 from core.device import is_main_process
-from core.inference import predict
+from core.inference import model_outputs
 from core.metrics import classification_scores
 from core.plots import confusion_matrix_plot, image_grid, plot_history
 
@@ -37,7 +37,7 @@ def evaluate_and_report(run: runs.RunDir, model: nn.Module, val_set: ImageClassi
     and the plots (without TTA, as ``submit`` predicts by default); return ``val_*`` metrics
     (``val_*_tta`` with TTA) and ``f1_<class>`` per class."""
     loader = DataLoader(val_set, batch_size=64)
-    probs, probs_tta = (predict(model, loader, device=device, tta_flip=tta, activation="softmax",
+    probs, probs_tta = (model_outputs(model, loader, device=device, tta_flip=tta, activation="softmax",
                                 channels_last=device.type == "cpu") for tta in (False, True))
     labels = np.asarray(val_set.labels)
     with_tta = classification_scores(labels, probs_tta.argmax(1).numpy(), len(classes))

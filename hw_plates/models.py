@@ -36,6 +36,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from core import runs
+from core.data import IMAGENET_MEAN, IMAGENET_STD
 from core.errors import UserError
 
 from .text import Alphabet
@@ -119,8 +120,8 @@ class CRNN(nn.Module):
         else:
             raise ValueError(f"unknown reader {arch!r}; choose from {', '.join(READER_ARCHS)}")
         self.register_buffer("alphabet_codes", alphabet.to_tensor())
-        self.register_buffer("mean", torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
         self.project = nn.Sequential(nn.Linear(features * (height // 16), 2 * hidden), nn.LayerNorm(2 * hidden))
         self.rnn = nn.GRU(2 * hidden, hidden, num_layers=2, bidirectional=True, dropout=0.1)
         self.head = nn.Linear(2 * hidden, alphabet.num_classes)
@@ -135,10 +136,6 @@ class CRNN(nn.Module):
         sequence = self.project(features.permute(3, 0, 1, 2).reshape(t, n, c * h))  # one frame per column
         out, _ = self.rnn(sequence)
         return self.head(out + sequence)
-
-
-def count_parameters(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
 class PlateNet(nn.Module):
@@ -168,8 +165,8 @@ class PlateNet(nn.Module):
         self.heatmap = self._head(neck, 1, bias=-math.log((1 - 0.1) / 0.1))  # every cell starts at p = 0.1
         self.size = self._head(neck, 2)
         self.offset = self._head(neck, 2)
-        self.register_buffer("mean", torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
 
     @staticmethod
     def _head(cin: int, cout: int, bias: float = 0.0) -> nn.Sequential:

@@ -26,13 +26,14 @@ from core import cli, runs
 from core.checkpoint import load_checkpoint
 from core.console import echo
 from core.data import resolve_data_root
+from core.inference import count_parameters
 from core.detection.centernet import CenterNetTask
 from core.detection.data import collate
 from core.plots import plot_history
 
 from .data import CropDataset, CropSet, Photo, collate_crops, load_crops, load_photos, make_rendered_plates
 from .detect import PlateDetectionDataset
-from .models import CRNN, READER_ARCHS, PlateNet, count_parameters, save_plate_model
+from .models import CRNN, READER_ARCHS, PlateNet, save_plate_model
 from .scoring import crop_metrics, detector_metrics, end_to_end, worst_photos_figure, worst_readings_figure
 from .task import ReaderTask
 from .text import DEFAULT_ALPHABET, Alphabet

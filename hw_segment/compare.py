@@ -31,7 +31,7 @@ from core import cli
 from core.runs import ARGS_FILE, RunDir
 from core.data import resolve_data_root
 from core.errors import UserError
-from core.inference import predict
+from core.inference import model_outputs
 from core.plots import image_grid
 
 from . import train
@@ -164,7 +164,7 @@ def prediction_figure(args: argparse.Namespace, out: Path, runs: pd.DataFrame, t
     source = resolve_data_root("ph2", args.data_dir, announce=False)
     test = train.split_data(train.load_data(run_args, source.builtin, source.root), seed)[2]
     n = min(n_images, len(test))
-    preds = [(predict(loaded.model, test.images[:n]) > loaded.extras["threshold"]).float() for loaded, _ in columns]
+    preds = [(model_outputs(loaded.model, test.images[:n]) > loaded.extras["threshold"]).float() for loaded, _ in columns]
     images, titles = [], []
     for i in range(n):
         images += [test.images[i], test.masks[i]] + [p[i] for p in preds]

@@ -15,7 +15,7 @@ import pandas as pd
 from core import cli, runs
 from core.data import resolve_data_root
 from core.device import pick_device
-from core.inference import predict
+from core.inference import model_outputs
 from core.plots import mask_overlays
 
 from .data import load_ph2, make_lesions
@@ -43,7 +43,7 @@ def main(argv: list[str] | None = None) -> dict:
                             prefix=f"eval-{source.root.name if source.root else 'builtin'}-")
 
     device = pick_device(args.device)
-    logits = predict(model.to(device), data.images, device=device) - threshold  # lesion where > 0
+    logits = model_outputs(model.to(device), data.images, device=device) - threshold  # lesion where > 0
     scores = score_logits(logits, data.masks)
     table = pd.DataFrame({"case": data.names, **{k: v.numpy() for k, v in scores.items()},
                           "foreground": data.masks.mean((1, 2, 3)).numpy()})

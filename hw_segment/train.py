@@ -24,7 +24,7 @@ from core import cli, runs
 from core.data import resolve_data_root
 from core.console import echo
 from core.errors import UserError
-from core.inference import count_parameters, predict
+from core.inference import count_parameters, model_outputs
 from core.plots import mask_overlays, plot_history
 from core.checkpoint import load_checkpoint
 
@@ -108,7 +108,7 @@ def make_loaders(data: SegmentationData, args) -> tuple[DataLoader, DataLoader, 
 
 def evaluate_split(model, split: SegmentationData, device) -> dict[str, torch.Tensor]:
     """Per-case iou/dice/score of ``model`` on a whole split."""
-    return score_logits(predict(model, split.images, device=device), split.masks)
+    return score_logits(model_outputs(model, split.images, device=device), split.masks)
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -167,7 +167,7 @@ def write_plots(run: runs.RunDir, model, split: SegmentationData, device, title:
     """Training curves and image / truth / prediction overlays for the first ``n`` cases of ``split``."""
     plot_history(run / "history.csv", run.plots / "history.png", title=title)
     n = min(n, len(split))
-    logits = predict(model, split.images[:n], device=device)
+    logits = model_outputs(model, split.images[:n], device=device)
     ious = score_logits(logits, split.masks[:n])["iou"]
     titles = [f"{name} IoU {iou:.2f}" for name, iou in zip(split.names[:n], ious.tolist())]
     mask_overlays(split.images[:n], split.masks[:n], (logits > 0).float(), run.plots / "predictions.png", titles)

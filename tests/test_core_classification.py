@@ -13,7 +13,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from core.data import (DataError, csv_label_items, decode_images, image_folder_items, read_rgb, stratified_split,
                        to_rgb)
-from core.inference import count_parameters, predict
+from core.inference import count_parameters, model_outputs
 from core.metrics import ClassificationMeter, classification_scores
 
 
@@ -126,16 +126,16 @@ def test_predict_tensor_and_loader_agree_and_flip_tta():
     torch.manual_seed(0)
     pooled = nn.Sequential(nn.Conv2d(3, 4, 1), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 3))
     x = torch.randn(10, 3, 8, 8)
-    plain = predict(pooled, x, batch_size=4)
-    via_loader = predict(pooled, DataLoader(TensorDataset(x, torch.zeros(10)), batch_size=3))
+    plain = model_outputs(pooled, x, batch_size=4)
+    via_loader = model_outputs(pooled, DataLoader(TensorDataset(x, torch.zeros(10)), batch_size=3))
     torch.testing.assert_close(plain, via_loader)
     # a 1x1 conv + global pooling does not see left from right: TTA changes nothing
-    torch.testing.assert_close(predict(pooled, x, tta_flip=True), plain)
+    torch.testing.assert_close(model_outputs(pooled, x, tta_flip=True), plain)
     # a dense model's output is flipped back before averaging: a 1x1 conv is also unchanged
     dense = nn.Conv2d(3, 2, 1)
-    torch.testing.assert_close(predict(dense, x, tta_flip=True), predict(dense, x))
+    torch.testing.assert_close(model_outputs(dense, x, tta_flip=True), model_outputs(dense, x))
     # a model that does see left from right: the average of both views
     asym = nn.Sequential(nn.Flatten(), nn.Linear(3 * 8 * 8, 3))
     expected = (asym(x).softmax(1) + asym(x.flip(-1)).softmax(1)) / 2
-    torch.testing.assert_close(predict(asym, x, tta_flip=True, activation="softmax"), expected)
+    torch.testing.assert_close(model_outputs(asym, x, tta_flip=True, activation="softmax"), expected)
     assert count_parameters(asym) == 3 * 64 * 3 + 3

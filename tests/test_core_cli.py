@@ -307,7 +307,8 @@ def test_args_json_is_written_when_fit_starts_and_not_by_a_failed_resume(tmp_pat
     assert json.loads((run / "args.json").read_text())["epochs"] == 1
     before = (run / "args.json").read_text()
     # a checkpoint of another model, resumed into the same folder: fails before the run starts
-    with pytest.raises(Exception):
+    with pytest.raises(UserError, match=r"last\.pt: checkpoint of another model \(Line does not fit it\): "
+                                          r"shape differs for model\.weight, model\.bias \(2\)"):
         fit(["--run-dir", str(run_dir), "--epochs", "3", "--resume", str(run_dir / "last.pt")], Line(out=3))
     assert (run / "args.json").read_text() == before
     # the same model resumes, and args.json now says 3 epochs

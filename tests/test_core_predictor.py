@@ -14,9 +14,10 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from core.checkpoint import load_checkpoint as load_weights
 from core.errors import UserError
 from core.predictor import (ImageError, Predictor, classification_result, decode_png, detection_result,
-                            generation_result, load_predictor, load_weights, open_image, render, run_homework,
+                            generation_result, load_predictor, open_image, render, run_homework,
                             segmentation_result)
 
 

@@ -12,7 +12,7 @@ from PIL import Image
 
 from core.data import DataError, rgb_array
 from core.errors import UserError
-from core.inference import predict as core_predict
+from core.inference import model_outputs
 from core.trainer import Trainer
 from hw_classify import load_model
 from hw_classify.data import build_transform, detect_layout, load_layout, make_shapes
@@ -197,7 +197,7 @@ def test_load_model_gives_the_model_the_run_scored(tmp_path, runs_root, builtin_
     settings = Namespace(**loaded.settings)
     data = train.read_images(settings, resolve_data_root("simpsons", None, announce=False), None)
     _, _, val_set = train.make_loaders(data, settings)
-    probs = core_predict(loaded.model, DataLoader(val_set, batch_size=64), activation="softmax")
+    probs = model_outputs(loaded.model, DataLoader(val_set, batch_size=64), activation="softmax")
     scores = classification_scores(np.asarray(val_set.labels), probs.argmax(1).numpy(), 5)
     assert round(scores["accuracy"], 4) == metrics["val_accuracy"]
     assert round(scores["f1_macro"], 4) == metrics["val_f1_macro"]
@@ -277,7 +277,7 @@ def test_tta_of_a_flip_invariant_model_equals_plain(tmp_path):
     with torch.no_grad():
         cropped = net.model.eval()(crop).softmax(1)
     torch.testing.assert_close(tta.probabilities(images), (plain + cropped) / 2, atol=1e-6, rtol=1e-5)
-    torch.testing.assert_close(core_predict(net.model, crop, tta_flip=True, activation="softmax"), cropped,
+    torch.testing.assert_close(model_outputs(net.model, crop, tta_flip=True, activation="softmax"), cropped,
                                atol=1e-6, rtol=1e-5)
 
 

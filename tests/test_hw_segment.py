@@ -251,14 +251,14 @@ def test_train_and_evaluate_commands_write_their_reports(tmp_path, monkeypatch):
         assert key in saved
     assert saved["epochs"] == 1
     # the reported IoUs are those of the run's model (last.pt) on its test and val cases, recomputed here
-    from core.inference import predict
+    from core.inference import model_outputs
     from hw_segment.task import score_logits
     from hw_segment.train import split_data
 
     _, val, test = split_data(make_lesions(24, 32, seed=0), 0)
     model = _model_of(run_dir / "last.pt", "unet2", 4)
     for name, split in (("test", test), ("val", val)):
-        scores = score_logits(predict(model, split.images), split.masks)
+        scores = score_logits(model_outputs(model, split.images), split.masks)
         assert saved[f"{name}_iou"] == pytest.approx(scores["iou"].mean().item(), abs=2e-4)
         assert saved[f"{name}_dice"] == pytest.approx(scores["dice"].mean().item(), abs=2e-4)
     # model.pt holds that model: load_model gives the same outputs
@@ -269,7 +269,7 @@ def test_train_and_evaluate_commands_write_their_reports(tmp_path, monkeypatch):
     assert loaded.config == {"model": "unet2", "width": 4, "size": 32, "options": {}}
     assert loaded.extras == {"classes": ["lesion"], "threshold": 0.0}
     assert loaded.metrics == saved and loaded.settings["loss"] == "dice" and not loaded.model.training
-    torch.testing.assert_close(predict(loaded.model, test.images), predict(model, test.images), rtol=0, atol=0)
+    torch.testing.assert_close(model_outputs(loaded.model, test.images), model_outputs(model, test.images), rtol=0, atol=0)
 
     fake = _fake_ph2(tmp_path / "other")
     out = tmp_path / "eval"
@@ -277,7 +277,7 @@ def test_train_and_evaluate_commands_write_their_reports(tmp_path, monkeypatch):
     saved = json.loads((out / "metrics.json").read_text())
     assert saved == scores and saved["cases"] == 4
     fake_data = load_ph2(tmp_path / "other", size=32)
-    scores = score_logits(predict(model, fake_data.images), fake_data.masks)
+    scores = score_logits(model_outputs(model, fake_data.images), fake_data.masks)
     assert saved["iou"] == pytest.approx(scores["iou"].mean().item(), abs=2e-4)
     assert saved["score"] == pytest.approx(scores["score"].mean().item(), abs=2e-4)
     rows = (out / "per_case.csv").read_text().splitlines()

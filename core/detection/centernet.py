@@ -21,12 +21,11 @@ import torchvision
 from torch import nn
 from torchvision.ops import deform_conv2d
 
+from core.data import IMAGENET_MEAN, IMAGENET_STD
 from core.errors import UserError
 from core.optim import adamw_one_cycle
 from core.trainer import Task
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 STRIDE = 4
 LOSS_WEIGHTS = {"heatmap": 1.0, "size": 0.1, "offset": 1.0}
 
