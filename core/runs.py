@@ -23,10 +23,10 @@ The model file
          "extras": {...}}                     # what using it needs: classes, preprocessing, alphabet...
 
     Each homework with a trained model has ``hw_<name>.load_model(run) -> LoadedModel``: it
-    calls :func:`read_model`, rebuilds the model from ``config``, loads ``state_dict`` and
-    returns it in eval mode on the CPU. Its evaluate, predict, sample and submit commands, and
-    the web service, load a run through it alone; :func:`load_model` finds the homework of any
-    run and calls it.
+    calls :func:`rebuild_model` with the function that builds its network from ``config``
+    (:func:`read_model`, the network, ``state_dict`` loaded, eval mode on the CPU). Its
+    evaluate, predict, sample and submit commands, and the web service, load a run through it
+    alone; :func:`load_model` finds the homework of any run and calls it.
 """
 from __future__ import annotations
 
@@ -42,9 +42,9 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
-from .checkpoint import read_weights_only, save_atomic
+from .checkpoint import load_task_weights, read_weights_only, save_atomic
 from .device import broadcast_object, is_main_process, pick_device
 from .errors import UserError
 
@@ -212,6 +212,30 @@ def read_model(run: str | os.PathLike, homework: str | None = None, name: str = 
         raise UserError(f"{path}: a {payload['homework']} model, not a {homework} one")
     return SavedModel(path, payload["homework"], payload["kind"], payload["config"], payload["state_dict"],
                       payload.get("extras") or {})
+
+
+def rebuild_model(run: str | os.PathLike, homework: str, build: Callable[[SavedModel], Any],
+                  kind: str | None = None) -> LoadedModel:
+    """What a homework's ``load_model(run)`` does: read the run's model file (:func:`read_model`),
+    ``build(saved)`` the network its ``config`` describes, load every weight (names and shapes
+    must match), and return it in eval mode on the CPU with the run's settings and metrics.
+
+    Raises:
+        UserError: what :func:`read_model` and :func:`read_args` raise; a file of another
+            ``kind``; a config ``build`` cannot use (its ``KeyError``/``TypeError``/``ValueError``);
+            weights that do not fit the network (named in one line).
+    """
+    settings = read_args(run, homework)
+    saved = read_model(run, homework=homework)
+    if kind is not None and saved.kind != kind:
+        raise UserError(f"{saved.path}: a {saved.kind!r} model, not the {kind!r} model {homework} saves")
+    try:
+        model = build(saved)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise UserError(f"{saved.path}: cannot rebuild the model from its config ({type(exc).__name__}: {exc})") from None
+    load_task_weights(model, saved.state_dict, saved.path)
+    return LoadedModel(Path(run), homework, saved.kind, model.eval(), saved.config, saved.extras, settings,
+                       read_metrics(run))
 
 
 def load_model(run: str | os.PathLike) -> LoadedModel:

@@ -17,15 +17,12 @@ A trained run's model is read back by :func:`load_model` from its ``model.pt`` (
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from core.checkpoint import load_task_weights
-from core.errors import UserError
-from core.runs import LoadedModel, read_args, read_metrics, read_model
+from core.runs import LoadedModel, rebuild_model
 
 HOMEWORK = "hw_autoencoder"
 KIND = "autoencoder"
@@ -332,17 +329,14 @@ def load_model(run: str | os.PathLike) -> LoadedModel:
         UserError: no run folder, no ``model.pt`` (a run of the older code: train it again), a
             model file of another homework or kind, or weights that do not fit the config.
     """
-    saved = read_model(run, homework=HOMEWORK)
-    config = saved.config
-    missing = [key for key in CONFIG_KEYS if key not in config]
-    if saved.kind != KIND or missing or config["model"] not in MODEL_NAMES:
-        raise UserError(f"{saved.path}: not a {HOMEWORK} model file (kind {saved.kind!r}"
-                        + (f", no {', '.join(missing)} in its config)" if missing else ")"))
-    model = build_model(config["model"], tuple(config["shape"]), config["latent"], config["width"], config["linear"],
-                        config["refine"], config["blocks"], config["code_steps"], config["code_lr"])
-    load_task_weights(model, saved.state_dict, saved.path)
-    return LoadedModel(Path(run), HOMEWORK, saved.kind, model.eval(), config, saved.extras,
-                       read_args(run, HOMEWORK), read_metrics(run))
+    def build(saved):
+        config = saved.config
+        if config["model"] not in MODEL_NAMES:
+            raise ValueError(f"unknown model {config['model']!r}")
+        return build_model(config["model"], tuple(config["shape"]), config["latent"], config["width"],
+                           config["linear"], config["refine"], config["blocks"], config["code_steps"], config["code_lr"])
+
+    return rebuild_model(run, HOMEWORK, build, kind=KIND)
 
 
 # -- the VAE's loss (the course's functions) ------------------------------------------------------

@@ -21,10 +21,10 @@ import torch
 import torchvision
 from torch import nn
 
-from core.checkpoint import load_task_weights, read_weights_only
+from core.checkpoint import read_weights_only
 from core.data import IMAGENET_MEAN, IMAGENET_STD
 from core.errors import UserError
-from core.runs import LoadedModel, read_args, read_metrics, read_model, save_model
+from core.runs import LoadedModel, rebuild_model, save_model
 
 OWN_MODELS = ("simple_cnn", "small_resnet")
 #: the architectures ``compare`` runs by default (the course's and the classic families)
@@ -257,13 +257,8 @@ def load_model(run: str | os.PathLike) -> LoadedModel:
             before model files existed: the message says to train it again), or a model file
             whose config or weights do not rebuild the network.
     """
-    settings = read_args(run, HOMEWORK)
-    saved = read_model(run, homework=HOMEWORK)
-    config = saved.config
-    try:
-        model = build_model(config["arch"], config["num_classes"], "none", config["size"], config["width"]).model
-    except (KeyError, TypeError, ValueError) as exc:
-        raise UserError(f"{saved.path}: cannot rebuild the model from its config ({exc})") from None
-    load_task_weights(model, saved.state_dict, saved.path)
-    return LoadedModel(Path(run), HOMEWORK, saved.kind, model.eval(), config, saved.extras, settings,
-                       read_metrics(run))
+    def build(saved):
+        config = saved.config
+        return build_model(config["arch"], config["num_classes"], "none", config["size"], config["width"]).model
+
+    return rebuild_model(run, HOMEWORK, build)

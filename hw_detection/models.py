@@ -24,7 +24,6 @@ from torch import nn
 
 from core import runs
 from core.detection.centernet import CenterNet, predict
-from core.errors import UserError
 
 from .data import to_tensor
 
@@ -70,15 +69,7 @@ def load_model(run: str | os.PathLike) -> runs.LoadedModel:
         UserError: no model file (see :func:`core.runs.read_model`), a file whose weights do not
             fit its config, or an ``mmdet`` run without MMDetection installed.
     """
-    saved = runs.read_model(run, homework=HOMEWORK)
-    model = build_model(saved.config)
-    try:
-        model.load_state_dict(saved.state_dict)
-    except RuntimeError as exc:
-        raise UserError(f"{saved.path}: its weights do not fit the model its config describes "
-                        f"({str(exc).splitlines()[0]})") from None
-    return runs.LoadedModel(Path(run), HOMEWORK, saved.kind, model.eval(), saved.config, saved.extras,
-                            runs.read_args(run, HOMEWORK), runs.read_metrics(run))
+    return runs.rebuild_model(run, HOMEWORK, lambda saved: build_model(saved.config))
 
 
 class Detector:

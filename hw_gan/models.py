@@ -22,19 +22,16 @@ from __future__ import annotations
 import copy
 import math
 import os
-from pathlib import Path
 
 import torch
 from torch import nn
 from torch.nn.utils.parametrizations import spectral_norm
 
-from core.checkpoint import load_task_weights, unwrap
-from core.errors import UserError
-from core.runs import LoadedModel, read_args, read_metrics, read_model
+from core.checkpoint import unwrap
+from core.runs import LoadedModel, rebuild_model
 
 HOMEWORK = "hw_gan"
 KIND = "generation"
-CONFIG_KEYS = ("image_size", "latent", "width")
 MIN_SIZE, MAX_SIZE = 16, 256
 
 
@@ -165,13 +162,8 @@ def load_model(run: str | os.PathLike) -> LoadedModel:
         UserError: no run folder, no ``model.pt`` (a run of the older code: train it again), a
             model file of another homework or kind, or weights that do not fit the config.
     """
-    saved = read_model(run, homework=HOMEWORK)
-    config = saved.config
-    missing = [key for key in CONFIG_KEYS if key not in config]
-    if saved.kind != KIND or missing:
-        raise UserError(f"{saved.path}: not a {HOMEWORK} model file (kind {saved.kind!r}"
-                        + (f", no {', '.join(missing)} in its config)" if missing else ")"))
-    generator = Generator(config["image_size"], config["latent"], config["width"])
-    load_task_weights(generator, saved.state_dict, saved.path)
-    return LoadedModel(Path(run), HOMEWORK, saved.kind, generator.eval(), config, saved.extras,
-                       read_args(run, HOMEWORK), read_metrics(run))
+    def build(saved):
+        config = saved.config
+        return Generator(config["image_size"], config["latent"], config["width"])
+
+    return rebuild_model(run, HOMEWORK, build, kind=KIND)

@@ -35,9 +35,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from core.checkpoint import load_task_weights
-from core.errors import UserError
-from core.runs import LoadedModel, read_args, read_metrics, read_model, save_model
+from core.runs import LoadedModel, rebuild_model, save_model
 
 DOWNSAMPLING = 16  # four halvings
 MODEL_NAMES = ("segnet", "unet", "unet2")
@@ -269,12 +267,4 @@ def load_model(run: str | os.PathLike) -> LoadedModel:
             before model files existed: the message says to train it again), or a model file
             whose config or weights do not rebuild the network.
     """
-    settings = read_args(run, HOMEWORK)
-    saved = read_model(run, homework=HOMEWORK)
-    try:
-        model = build_from_config(saved.config)
-    except (KeyError, TypeError, ValueError) as exc:
-        raise UserError(f"{saved.path}: cannot rebuild the model from its config ({exc})") from None
-    load_task_weights(model, saved.state_dict, saved.path)
-    return LoadedModel(Path(run), HOMEWORK, saved.kind, model.eval(), saved.config, saved.extras, settings,
-                       read_metrics(run))
+    return rebuild_model(run, HOMEWORK, lambda saved: build_from_config(saved.config))
