@@ -2,24 +2,31 @@
 
 The same small CNN, from the same initial weights, is trained on the same batches by a minimal
 loop (zero_grad, forward, loss, backward, step) and by ``Trainer.fit`` (no validation, no
-run folder, no progress bar), alternately, several times, in one process. Prints one JSON
-line with the median times and their ratio (trainer / hand-written; 1.00 means no overhead),
-and whether both produced identical weights.
+checkpoints, no progress bar), alternately, several times, in one process. By default the
+Trainer logs as a training command does (``--logger tensorboard,csv``: TensorBoard event files
+with the loss and learning rate every 50 steps, history.csv, hparams at the end, in a fresh
+temporary folder per fit); ``--logger none`` measures the bare loop. Both are run once first
+(imports, allocator, kernels). Prints one JSON line with the median times and their ratio
+(trainer / hand-written; 1.00 means no overhead), and whether both produced identical weights.
 
-    python bench/trainer_overhead.py [--batches 200] [--repeats 5]
+    python bench/trainer_overhead.py [--batches 200] [--repeats 5] [--logger tensorboard,csv|csv|none]
 """
 from __future__ import annotations
 
 import argparse
 import json
 import statistics
+import tempfile
 import time
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
+from core.callbacks import HistoryCSV
+from core.loggers import make_loggers
 from core.trainer import Task, Trainer
 
 
@@ -58,10 +65,15 @@ def hand_written(loader: DataLoader, device: torch.device) -> nn.Module:
     return model
 
 
-def with_trainer(loader: DataLoader, device: torch.device) -> nn.Module:
+def with_trainer(loader: DataLoader, device: torch.device, logger: str = "none", settings: dict | None = None) -> nn.Module:
     task = Classify(small_cnn())
-    Trainer(max_epochs=1, monitor=None, device=str(device), seed=None, progress=False,
-            log_every_epoch=False).fit(task, loader)
+    with tempfile.TemporaryDirectory() as folder:
+        callbacks = []
+        if logger != "none":
+            callbacks = [HistoryCSV(Path(folder) / "history.csv"),
+                         *make_loggers(logger, folder, log_every=50, hparams=settings)]
+        Trainer(max_epochs=1, monitor=None, device=str(device), seed=None, progress=False,
+                log_every_epoch=False, callbacks=callbacks).fit(task, loader)
     return task.model
 
 
@@ -81,6 +93,8 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--logger", default="tensorboard,csv", choices=["tensorboard,csv", "csv", "none"],
+                        help="what the Trainer writes while it trains (none: nothing)")
     args = parser.parse_args()
 
     device = torch.device(args.device)
@@ -89,19 +103,22 @@ def main() -> None:
     data = TensorDataset(torch.randn(n, 1, 28, 28, generator=g), torch.randint(0, 10, (n,), generator=g))
     loader = DataLoader(data, batch_size=args.batch_size, shuffle=False)
 
-    timed(hand_written, loader, device)  # warm-up: allocator, kernels
+    settings = vars(args)
+    timed(hand_written, loader, device)  # warm-up: allocator, kernels, imports
+    timed(with_trainer, loader, device, args.logger, settings)
     hand_times, trainer_times = [], []
     for _ in range(args.repeats):
         t, hand_model = timed(hand_written, loader, device)
         hand_times.append(t)
-        t, trainer_model = timed(with_trainer, loader, device)
+        t, trainer_model = timed(with_trainer, loader, device, args.logger, settings)
         trainer_times.append(t)
     same = all(torch.equal(a, b) for a, b in zip(hand_model.state_dict().values(),
                                                   trainer_model.state_dict().values()))
     hand, trainer = statistics.median(hand_times), statistics.median(trainer_times)
     print(json.dumps({
         "bench": "trainer_overhead", "device": str(device), "batches": args.batches,
-        "batch_size": args.batch_size, "repeats": args.repeats, "torch_threads": torch.get_num_threads(),
+        "batch_size": args.batch_size, "repeats": args.repeats, "logger": args.logger,
+        "torch_threads": torch.get_num_threads(),
         "hand_written_s": round(hand, 4), "trainer_s": round(trainer, 4),
         "ratio_trainer_over_hand": round(trainer / hand, 4), "identical_weights": same,
         "hand_written_all_s": [round(t, 4) for t in hand_times],

@@ -27,8 +27,8 @@ Bad option values stop the command with one argparse-style line (``prog: error: 
 --epochs: expected an integer >= 1, got '0'``, exit status 2) before any work: give options a
 checking ``type`` (:func:`positive_int`, :func:`nonneg_int`, :func:`int_at_least`,
 :func:`positive_float`, :func:`nonneg_float`, :func:`probability`, :func:`n_jobs`,
-:func:`device_name`, :func:`existing_file`, :func:`run_name`) or ``choices``; values from
-``--config`` go through the same checks. A problem found later (a file, a value that depends on
+:func:`device_name`, :func:`existing_file`, :func:`run_name`, :func:`logger_names`) or
+``choices``; values from ``--config`` go through the same checks. A problem found later (a file, a value that depends on
 the data) is raised as :class:`core.errors.UserError` (or :class:`core.data.DataError`), which
 :func:`run_command` prints as ``error: <message>`` with exit status 2.
 
@@ -175,6 +175,16 @@ def device_name(text: str) -> str:
     return text
 
 
+def logger_names(text: str) -> str:
+    """A comma-separated list of loggers (``--logger``), returned normalised (``tensorboard,csv``)."""
+    from .loggers import parse_logger_names
+
+    try:
+        return ",".join(parse_logger_names(text))
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def existing_file(text: str) -> str:
     """A path to an existing file (``--resume``, ``--data``)."""
     path = Path(text).expanduser()
@@ -286,6 +296,13 @@ def add_training_args(parser: argparse.ArgumentParser, *, epochs: int | None = 1
                             "the number of epochs and the LR schedule are fitted to the time left, from the "
                             "measured epoch time (--epochs then only sizes the first epoch's schedule)")
     group.add_argument("--dry-run", action="store_true", help="one epoch of two batches, to check the pipeline")
+    group.add_argument("--logger", type=logger_names, default="tensorboard,csv",
+                       help="where the run's curves go besides the terminal: 'tensorboard,csv' (TensorBoard event "
+                            "files in the run folder, and history.csv) or 'csv' (history.csv only; also what "
+                            "runs when the tensorboard package is not installed)")
+    group.add_argument("--log-every", type=positive_int, default=50, metavar="STEPS",
+                       help="write the training losses and learning rate to TensorBoard every this many "
+                            "optimiser steps (averaged over them)")
     group.add_argument("--resume", type=existing_file, default=None,
                        help="checkpoint to resume from (e.g. runs/<hw>/<name>/last.pt); with --run-dir set "
                             "to that checkpoint's folder the run continues there")
@@ -441,8 +458,12 @@ def build_trainer(args: argparse.Namespace, run_dir=None, **overrides):
     ``--threads`` sets PyTorch's thread count for the process (the option asks for it).
     ``--time-limit`` counts from the command's start: the time already spent (imports,
     loading the data) is taken from the training budget; ``--dry-run`` ignores it.
+    ``--logger`` / ``--log-every``: with a ``run_dir``, the loggers of
+    :func:`core.loggers.make_loggers` are added to ``overrides["callbacks"]`` (TensorBoard
+    gets ``vars(args)`` as the run's hparams); ``history.csv`` is the Trainer's own.
     """
     from .device import process_age
+    from .loggers import DEFAULT_LOG_EVERY, DEFAULT_LOGGERS, make_loggers
     from .trainer import Trainer
 
     threads = getattr(args, "threads", None)
@@ -455,5 +476,9 @@ def build_trainer(args: argparse.Namespace, run_dir=None, **overrides):
                   grad_clip=args.grad_clip, accumulate=args.accumulate, limit_batches=args.limit_batches,
                   seed=args.seed, deterministic=args.deterministic, patience=args.patience, time_limit=time_limit)
     kwargs.update(overrides)
+    loggers = make_loggers(getattr(args, "logger", None) or DEFAULT_LOGGERS, kwargs.get("run_dir"),
+                           log_every=getattr(args, "log_every", None) or DEFAULT_LOG_EVERY, hparams=vars(args))
+    if loggers:
+        kwargs["callbacks"] = [*kwargs.get("callbacks", ()), *loggers]
     return Trainer(**kwargs)
 

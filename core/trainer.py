@@ -393,6 +393,15 @@ class Trainer:
         if self.dist.is_main:
             tqdm.write(message) if self.progress else print(message, flush=True)
 
+    def log_image(self, tag: str, image) -> None:
+        """Send ``image`` under ``tag``, at the current epoch, to every callback that logs
+        images (``core.loggers.TensorBoardLogger``); nothing without one. ``image``: a PIL
+        image, an array, a tensor, a matplotlib figure or an image file (see
+        :func:`core.loggers.image_array`)."""
+        for cb in self.callbacks:
+            if callable(getattr(cb, "log_image", None)):
+                cb.log_image(tag, image, step=self.epoch)
+
     def all_gather(self, tensor: torch.Tensor) -> torch.Tensor:
         """``tensor`` of every process concatenated along dim 0 (``tensor`` itself when not
         distributed); the processes may hold different numbers of rows."""

@@ -74,7 +74,8 @@ def save_gif(frames: list[str | os.PathLike], path: str | os.PathLike, seconds_p
 
 class SampleGrids(Callback):
     """After every epoch, a grid of the generator's images from the task's fixed noise
-    (``plots/samples/epoch_NNN.png``); at the end of ``fit``, all of them as ``plots/progress.gif``.
+    (``plots/samples/epoch_NNN.png``, and the run's loggers' ``samples`` image through
+    ``trainer.log_image``); at the end of ``fit``, all of them as ``plots/progress.gif``.
     With a :class:`core.callbacks.EMA` callback, the grids show the averaged generator."""
 
     def __init__(self, plots_dir: str | os.PathLike):
@@ -90,7 +91,10 @@ class SampleGrids(Callback):
             generator = copy.deepcopy(generator)
             generator.load_state_dict(generator_weights(ema.averaged_state_dict(task)))
             refresh_batchnorm(generator)
-        save_grid(task.sample(generator=generator), self.folder / f"epoch_{trainer.epoch:03d}.png")
+        grid = grid_image(task.sample(generator=generator))
+        self.folder.mkdir(parents=True, exist_ok=True)
+        grid.save(self.folder / f"epoch_{trainer.epoch:03d}.png")
+        trainer.log_image("samples", grid)
 
     def on_fit_end(self, trainer, task):
         if is_main_process():
