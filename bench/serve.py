@@ -9,6 +9,12 @@ Two measurements in one process, against a uvicorn server on 127.0.0.1 (a free p
 2. ``--requests`` requests, ``--concurrency`` at a time: requests/s, p50 and p95 latency.
 Without ``--run`` a throwaway run is trained first (one batch, random-looking weights: speed
 does not depend on them) of ``--homework`` at ``--size`` px. Prints one JSON line.
+
+    python bench/serve.py --run RUN --screenshot docs/serve.png --image CASE.bmp [--viewport 1100x700]
+
+measures nothing: it serves RUN, opens the page in Debian's chromium (Playwright), uploads
+IMAGE, waits for the result and saves the viewport as a 256-colour PNG (the picture in the
+docs: a UNet trained on the shared PH2 cases at 128 px, the held-out case IMD142).
 """
 from __future__ import annotations
 
@@ -16,6 +22,7 @@ import argparse
 import importlib
 import io
 import json
+import shutil
 import statistics
 import tempfile
 import time
@@ -58,6 +65,32 @@ def percentile(values: list[float], q: float) -> float:
     return float(np.percentile(values, q))
 
 
+def screenshot(run_dir: Path, image: Path, out: Path, width: int, height: int) -> None:
+    """The page over ``run_dir`` with ``image`` predicted, as seen in a ``width`` x ``height`` window."""
+    from playwright.sync_api import sync_playwright
+
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is None:
+        raise SystemExit("--screenshot needs Debian's chromium (apt-get install chromium)")
+    if not image.is_file():
+        raise SystemExit(f"--image {image}: file not found")
+    with running_server(create_app([load_predictor(run_dir)])) as url, sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium, args=["--headless", "--no-sandbox", "--disable-gpu"])
+        try:
+            page = browser.new_page(viewport={"width": width, "height": height})
+            page.goto(url + "/")
+            page.wait_for_selector("input[name=model]:checked", state="attached")
+            page.set_input_files("#file", str(image))
+            page.wait_for_selector("#summary:not([data-kind='']):not([data-kind=error])", timeout=120_000)
+            page.wait_for_timeout(500)  # the drop zone's fade back from its busy look
+            shot = page.screenshot()
+        finally:
+            browser.close()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    Image.open(io.BytesIO(shot)).convert("RGB").quantize(256).save(out, optimize=True)
+    print(f"{out}: {width}x{height}, {out.stat().st_size / 1024:.0f} KB")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--run", default=None, help="run folder to serve (default: a throwaway run)")
@@ -69,8 +102,19 @@ def main() -> None:
     parser.add_argument("--pairs", type=int, default=30, help="interleaved direct/HTTP pairs, one at a time")
     parser.add_argument("--workers", type=int, default=2, help="the server's inference threads")
     parser.add_argument("--threads", type=int, default=1, help="torch threads per inference")
+    parser.add_argument("--screenshot", type=Path, default=None,
+                        help="instead of measuring: save the page with --image predicted by --run to this PNG")
+    parser.add_argument("--image", type=Path, default=None, help="the image for --screenshot")
+    parser.add_argument("--viewport", default="1100x700", help="window size for --screenshot, WIDTHxHEIGHT")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    if args.screenshot:
+        if not (args.run and args.image):
+            parser.error("--screenshot needs --run and --image")
+        width, _, height = args.viewport.partition("x")
+        if not (width.isdigit() and height.isdigit()):
+            parser.error(f"--viewport {args.viewport}: expected WIDTHxHEIGHT, e.g. 1100x700")
+        return screenshot(Path(args.run), args.image, args.screenshot, int(width), int(height))
 
     with tempfile.TemporaryDirectory() as tmp:
         run_dir = Path(args.run) if args.run else throwaway_run(args.homework, args.size, Path(tmp))
