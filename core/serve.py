@@ -75,11 +75,11 @@ class ServeError(HTTPException):
 
 # -- how the page names a model -------------------------------------------------------------------
 HOMEWORK_TITLES = {"hw_classify": "Classification", "hw_segment": "Segmentation", "hw_detection": "Detection",
-                   "hw_plates": "Plates", "hw_gan": "GAN", "hw_autoencoder": "Autoencoder"}
+                   "hw_plates": "Plate reading", "hw_gan": "GAN", "hw_autoencoder": "Autoencoder"}
 HEADLINE_METRICS = (  # the first of these a run has is its headline: (key, short label)
     ("test_iou", "IoU"), ("val_iou", "IoU"), ("val_accuracy", "accuracy"), ("test_accuracy", "accuracy"),
     ("val_f1_macro", "F1 macro"), ("map50", "mAP@50"), ("test_map50", "mAP@50"), ("val_map50", "mAP@50"),
-    ("test_e2e_exact", "read exactly"), ("test_exact", "read exactly"), ("test_nelbo", "NELBO"),
+    ("test_e2e_exact", "exact reads"), ("test_exact", "exact reads"), ("test_nelbo", "NELBO"),
     ("test_mse", "MSE"))
 FEW_EPOCHS = 2  # a run of at most this many epochs gets a badge
 METRIC_WORDS = {"iou": "IoU", "dice": "Dice", "acc": "accuracy", "f1": "F1", "map": "mAP", "map50": "mAP@50",

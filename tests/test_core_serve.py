@@ -420,7 +420,7 @@ def test_display_titles_badges_and_epochs(tmp_path):
     plates = display(Segmenter(fake_run(tmp_path, "plates", homework="hw_plates", metrics={
         "reader_epochs": 1, "detector_epochs": 12, "test_exact": 0.5, "test_e2e_exact": 0.25})))
     assert (plates["epochs"], [b["text"] for b in plates["badges"]]) == (1, ["1 epoch"])
-    assert plates["title"] == "Plates · plates · read exactly 0.25"
+    assert plates["title"] == "Plate reading · plates · exact reads 0.25"
     quiet = fake_run(tmp_path, "faces", homework="hw_gan", settings={"epochs": 50})
     assert display(Segmenter(quiet))["title"] == "GAN · faces" and display(Segmenter(quiet))["headline"] is None
     assert trained_epochs(quiet, {}, {"epochs": 50}) == 50 and trained_epochs(quiet, {}, {}) is None
@@ -583,7 +583,7 @@ def test_the_page_in_a_real_browser(segment_run, classify_run, tmp_path):
     with running_server(create_app([predictor, classifier, *others])) as url, sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
         try:
-            page = browser.new_page(viewport={"width": 1100, "height": 620})
+            page = browser.new_page(viewport={"width": 1100, "height": 620}, accept_downloads=True)
             page.goto(url + "/")
             page.wait_for_selector("input[name=model][value=lesions]:checked", state="attached")
             page.set_input_files("#file", str(path))
@@ -612,6 +612,13 @@ def test_the_page_in_a_real_browser(segment_run, classify_run, tmp_path):
             bars = page.eval_on_selector_all("#bars .bar", "rows => rows.map(r => [r.querySelector('.name')"
                                              ".textContent, r.querySelector('.value').textContent])")
             assert bars == [[c["label"], f"{100 * c['probability']:.1f} %"] for c in top5]
+            with page.expect_download() as info:                  # the picture with its top classes under it
+                page.click("#download-png")
+            assert info.value.suggested_filename == "shapes-shape.png"
+            picture = np.asarray(Image.open(info.value.path()).convert("RGB")).astype(int)
+            side = Image.open(shape).width
+            assert picture.shape[1] == side and picture.shape[0] > side
+            assert np.abs(picture[:side] - np.asarray(Image.open(shape).convert("RGB")).astype(int)).max() <= 1
             page.screenshot(path=str(tmp_path / "classification.png"))
             # a detector: the boxes drawn on the image
             page.check("input[name=model][value=boxes]")
@@ -631,6 +638,10 @@ def test_the_page_in_a_real_browser(segment_run, classify_run, tmp_path):
             assert page.text_content("#summary") == "4 samples from seed 5"
             grid = others[1].generate(5, 4)["grid_png"]
             assert page.get_attribute("#grid", "src") == "data:image/png;base64," + grid
+            with page.expect_download() as info:
+                page.click("#download-png")
+            assert info.value.suggested_filename == "noise-seed5.png"
+            assert (np.asarray(Image.open(info.value.path())) == decode_png(grid)).all()
             page.screenshot(path=str(tmp_path / "generation.png"))
         finally:
             browser.close()

@@ -76,7 +76,8 @@ function showInfo(m) {
   const about = element("details", "about");
   about.open = !window.matchMedia("(max-width: 760px)").matches;  // closed on a phone: the input comes first
   about.append(element("summary", "", "About this model"), definitions(rows));
-  if (m.display.metrics.length > Math.min(main.length, 10)) {
+  const shown = new Set(main.slice(0, 10).map((x) => x.key).concat(["epochs"]));
+  if (m.display.metrics.some((x) => !shown.has(x.key))) {
     const all = element("details", "all-metrics");
     all.append(element("summary", "", `every metric (${m.display.metrics.length})`),
                definitions(m.display.metrics.map((x) => [x.label, number(x.value), x.key])));
@@ -211,9 +212,9 @@ function decodeImage(src) {
   });
 }
 
-function fit(node, width) {
-  // as wide as the panel allows, and small images shown larger (pixel by pixel)
-  const shown = Math.max(360, width);
+function fit(node, width, least = 360) {
+  // as wide as the panel allows, and small images shown larger (pixel by pixel), at least `least` px
+  const shown = Math.max(least, width);
   node.style.width = `min(100%, ${shown}px)`;
   node.classList.toggle("pixelated", shown > width);
 }
@@ -289,7 +290,7 @@ async function show(result, name) {
   } else if (result.kind === "generation") {
     summary.textContent = `${result.count} samples from seed ${result.seed}`;
     const grid = $("grid");
-    fit(grid, result.width);
+    fit(grid, result.width, 512);
     grid.src = "data:image/png;base64," + result.grid_png;
     grid.hidden = false;
   }
