@@ -6,8 +6,9 @@ checkpoints, no progress bar), alternately, several times, in one process. By de
 Trainer logs as a training command does (``--logger tensorboard,csv``: TensorBoard event files
 with the loss and learning rate every 50 steps, history.csv, hparams at the end, in a fresh
 temporary folder per fit); ``--logger none`` measures the bare loop. Both are run once first
-(imports, allocator, kernels). Prints one JSON line with the median times and their ratio
-(trainer / hand-written; 1.00 means no overhead), and whether both produced identical weights.
+(imports, allocator, kernels). Prints one JSON line with the median wall times and their ratio
+(trainer / hand-written; 1.00 means no overhead), the same for the process's CPU time (less
+disturbed by other programs sharing the cores), and whether both produced identical weights.
 
     python bench/trainer_overhead.py [--batches 200] [--repeats 5] [--logger tensorboard,csv|csv|none]
 """
@@ -78,13 +79,14 @@ def with_trainer(loader: DataLoader, device: torch.device, logger: str = "none",
 
 
 def timed(fn, *args):
+    """Wall time, this process's CPU time (all its threads) and the result of ``fn(*args)``."""
     if torch.cuda.is_available():
         torch.cuda.synchronize()
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     out = fn(*args)
     if torch.cuda.is_available():
         torch.cuda.synchronize()
-    return time.perf_counter() - start, out
+    return time.perf_counter() - start, time.process_time() - cpu_start, out
 
 
 def main() -> None:
@@ -106,21 +108,26 @@ def main() -> None:
     settings = vars(args)
     timed(hand_written, loader, device)  # warm-up: allocator, kernels, imports
     timed(with_trainer, loader, device, args.logger, settings)
-    hand_times, trainer_times = [], []
+    hand_times, trainer_times, hand_cpu, trainer_cpu = [], [], [], []
     for _ in range(args.repeats):
-        t, hand_model = timed(hand_written, loader, device)
+        t, cpu, hand_model = timed(hand_written, loader, device)
         hand_times.append(t)
-        t, trainer_model = timed(with_trainer, loader, device, args.logger, settings)
+        hand_cpu.append(cpu)
+        t, cpu, trainer_model = timed(with_trainer, loader, device, args.logger, settings)
         trainer_times.append(t)
+        trainer_cpu.append(cpu)
     same = all(torch.equal(a, b) for a, b in zip(hand_model.state_dict().values(),
                                                   trainer_model.state_dict().values()))
     hand, trainer = statistics.median(hand_times), statistics.median(trainer_times)
+    hand_c, trainer_c = statistics.median(hand_cpu), statistics.median(trainer_cpu)
     print(json.dumps({
         "bench": "trainer_overhead", "device": str(device), "batches": args.batches,
         "batch_size": args.batch_size, "repeats": args.repeats, "logger": args.logger,
         "torch_threads": torch.get_num_threads(),
         "hand_written_s": round(hand, 4), "trainer_s": round(trainer, 4),
         "ratio_trainer_over_hand": round(trainer / hand, 4), "identical_weights": same,
+        "hand_written_cpu_s": round(hand_c, 4), "trainer_cpu_s": round(trainer_c, 4),
+        "ratio_cpu_trainer_over_hand": round(trainer_c / hand_c, 4),
         "hand_written_all_s": [round(t, 4) for t in hand_times],
         "trainer_all_s": [round(t, 4) for t in trainer_times],
     }))
