@@ -43,6 +43,7 @@ if TYPE_CHECKING:  # pragma: no cover (annotations only)
 LOGGER_NAMES = ("tensorboard", "csv")
 DEFAULT_LOGGERS = "tensorboard,csv"
 DEFAULT_LOG_EVERY = 50
+_said_missing = False  # the missing-package line is printed once per process
 
 
 def parse_logger_names(text: str) -> tuple[str, ...]:
@@ -81,14 +82,18 @@ def make_loggers(names, run_dir: str | os.PathLike | None, *, log_every: int = D
 
     ``csv`` needs no callback (the Trainer writes ``history.csv`` in its run folder);
     ``tensorboard`` gives a :class:`TensorBoardLogger`, or, when the ``tensorboard`` package
-    is missing, nothing and one printed line saying so. No ``run_dir``: no logger.
+    is missing, nothing, and the first time in the process one printed line saying so. No
+    ``run_dir``: no logger.
     """
+    global _said_missing
     if isinstance(names, str):
         names = parse_logger_names(names)
     if run_dir is None or "tensorboard" not in names:
         return []
     if not tensorboard_available():
-        echo("tensorboard is not installed: this run logs to history.csv only (pip install tensorboard)")
+        if not _said_missing:
+            echo("tensorboard is not installed: this run logs to history.csv only (pip install tensorboard)")
+            _said_missing = True
         return []
     return [TensorBoardLogger(run_dir, log_every=log_every, hparams=hparams)]
 

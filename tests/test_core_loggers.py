@@ -297,15 +297,20 @@ def hide_tensorboard(monkeypatch) -> None:
 
 
 def test_without_the_tensorboard_package_the_run_keeps_history_csv_and_says_so_once(tmp_path, monkeypatch, capsys):
+    import core.loggers
+
     hide_tensorboard(monkeypatch)
+    monkeypatch.setattr(core.loggers, "_said_missing", False)
     with pytest.raises(ImportError):
         from torch.utils.tensorboard import SummaryWriter  # noqa: F401
-    trainer = fit_from_args(["--epochs", "2"], tmp_path)
-    out = capsys.readouterr().out
-    assert out.count(MISSING_LINE) == 1
+    trainer = fit_from_args(["--epochs", "2"], tmp_path / "first")
+    assert capsys.readouterr().out.count(MISSING_LINE) == 1
     assert not [cb for cb in trainer.callbacks if isinstance(cb, TensorBoardLogger)]
-    assert event_files(tmp_path) == []
-    assert pd.read_csv(tmp_path / "history.csv")["epoch"].tolist() == [1, 2]
+    assert event_files(tmp_path / "first") == []
+    assert pd.read_csv(tmp_path / "first" / "history.csv")["epoch"].tolist() == [1, 2]
+    fit_from_args(["--epochs", "1"], tmp_path / "second")      # a second Trainer in the process (plates, compare)
+    assert MISSING_LINE not in capsys.readouterr().out
+    assert event_files(tmp_path / "second") == [] and (tmp_path / "second" / "history.csv").is_file()
     assert cli.parse_args(parser(), []).logger == "tensorboard,csv"     # the option itself still parses
 
 
