@@ -276,3 +276,12 @@ class TensorBoardLogger(Callback):
 
 def _is_number(value) -> bool:
     return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
+
+
+def log_run_images(args, run_dir: str | os.PathLike, images: dict, step: int) -> None:
+    """Add the figures a command drew after training (``{tag: image}``, anything
+    :func:`image_array` takes) to the run's TensorBoard files at ``step``, when its ``--logger``
+    (``args.logger``) includes tensorboard; nothing otherwise. Rank 0 only."""
+    for logger in make_loggers(getattr(args, "logger", "csv"), run_dir):
+        for tag, image in images.items():
+            logger.log_image(tag, image, step)

@@ -23,6 +23,7 @@ from torch.utils.data import DataLoader
 
 from core import cli, runs
 from core.console import echo
+from core.loggers import log_run_images
 from core.inference import count_parameters
 from core.plots import image_grid, plot_history
 
@@ -151,6 +152,8 @@ def main(argv: list[str] | None = None) -> dict:
     metrics.update({f"test_{k}": v for k, v in score(model, test, train, noise, args.seed, judge_steps).items()})
     run.save_metrics(metrics)
     write_plots(run, model, args.model, test, noise)
+    log_run_images(args, run.path, {"reconstructions": run.plots / "reconstructions.png",
+                                    "samples": run.plots / "samples.png"}, step=trainer.epoch)
     run.summary(metrics)
     return metrics
 

@@ -26,6 +26,7 @@ from torch.utils.data import DataLoader
 from core import cli, runs
 from core.checkpoint import load_checkpoint
 from core.console import echo
+from core.loggers import log_run_images
 from core.detection.centernet import CenterNetTask
 from core.detection.data import DetectionDataset, collate
 from core.detection.evaluate import detection_metrics
@@ -158,6 +159,7 @@ def main(argv: list[str] | None = None) -> dict:
     if (run / "history.csv").is_file():
         plot_history(run / "history.csv", run.plots / "history.png", title=f"CenterNet ({args.backend})")
     write_figures(run, val, arrays, predictions, args.score_threshold)
+    log_run_images(args, run.path, {"predictions": run.plots / "predictions.png"}, step=len(history))
     run.summary(metrics)
     return metrics
 

@@ -23,6 +23,7 @@ from torch.utils.data import DataLoader
 from core import cli, runs
 from core.data import resolve_data_root
 from core.console import echo
+from core.loggers import log_run_images
 from core.errors import UserError
 from core.inference import count_parameters, model_outputs
 from core.plots import mask_overlays, plot_history
@@ -159,6 +160,7 @@ def main(argv: list[str] | None = None) -> dict:
         metrics[f"{name}_iou_std"] = round(scores["iou"].std().item(), 4) if len(split) > 1 else 0.0
     run.save_metrics(metrics)
     write_plots(run, task.model, test, trainer.device, title=f"{args.model} / {args.loss}")
+    log_run_images(args, run.path, {"predictions": run.plots / "predictions.png"}, step=trainer.epoch)
     run.summary(metrics)
     return metrics
 

@@ -245,6 +245,22 @@ def test_hw_gan_train_sends_its_sample_grid_and_losses(tmp_path, runs_root):
     assert scalars(tb, "hparams/train_loss_g") == ([2], f32([history["train_loss_g"].iloc[-1]]))
 
 
+def test_hw_segment_train_sends_its_predictions_figure(tmp_path, runs_root):
+    from hw_segment.train import main
+
+    run = tmp_path / "run"
+    main(["--dry-run", "--seed", "0", "--device", "cpu", "--run-dir", str(run)])
+    images = events(run).Images("predictions")
+    assert [i.step for i in images] == [1]     # after the one epoch of the dry run
+    logged = Image.open(io.BytesIO(images[0].encoded_image_string))
+    saved = Image.open(run / "plots" / "predictions.png").convert(logged.mode)   # matplotlib's PNG is RGBA
+    assert logged.size == saved.size and logged.size[0] > 100
+    np.testing.assert_array_equal(np.asarray(logged), np.asarray(saved))
+    csv_only = tmp_path / "csv"
+    main(["--dry-run", "--seed", "0", "--device", "cpu", "--logger", "csv", "--run-dir", str(csv_only)])
+    assert event_files(csv_only) == []
+
+
 # -- options and fallbacks ----------------------------------------------------------------------
 def test_logger_option_values(capsys):
     assert cli.parse_args(parser(), []).logger == "tensorboard,csv"
