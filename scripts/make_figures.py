@@ -10,9 +10,11 @@ Each job runs the homework's own commands (``python -m hw_<name>.train ...``, th
 after the other, each training held to ``--minutes`` (3 by default) by ``--time-limit`` or a
 fixed number of epochs, with ``--threads`` PyTorch threads (1 by default). It then copies the
 plots the runs wrote into ``--out`` (default ``docs/figures``), resized to at most
-``--max-width`` pixels and optimised (PNG, quantised to 256 colours or JPEG when that is what
-keeps a file under ``--max-kb``), and records in ``--out/figures.json`` each job's commands,
-wall time and the run's ``metrics.json``, which the pages quote beside the pictures.
+``--max-width`` pixels and optimised to stay under ``--max-kb`` (JPEG for photographs, PNG for
+charts, as each figure's name in ``JOBS`` says), and records in ``--out/figures.json`` each
+job's commands, wall times and the run's ``metrics.json``, which the pages quote beside the
+pictures (``docs/hooks/site.py``). ``--copy-only`` copies the figures again from the runs
+already made, without training.
 
 A job whose data is missing stops the script with the folder it looked for (``DLS_DATA`` must
 be set: the figures are of the real data). A failed command stops it with the command and its
