@@ -209,7 +209,7 @@ def make_faces(n: int = 600, size: int = FACE_SIZE, seed: int = 0, people: int =
     hair_mask = face & (y < -0.45)
     eyes = ((np.abs(x) - 0.25) ** 2 + (y + 0.15) ** 2) < 0.06 ** 2
     rims = np.abs(np.sqrt((np.abs(x) - 0.25) ** 2 + (y + 0.15) ** 2) - 0.14) < 0.03
-    mouth_y = 0.4 - 0.2 * smile[:, None, None] * (1 - (x / 0.3) ** 2)
+    mouth_y = 0.4 + 0.2 * smile[:, None, None] * (1 - (x / 0.3) ** 2)  # rows grow downwards: corners up
     mouth = (np.abs(y - mouth_y) < 0.045) & (np.abs(x) < 0.3)
     background = rng.uniform(0.1, 0.9, size=(n, 3))
     image = np.where(face[..., None], skin[:, None, None], background[:, None, None])

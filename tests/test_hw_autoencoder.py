@@ -121,6 +121,27 @@ def test_cvae_joins_the_class_to_encoder_and_decoder():
     assert mu.shape == logsigma.shape == (2, 4) and reconstruction.shape == (2, 1, 28, 28)
 
 
+def test_built_in_faces_smile_with_their_smiling_score():
+    """A high ``Smiling`` score draws the mouth's corners above its middle (image rows grow
+    downwards), a low one below."""
+    faces = make_faces(200, seed=0, size=64)
+    scores = faces.attrs["Smiling"].to_numpy()
+    columns = np.linspace(-1, 1, 64)
+    rows = np.arange(64)[:, None].repeat(64, 1)
+    middle, corners = np.abs(columns) < 0.06, (np.abs(columns) > 0.18) & (np.abs(columns) < 0.27)
+
+    def mouth_rows(i):  # mean row of the mouth's dark pixels in the middle and at the corners
+        dark = (faces.images[i].mean(0).numpy() < 0.2) & (rows > 33) & (rows < 62)
+        return rows[dark & middle[None]].mean(), rows[dark & corners[None]].mean()
+
+    for i in np.argsort(scores)[-5:]:      # the most smiling
+        centre, corner = mouth_rows(i)
+        assert centre > corner + 2, (scores[i], centre, corner)
+    for i in np.argsort(scores)[:5]:       # the least
+        centre, corner = mouth_rows(i)
+        assert centre < corner - 2, (scores[i], centre, corner)
+
+
 def test_autoencoder_starts_as_pca_with_as_many_components():
     from sklearn.decomposition import PCA
 
