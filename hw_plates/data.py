@@ -21,6 +21,7 @@ import hashlib
 import json
 import os
 import string
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -342,6 +343,94 @@ class CropDataset(Dataset):
         if self.transform is not None:
             image = self.transform(image=image)["image"]
         return to_input(image), self.crops.texts[i]
+
+
+@dataclass(frozen=True)
+class BoxNoise:
+    """How far a detector's box strays from the true one, as uniform draws: the centre moves by
+    up to ``shift_x`` of the box width and ``shift_y`` of its height, the box grows by a factor
+    in ``scale`` (area-like: width and height alike), its aspect by up to ``aspect`` (width times
+    ``1 + a``, height divided by it) and it turns by up to ``rotate`` degrees."""
+
+    shift_x: float = 0.06
+    shift_y: float = 0.12
+    scale: tuple[float, float] = (0.95, 1.2)
+    aspect: float = 0.1
+    rotate: float = 3.0
+
+
+def cut_rotated(image: np.ndarray, box, height: int, width: int, angle: float = 0.0) -> np.ndarray:
+    """The box of ``image`` (any size, x2/y2 exclusive) turned by ``angle`` degrees about its
+    centre and resized to the reader's preparation size (2 ``height`` x 2 ``width``, as
+    :func:`prepare_crop`), in one warp; pixels outside the photo repeat its edge."""
+    x1, y1, x2, y2 = (float(v) for v in box)
+    bw, bh = max(x2 - x1, 1.0), max(y2 - y1, 1.0)
+    out_w, out_h = 2 * width, 2 * height
+    if angle == 0.0 and (bw > out_w or bh > out_h):  # a large plate: shrink with area averaging
+        return prepare_crop(cut_plate(image, box), height, width)
+    theta = np.deg2rad(angle)
+    cos, sin = np.cos(theta), np.sin(theta)
+    sx, sy = bw / out_w, bh / out_h
+    cx, cy = (x1 + x2) / 2, (y1 + y2) / 2
+    # output pixel (u, v) -> photo point: centre + R(angle) @ ((u + .5) sx - bw / 2, (v + .5) sy - bh / 2)
+    matrix = np.array([[cos * sx, -sin * sy, 0.0], [sin * sx, cos * sy, 0.0]])
+    du, dv = 0.5 * sx - bw / 2, 0.5 * sy - bh / 2
+    matrix[0, 2] = cx + cos * du - sin * dv - 0.5
+    matrix[1, 2] = cy + sin * du + cos * dv - 0.5
+    return cv2.warpAffine(image, matrix, (out_w, out_h), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
+                          borderMode=cv2.BORDER_REPLICATE)
+
+
+def noisy_cut(image: np.ndarray, box, height: int, width: int, rng: np.random.Generator,
+              noise: BoxNoise = BoxNoise()) -> np.ndarray:
+    """A cut of ``image`` at ``box`` moved, resized, stretched and turned by a random draw of
+    ``noise``, prepared for the reader (2 ``height`` x 2 ``width``)."""
+    x1, y1, x2, y2 = (float(v) for v in box)
+    w, h = x2 - x1, y2 - y1
+    cx = (x1 + x2) / 2 + rng.uniform(-noise.shift_x, noise.shift_x) * w
+    cy = (y1 + y2) / 2 + rng.uniform(-noise.shift_y, noise.shift_y) * h
+    s, a = rng.uniform(*noise.scale), 1 + rng.uniform(-noise.aspect, noise.aspect)
+    w, h = w * s * a, h * s / a
+    angle = rng.uniform(-noise.rotate, noise.rotate)
+    return cut_rotated(image, (cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2), height, width, angle)
+
+
+class PhotoCutDataset(Dataset):
+    """(image (3, H, W) in [0, 1], text) pairs cut from photos at their true plate boxes, as a
+    detector would hand them to the reader: from the photo as loaded (the resolution the
+    pipeline has, never the detector's resized input), with box noise (:class:`BoxNoise`).
+
+    With ``augment`` each item is a fresh draw of the noise (seeded from torch's generator, so
+    ``torch.manual_seed`` repeats a run) followed by the reader's augmentations; without, the
+    noise of item ``i`` is fixed by ``seed`` (a stable validation set); ``noise=None`` cuts the
+    exact boxes. ``repeats`` lists every plate that many times per epoch.
+    """
+
+    def __init__(self, photos: Sequence[Photo], height: int, width: int, noise: BoxNoise | None = BoxNoise(),
+                 augment: bool = False, repeats: int = 1, seed: int = 0):
+        self.plates = [(i, box, text) for i, photo in enumerate(photos) for box, text in zip(photo.boxes, photo.texts)]
+        self.images = [photo.load() for photo in photos]
+        self.height, self.width, self.noise, self.repeats, self.seed = height, width, noise, repeats, seed
+        self.transform = reader_augmentations(seed) if augment else None
+
+    def __len__(self) -> int:
+        return len(self.plates) * self.repeats
+
+    def cut(self, i: int) -> tuple[np.ndarray, str]:
+        """Item ``i`` prepared for the reader (2H x 2W uint8), before augmentation, and its text."""
+        photo, box, text = self.plates[i % len(self.plates)]
+        image = self.images[photo]
+        if self.noise is None:
+            return prepare_crop(cut_plate(image, box), self.height, self.width), text
+        seed = int(torch.randint(2 ** 31 - 1, ())) if self.transform is not None else self.seed * 100003 + i
+        return noisy_cut(image, box, self.height, self.width, np.random.default_rng(seed), self.noise), text
+
+    def __getitem__(self, i: int):
+        image, text = self.cut(i)
+        if self.transform is not None:
+            self.transform.set_random_seed(int(torch.randint(2 ** 31 - 1, ())))
+            image = self.transform(image=image)["image"]
+        return to_input(image), text
 
 
 def collate_crops(batch) -> tuple[torch.Tensor, list[str]]:

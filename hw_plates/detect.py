@@ -48,17 +48,19 @@ def detection_samples(photos: Sequence[Photo], size: int | None = None) -> list[
 
 @torch.no_grad()
 def detect_plates(model: PlateNet, images: Sequence[np.ndarray], size: int, topk: int = 10,
-                  batch_size: int = 8) -> list[dict[str, torch.Tensor]]:
+                  batch_size: int = 8, flip: bool = False) -> list[dict[str, torch.Tensor]]:
     """Plates in RGB photos (H, W, 3) of any size: ``boxes`` (K, 4) in each photo's own pixels,
-    ``scores``, ``labels``, best first."""
-    from core.detection.centernet import decode
+    ``scores``, ``labels``, best first; ``flip``: averaged with the mirrored photo
+    (:func:`core.detection.centernet.flip_averaged`)."""
+    from core.detection.centernet import decode, flip_averaged
 
     model.eval()
     results = []
     for start in range(0, len(images), batch_size):
         chunk = images[start:start + batch_size]
         batch = torch.stack([resize_photo(image, size) for image in chunk])
-        for image, det in zip(chunk, decode(model(batch), model.stride, topk, (size, size))):
+        outputs = flip_averaged(model, batch) if flip else model(batch)
+        for image, det in zip(chunk, decode(outputs, model.stride, topk, (size, size))):
             h, w = image.shape[:2]
             boxes = det["boxes"] * torch.tensor([w / size, h / size, w / size, h / size])
             results.append({"boxes": boxes, "scores": det["scores"], "labels": det["labels"]})

@@ -8,7 +8,9 @@ detector on the photos (``map50``), and both end to end (``e2e_exact``, ``e2e_le
 the plate text, the same in every run); ``--split all`` scores every plate, for a data set the
 run never saw. Each part the run trained is scored (a ``--stage read`` run has no detector:
 crops only; a ``--stage detect`` run has no reader: photos only). Writes ``metrics.json``,
-``readings.csv`` (crops) / ``photos.csv`` (end to end) and figures of the worst readings into
+``readings.csv`` (crops), ``plates.csv`` (end to end, per plate: box, detection, score, reading)
+and ``photos.csv`` (per photo: plates found, missed and misread, edits), the figures of the
+worst crops and of the worst photos (boxes and readings) into
 ``--run-dir`` (default: ``<run>/eval-<timestamp>``, a fresh folder each time).
 """
 from __future__ import annotations
@@ -75,17 +77,37 @@ def main(argv: list[str] | None = None) -> dict:
         write_readings(run / "readings.csv", crops, predictions)
         worst_readings_figure(crops, predictions, run.plots / "worst_readings.png")
     if detector is not None:
-        metrics.update(detector_metrics(detector, photos, det_config["size"]))
+        metrics.update(detector_metrics(detector, photos, det_config["size"], det_config.get("flip", False)))
     if reader is not None and detector is not None:
         scores, rows = end_to_end(detector, reader, photos, det_config["size"], det_config["margin"],
-                                  det_config["score_threshold"], args.beam_width)
+                                  det_config["score_threshold"], args.beam_width, flip=det_config.get("flip", False))
         metrics.update(scores)
-        pd.DataFrame([{k: v for k, v in r.items() if k != "crop"} | {"found": r["crop"] is not None} for r in rows]
-                     ).to_csv(run / "photos.csv", index=False)
+        write_plates(run / "plates.csv", rows)
+        write_photos(run / "photos.csv", rows)
         worst_photos_figure(rows, run.plots / "worst_photos.png")
     run.save_metrics(metrics)
     run.summary(metrics)
     return metrics
+
+
+def write_plates(path, rows: list[dict]) -> None:
+    """One line per true plate: its photo, text and box, the detection read for it (box, score)
+    or none, the reading and its edits."""
+    pd.DataFrame([{"photo": r["photo"], "text": r["text"], "box": r["box"], "found": r["det_box"] is not None,
+                   "det_box": r["det_box"], "score": r["score"], "reading": r["reading"],
+                   "edits": levenshtein(r["reading"], r["text"])} for r in rows]).to_csv(path, index=False)
+
+
+def write_photos(path, rows: list[dict]) -> None:
+    """One line per photo: its plates, how many were found, missed and misread (found, read
+    wrong), and the edits over its plates (the contest's score per photo)."""
+    table = pd.DataFrame([{"photo": r["photo"], "found": r["det_box"] is not None,
+                           "misread": r["det_box"] is not None and r["reading"] != r["text"],
+                           "edits": levenshtein(r["reading"], r["text"])} for r in rows])
+    per_photo = table.groupby("photo", sort=False).agg(plates=("found", "size"), found=("found", "sum"),
+                                                       misread=("misread", "sum"), edits=("edits", "sum"))
+    per_photo.insert(2, "missed", per_photo["plates"] - per_photo["found"])
+    per_photo.reset_index().to_csv(path, index=False)
 
 
 def write_readings(path, crops: CropSet, predictions: list[str]) -> None:

@@ -36,7 +36,7 @@ def read_photo(image: np.ndarray, reader: CRNN, detector=None, config: dict | No
     if detector is None:
         boxes, scores, margin = np.array([[0, 0, w, h]], dtype=np.float32), np.ones(1), 0.0
     else:
-        (found,) = detect_plates(detector, [image], config["size"])
+        (found,) = detect_plates(detector, [image], config["size"], flip=config.get("flip", False))
         keep = found["scores"] >= config["score_threshold"]
         boxes, scores, margin = found["boxes"][keep].numpy(), found["scores"][keep].numpy(), config["margin"]
         readable = (boxes[:, 2] - boxes[:, 0] >= 2) & (boxes[:, 3] - boxes[:, 1] >= 2)  # at least 2x2 px

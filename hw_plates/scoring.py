@@ -10,9 +10,9 @@ import numpy as np
 import torch
 
 from core.detection.evaluate import mean_average_precision
-from core.plots import image_grid
+from core.plots import box_overlays, image_grid
 
-from .data import CropSet, Photo, cut_plate, prepare_crop, to_input
+from .data import BoxNoise, CropSet, Photo, PhotoCutDataset, cut_plate, prepare_crop, to_input
 from .detect import detect_plates, match_plates
 from .models import CRNN
 from .task import read_crops
@@ -27,6 +27,32 @@ def crop_metrics(reader: CRNN, crops: CropSet, beam_width: int = 1) -> tuple[dic
     return {"crops": len(crops), **{k: round(v, 4) for k, v in scores.items()}}, predictions
 
 
+def cut_metrics(reader: CRNN, photos: Sequence[Photo], crops: CropSet, beam_width: int = 1,
+                noise: BoxNoise = BoxNoise(), seed: int = 0) -> dict:
+    """The reader on the same plates as clean crops and as cuts from ``photos``, side by side.
+
+    ``photo_crops_exact``: the clean crops (``crops`` whose name is a photo's) of the photos'
+    plates; ``cut_exact``: the plates cut from the photos at their true boxes; ``noisy_cut_exact``:
+    cut with a fixed draw of ``noise`` (``seed``), as a detector's boxes stray;
+    ``cut_loss``: ``photo_crops_exact - noisy_cut_exact``.
+    """
+    if not photos:
+        return {}
+    height, width = reader.input_size
+    exact = PhotoCutDataset(photos, height, width, noise=None)
+    noisy = PhotoCutDataset(photos, height, width, noise=noise, seed=seed)
+    scores = {"cut_plates": len(exact)}
+    for name, dataset in (("cut", exact), ("noisy_cut", noisy)):
+        images, texts = zip(*(dataset[i] for i in range(len(dataset))))
+        scores[f"{name}_exact"] = reading_metrics(read_crops(reader, torch.stack(images), beam_width), texts)["exact"]
+    names = {p.name for p in photos}
+    clean = crops.subset(i for i, n in enumerate(crops.names) if n in names)
+    if len(clean):
+        scores["photo_crops_exact"] = crop_metrics(reader, clean, beam_width)[0]["exact"]
+        scores["cut_loss"] = scores["photo_crops_exact"] - scores["noisy_cut_exact"]
+    return {k: round(v, 4) if isinstance(v, float) else v for k, v in scores.items()}
+
+
 def worst_readings_figure(crops: CropSet, predictions: Sequence[str], path: str | os.PathLike, n: int = 16) -> Path:
     """The ``n`` crops read worst (most edits), titled ``truth -> reading``."""
     edits = [levenshtein(p, t) for p, t in zip(predictions, crops.texts)]
@@ -36,9 +62,10 @@ def worst_readings_figure(crops: CropSet, predictions: Sequence[str], path: str 
                       title="worst readings: truth -> reading (edits)")
 
 
-def detector_metrics(detector, photos: Sequence[Photo], size: int) -> dict:
-    """``map50`` and ``map`` (COCO's, IoU 0.5:0.95) of the plate detector on ``photos``."""
-    detections = detect_plates(detector, [p.load() for p in photos], size)
+def detector_metrics(detector, photos: Sequence[Photo], size: int, flip: bool = False) -> dict:
+    """``map50`` and ``map`` (COCO's, IoU 0.5:0.95) of the plate detector on ``photos``
+    (``flip``: with the test-time flip)."""
+    detections = detect_plates(detector, [p.load() for p in photos], size, flip=flip)
     targets = [{"boxes": torch.as_tensor(p.boxes), "labels": torch.zeros(len(p.boxes), dtype=torch.long)}
                for p in photos]
     scores = mean_average_precision(detections, targets)
@@ -46,11 +73,15 @@ def detector_metrics(detector, photos: Sequence[Photo], size: int) -> dict:
 
 
 def end_to_end(detector, reader: CRNN, photos: Sequence[Photo], size: int, margin: float,
-               score_threshold: float = 0.3, beam_width: int = 1) -> tuple[dict, list[dict]]:
-    """Detect, cut each matched plate with ``margin``, read it; the photo-level scores
-    (:func:`hw_plates.text.end_to_end_metrics`) and one row per true plate for the figure."""
+               score_threshold: float = 0.3, beam_width: int = 1, flip: bool = False) -> tuple[dict, list[dict]]:
+    """Detect (``flip``: with the test-time flip), cut each matched plate with ``margin`` from
+    the photo as loaded, read it; the photo-level scores (:func:`hw_plates.text.end_to_end_metrics`),
+    ``e2e_found`` / ``e2e_missed`` (true plates with / without a matching detection),
+    ``e2e_misread`` (found but read wrong) and ``detector_cut_exact`` (the share of found plates
+    read whole: the reader on the detector's cuts), and one row per true plate (photo, text,
+    box, detection box and score, crop, reading)."""
     images = [p.load() for p in photos]
-    detections = detect_plates(detector, images, size)
+    detections = detect_plates(detector, images, size, flip=flip)
     height, width = reader.input_size
     rows, crops = [], []
     for photo, image, det in zip(photos, images, detections):
@@ -58,7 +89,11 @@ def end_to_end(detector, reader: CRNN, photos: Sequence[Photo], size: int, margi
             crop = cut_plate(image, det["boxes"][index].tolist(), margin) if index is not None else None
             if crop is not None and min(crop.shape[:2]) < 2:
                 crop = None
-            rows.append({"photo": photo.name, "text": text, "crop": crop, "reading": ""})
+            found = crop is not None
+            rows.append({"photo": photo.name, "text": text, "crop": crop, "image": image, "reading": "",
+                         "box": [round(float(v), 1) for v in box],
+                         "det_box": [round(float(v), 1) for v in det["boxes"][index].tolist()] if found else None,
+                         "score": round(float(det["scores"][index]), 4) if found else None})
             if crop is not None:
                 crops.append((len(rows) - 1, to_input(prepare_crop(crop, height, width))))
     if crops:
@@ -71,17 +106,34 @@ def end_to_end(detector, reader: CRNN, photos: Sequence[Photo], size: int, margi
         truths.append(row["text"])
         reads.append(row["reading"])
     scores = end_to_end_metrics([t for t, _ in by_photo.values()], [r for _, r in by_photo.values()])
-    scores["e2e_missed"] = sum(row["crop"] is None for row in rows)
+    found = [row for row in rows if row["crop"] is not None]
+    scores["e2e_found"] = len(found)
+    scores["e2e_missed"] = len(rows) - len(found)
+    scores["e2e_misread"] = sum(row["reading"] != row["text"] for row in found)
+    if found:
+        scores["detector_cut_exact"] = 1 - scores["e2e_misread"] / len(found)
     return {k: round(v, 4) if isinstance(v, float) else v for k, v in scores.items()}, rows
 
 
-def worst_photos_figure(rows: Sequence[dict], path: str | os.PathLike, n: int = 16) -> Path:
-    """The plates read worst end to end: the detector's cut, titled ``truth -> reading``."""
-    edits = [levenshtein(r["reading"], r["text"]) for r in rows]
-    order = sorted(range(len(rows)), key=lambda i: -edits[i])[:n]
-    blank = np.full((16, 64, 3), 255, dtype=np.uint8)
-    images = [rows[i]["crop"] if rows[i]["crop"] is not None else blank for i in order]
-    titles = [f"{rows[i]['text']} -> {rows[i]['reading'] or ('(no box)' if rows[i]['crop'] is None else '(empty)')}"
-              for i in order]
-    return image_grid(images, path, titles=titles, ncols=4, cell_size=2.4,
-                      title="worst photos end to end: truth -> reading of the detector's cut")
+def worst_photos_figure(rows: Sequence[dict], path: str | os.PathLike, n: int = 9) -> Path:
+    """The ``n`` photos read worst end to end (most edits over their plates): each photo with
+    its true boxes (dashed) and the detections read for them (solid, with the score), titled
+    ``truth -> reading`` per plate (``(no box)`` for a plate not found)."""
+    photos: dict[str, list[dict]] = {}
+    for row in rows:
+        photos.setdefault(row["photo"], []).append(row)
+    edits = {name: sum(levenshtein(r["reading"], r["text"]) for r in plates) for name, plates in photos.items()}
+    order = sorted(photos, key=lambda name: -edits[name])[:n]
+    images, truths, preds, titles = [], [], [], []
+    for name in order:
+        plates = photos[name]
+        found = [r for r in plates if r["det_box"] is not None]
+        images.append(plates[0]["image"])
+        truths.append({"boxes": np.asarray([r["box"] for r in plates]).reshape(-1, 4),
+                       "labels": np.zeros(len(plates), dtype=np.int64)})
+        preds.append({"boxes": np.asarray([r["det_box"] for r in found], dtype=np.float32).reshape(-1, 4),
+                      "scores": np.asarray([r["score"] for r in found], dtype=np.float32),
+                      "labels": np.zeros(len(found), dtype=np.int64)})
+        titles.append("; ".join(f"{r['text']} -> {r['reading'] or ('(no box)' if r['det_box'] is None else '(empty)')}"
+                                for r in plates) + f"\n{name}")
+    return box_overlays(images, truths, preds, path, ["plate"], titles=titles, score_threshold=0.0)

@@ -4,15 +4,21 @@
     python -m hw_plates.train --stage read --beam-width 8
     python -m hw_plates.train --stage detect --data-dir PATH/TO/plates
 
-``--stage read``: a CRNN with CTC on the plate crops. ``--stage detect``: a CenterNet on the
-photos. ``--stage both``: the two, then the photos read end to end (detector, plates cut
-with a margin, reader). The plates are split by text (hw_plates.data.split_of): 70% train,
-10% val (picks the best epoch), 20% test, never trained nor tuned on; the figures reported
-are the test plates'. Epochs, batch sizes and learning rates default to a recipe for the
-data in use (printed at the start). The run folder gets args.json, reader/ and detector/
-(history.csv, best.pt, last.pt), model.pt (the parts trained, the alphabet and what rebuilds
-them: :mod:`hw_plates.models`; ``hw_plates.load_model`` reads it), metrics.json and plots
-(curves, the worst readings of crops and of photos).
+``--stage read``: a CRNN with CTC on the plate crops and on the plates cut from the photos
+at their true boxes with detector-like box noise (``--cut-repeats``; the cuts the pipeline
+will hand it, from the photo as loaded, not from the detector's resized input). ``--stage
+detect``: a CenterNet on the photos. ``--stage both``: the two, then the photos read end to
+end (detector with the test-time flip, plates cut with a margin, reader). The plates are
+split by text (hw_plates.data.split_of): 70% train, 10% val (picks the best epoch), 20%
+test, never trained nor tuned on; the figures reported are the test plates' (the reader on
+clean crops and on cuts from the test photos side by side: ``test_exact``,
+``test_photo_crops_exact``, ``test_cut_exact``, ``test_noisy_cut_exact``, ``test_cut_loss``;
+on the detector's own cuts ``test_detector_cut_exact``). Epochs, batch sizes and learning
+rates default to a recipe for the data in use (printed at the start). The run folder gets
+args.json, reader/ and detector/ (history.csv, best.pt, last.pt), model.pt (the parts
+trained, the alphabet and what rebuilds them: :mod:`hw_plates.models`;
+``hw_plates.load_model`` reads it), metrics.json and plots (curves, the worst readings of
+crops and of photos).
 """
 from __future__ import annotations
 
@@ -20,9 +26,10 @@ import argparse
 import time
 
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import ConcatDataset, DataLoader, Dataset
 
 from core import cli, runs
+from core.callbacks import EMA
 from core.checkpoint import load_checkpoint
 from core.console import echo
 from core.data import resolve_data_root
@@ -31,10 +38,10 @@ from core.detection.centernet import CenterNetTask
 from core.detection.data import collate
 from core.plots import plot_history
 
-from .data import CropDataset, CropSet, Photo, collate_crops, load_crops, load_photos, make_rendered_plates
+from .data import CropDataset, CropSet, Photo, PhotoCutDataset, collate_crops, load_crops, load_photos, make_rendered_plates
 from .detect import PlateDetectionDataset
 from .models import CRNN, READER_ARCHS, PlateNet, save_plate_model
-from .scoring import crop_metrics, detector_metrics, end_to_end, worst_photos_figure, worst_readings_figure
+from .scoring import crop_metrics, cut_metrics, detector_metrics, end_to_end, worst_photos_figure, worst_readings_figure
 from .task import ReaderTask
 from .text import DEFAULT_ALPHABET, Alphabet
 
@@ -60,6 +67,10 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument("--beam-width", type=cli.positive_int, default=1,
                        help="test decoding: 1 greedy, more: prefix beam search")
     group.add_argument("--no-augment", action="store_true", help="train on the crops as they are")
+    group.add_argument("--cut-repeats", type=cli.nonneg_int, default=1,
+                       help="the reader also trains (and is validated) on the plates cut from the photos at their "
+                            "true boxes with detector-like box noise, each train plate this many times per epoch; "
+                            "0: crops only")
     group.add_argument("--n-rendered", type=cli.int_at_least(10), default=800, help="number of built-in rendered plates")
     group.add_argument("--n-scenes", type=cli.int_at_least(10), default=300,
                        help="number of built-in photos (rendered plates pasted into scenes)")
@@ -73,6 +84,12 @@ def build_parser() -> argparse.ArgumentParser:
     det.add_argument("--margin", type=cli.nonneg_float, default=0.0,
                      help="plates are cut with this fraction of their box height added on every side (the "
                           "detector's boxes already run a little wide)")
+    det.add_argument("--det-ema", type=cli.nonneg_float, default=0.0,
+                     help="validate, select and keep an exponential moving average of the detector's weights with "
+                          "this decay per step (core.callbacks.EMA); 0: the trained weights")
+    det.add_argument("--no-flip", action="store_true",
+                     help="detect without the test-time flip (by default each photo's heat map is averaged with its "
+                          "mirror image's)")
     det.add_argument("--score-threshold", type=cli.probability, default=0.3,
                      help="end to end: detections scoring less are not read")
     group.add_argument("--select", choices=("best", "last"), default="best",
@@ -89,6 +106,8 @@ def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Alp
         parser.error(f"--det-size must be a multiple of 32, got {args.det_size}")
     if args.height % 16 or args.width % 4:
         parser.error(f"--height must be a multiple of 16 and --width of 4, got {args.height}x{args.width}")
+    if args.det_ema >= 1:
+        parser.error(f"--det-ema must be below 1 (a decay per step), got {args.det_ema}")
     if args.weights == "imagenet" and args.arch != "crnn_resnet18":
         parser.error("--weights imagenet needs --arch crnn_resnet18")
     try:
@@ -103,30 +122,45 @@ def load_data(args, alphabet: Alphabet) -> tuple[CropSet, list[Photo], bool]:
     crops, photos = CropSet([], [], [], [], ""), []
     if source.builtin:
         n_crops = args.n_rendered if args.stage != "detect" else 0
-        n_photos = args.n_scenes if args.stage != "read" else 0
+        n_photos = args.n_scenes if args.stage != "read" or args.cut_repeats else 0
         crops, photos = make_rendered_plates(n_crops, n_photos, alphabet, args.height, args.width, seed=args.seed)
     else:
         if args.stage != "detect":
             crops = load_crops(source.root, alphabet, args.height, args.width)
-        if args.stage != "read":
+        if args.stage != "read" or args.cut_repeats:
             photos = load_photos(source.root, alphabet)
     if args.stage != "detect":
         echo(f"crops: {crops.description}; split by plate text: "
              + " / ".join(f"{len(crops.split(s))} {s}" for s in ("train", "val", "test")))
-    if args.stage != "read":
+    if photos:
         echo(f"photos: {len(photos)}; split by plate text: "
              + " / ".join(f"{sum(p.split == s for p in photos)} {s}" for s in ("train", "val", "test")))
     return crops, photos, source.builtin
 
 
-def train_reader(args, crops: CropSet, run: runs.RunDir) -> tuple[CRNN, dict]:
-    """Fit the CRNN on the train crops; returns it with the weights ``--select`` picks (the best
-    epoch by val exact, or the last) in eval mode, and its numbers."""
-    train, val = crops.split("train"), crops.split("val")
-    train_loader = DataLoader(CropDataset(train, augment=not args.no_augment, seed=args.seed),
-                              batch_size=args.batch_size, shuffle=True, num_workers=args.num_workers,
+def reader_datasets(args, crops: CropSet, photos: list[Photo]) -> tuple[Dataset, Dataset]:
+    """The reader's train and val sets: the crops of each split, and with ``--cut-repeats`` the
+    plates cut from the same split's photos with box noise (fresh draws in training, fixed in val)."""
+    train = [CropDataset(crops.split("train"), augment=not args.no_augment, seed=args.seed)]
+    val = [CropDataset(crops.split("val"))]
+    if args.cut_repeats and photos:
+        height, width = args.height, args.width
+        train.append(PhotoCutDataset([p for p in photos if p.split == "train"], height, width,
+                                     augment=not args.no_augment, repeats=args.cut_repeats, seed=args.seed))
+        val.append(PhotoCutDataset([p for p in photos if p.split == "val"], height, width, seed=args.seed))
+        echo(f"reader: {len(train[0])} train crops + {len(train[1])} noisy photo cuts per epoch; "
+             f"val {len(val[0])} crops + {len(val[1])} cuts")
+    return ConcatDataset(train), ConcatDataset(val)
+
+
+def train_reader(args, crops: CropSet, photos: list[Photo], run: runs.RunDir) -> tuple[CRNN, dict]:
+    """Fit the CRNN on the train crops (and photo cuts, :func:`reader_datasets`); returns it with
+    the weights ``--select`` picks (the best epoch by val exact, or the last) in eval mode, and
+    its numbers."""
+    train, val = reader_datasets(args, crops, photos)
+    train_loader = DataLoader(train, batch_size=args.batch_size, shuffle=True, num_workers=args.num_workers,
                               collate_fn=collate_crops, drop_last=len(train) > args.batch_size)
-    val_loader = DataLoader(CropDataset(val), batch_size=64, num_workers=args.num_workers, collate_fn=collate_crops)
+    val_loader = DataLoader(val, batch_size=64, num_workers=args.num_workers, collate_fn=collate_crops)
     torch.manual_seed(args.seed)
     model = CRNN(args.alphabet, args.arch, args.height, args.channels, args.hidden,
                  weights=None if args.weights == "none" else args.weights, width=args.width)
@@ -156,8 +190,9 @@ def train_detector(args, photos: list[Photo], run: runs.RunDir, start_run: bool)
     echo(f"detector: CenterNet (PlateNet width {args.det_width}), {count_parameters(model):,} parameters, "
          f"input {args.det_size}x{args.det_size}, heat map stride {model.stride}")
     task = CenterNetTask(model, lr=args.det_lr, topk=10)
+    callbacks = ([run.start_callback(args)] if start_run else []) + ([EMA(args.det_ema)] if args.det_ema else [])
     trainer = cli.build_trainer(args, run_dir=run / "detector", monitor="val_map50", mode="max",
-                                max_epochs=args.det_epochs, callbacks=[run.start_callback(args)] if start_run else [])
+                                max_epochs=args.det_epochs, callbacks=callbacks)
     start = time.perf_counter()
     history = trainer.fit(task, train_loader, val_loader, resume=args.resume)
     load_checkpoint(run / "detector" / f"{args.select}.pt", task)
@@ -177,19 +212,22 @@ def main(argv: list[str] | None = None) -> dict:
 
     metrics, reader, detector = {}, None, None
     if args.stage in ("read", "both"):
-        reader, numbers = train_reader(args, crops, run)
+        reader, numbers = train_reader(args, crops, photos, run)
         test = crops.split("test")
         scores, readings = crop_metrics(reader, test, args.beam_width)
         metrics.update(numbers, **{f"test_{k}": v for k, v in scores.items()})
+        if photos:
+            metrics.update({f"test_{k}": v for k, v in cut_metrics(
+                reader, [p for p in photos if p.split == "test"], test, args.beam_width).items()})
         worst_readings_figure(test, readings, run.plots / "worst_readings.png")
     if args.stage in ("detect", "both"):
         detector, numbers = train_detector(args, photos, run, start_run=reader is None)
         test_photos = [p for p in photos if p.split == "test"]
         metrics.update(numbers, **{f"test_{k}": v for k, v in
-                                   detector_metrics(detector, test_photos, args.det_size).items()})
+                                   detector_metrics(detector, test_photos, args.det_size, not args.no_flip).items()})
     if reader is not None and detector is not None:
         scores, rows = end_to_end(detector, reader, test_photos, args.det_size, args.margin, args.score_threshold,
-                                  args.beam_width)
+                                  args.beam_width, flip=not args.no_flip)
         metrics.update({f"test_{k}": v for k, v in scores.items()})
         worst_photos_figure(rows, run.plots / "worst_photos.png")
     save_plate_model(run, reader, reader_config(args), detector, detector_config(args), detection_settings(args))
@@ -210,8 +248,10 @@ def detector_config(args) -> dict:
 
 
 def detection_settings(args) -> dict:
-    """How the detector is used: input size, the margin plates are cut with, the score threshold."""
-    return {"size": args.det_size, "margin": args.margin, "score_threshold": args.score_threshold}
+    """How the detector is used: input size, the margin plates are cut with, the score threshold,
+    the test-time flip."""
+    return {"size": args.det_size, "margin": args.margin, "score_threshold": args.score_threshold,
+            "flip": not args.no_flip}
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 from core.detection.data import DetectionDataset, DetectionSample, collate
 from core.detection.centernet import (CenterNet, CenterNetTask, ModulatedDeformConv, centernet_loss, decode,
-                                      encode_targets, gaussian_focal_loss, gaussian_radius, predict)
+                                      encode_targets, flip_averaged, gaussian_focal_loss, gaussian_radius, predict)
 from core.detection.evaluate import detection_metrics, mean_average_precision, precision_recall_f1
 
 
@@ -250,3 +250,17 @@ def test_centernet_overfits_a_few_images_until_decoding_finds_their_boxes():
     assert mean_average_precision(found, targets)["map50"] > 0.9
     best = [f["boxes"][f["scores"].argmax()] for f in found]
     assert max(f["scores"].max().item() for f in found) > 0.3 and len(best) == 4
+
+
+def test_flip_averaging_mirrors_the_second_pass_back_and_keeps_the_plain_offsets():
+    def model(x):  # a map that is not mirror-symmetric: running sums along the width
+        c = x.cumsum(-1)
+        return {"heatmap": c[:, :1], "size": 2 * c[:, :2], "offset": c[:, 1:3]}
+
+    x = torch.arange(2 * 3 * 2 * 4, dtype=torch.float32).reshape(2, 3, 2, 4)
+    out = flip_averaged(model, x)
+    # by hand for one row: x = [0, 1, 2, 3] -> sums [0, 1, 3, 6]; mirrored [3, 2, 1, 0] -> [3, 5, 6, 6],
+    # flipped back [6, 6, 5, 3]; average [3, 3.5, 4, 4.5]
+    assert out["heatmap"][0, 0, 0].tolist() == [3.0, 3.5, 4.0, 4.5]
+    assert torch.equal(out["size"], x.cumsum(-1)[:, :2] + x.flip(-1).cumsum(-1).flip(-1)[:, :2])
+    assert torch.equal(out["offset"], x.cumsum(-1)[:, 1:3])

@@ -7,6 +7,7 @@ import json
 import math
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from PIL import Image
@@ -14,8 +15,8 @@ from torch.utils.data import DataLoader
 
 from core.data import DataError
 from core.trainer import Trainer
-from hw_plates.data import (CropDataset, collate_crops, cut_plate, load_crops, load_photos, make_rendered_plates,
-                            prepare_crop, split_of, to_input)
+from hw_plates.data import (BoxNoise, CropDataset, PhotoCutDataset, collate_crops, cut_plate, cut_rotated,
+                            load_crops, load_photos, make_rendered_plates, noisy_cut, prepare_crop, split_of, to_input)
 from hw_plates.detect import PlateDetectionDataset, detect_plates, match_plates
 from hw_plates.models import CRNN, PlateNet, load_model, save_plate_model
 from hw_plates.task import ReaderTask, ctc_loss, read_crops
@@ -270,6 +271,38 @@ def test_a_photo_without_annotation_is_named(tmp_path, capsys):
 
 
 # -- commands --------------------------------------------------------------------------------------
+def test_a_cut_turned_half_a_turn_is_the_plain_cut_mirrored_both_ways():
+    rng = np.random.default_rng(0)
+    photo = rng.integers(0, 256, (120, 200, 3), dtype=np.uint8)
+    box = (40.0, 50.0, 120.0, 74.0)
+    plain = cut_rotated(photo, box, 16, 64)
+    # the straight cut is the box resized, as the pipeline cuts it (prepare_crop of cut_plate)
+    assert plain.shape == (32, 128, 3)
+    assert np.abs(plain.astype(int) - prepare_crop(cut_plate(photo, box), 16, 64)).mean() < 3
+    turned = cut_rotated(photo, box, 16, 64, angle=180.0)
+    assert np.abs(turned.astype(int) - plain[::-1, ::-1]).max() <= 1
+    # no noise: the noisy cut is the plain one
+    still = BoxNoise(shift_x=0, shift_y=0, scale=(1, 1), aspect=0, rotate=0)
+    assert np.array_equal(noisy_cut(photo, box, 16, 64, rng, still), plain)
+
+
+def test_photo_cuts_are_fixed_in_validation_and_fresh_in_training():
+    _, photos = make_rendered_plates(0, 3, Alphabet(), 32, 64, seed=2)
+    val = PhotoCutDataset(photos, 32, 64, seed=1, repeats=2)
+    assert len(val) == 6 and [val[i][1] for i in range(6)] == [p.texts[0] for p in photos] * 2
+    first, again = val[0][0], val[0][0]
+    assert first.shape == (3, 32, 64) and torch.equal(first, again)
+    assert not torch.equal(val[0][0], val[3][0])                                  # repeats draw their own noise
+    exact = PhotoCutDataset(photos, 32, 64, noise=None)
+    expected = to_input(prepare_crop(cut_plate(photos[1].image, photos[1].boxes[0]), 32, 64))
+    assert torch.equal(exact[1][0], expected)
+    train = PhotoCutDataset(photos, 32, 64, augment=True)
+    torch.manual_seed(0)
+    a = train[0][0]
+    torch.manual_seed(0)
+    assert torch.equal(a, train[0][0]) and not torch.equal(a, train[0][0])
+
+
 TINY = ["--n-rendered", "40", "--epochs", "1", "--channels", "4", "--hidden", "8", "--width", "64",
         "--n-scenes", "20", "--det-epochs", "1", "--det-size", "64", "--det-width", "4"]
 
@@ -326,6 +359,12 @@ def test_both_stages_on_rendered_plates_score_the_photos_end_to_end(runs_root, m
     assert 0 <= metrics["test_e2e_missed"] <= metrics["test_photos"]
     scores = evaluate.main(["--run", str(run), "--n-rendered", "12", "--split", "all"])
     assert scores["photos"] == 12 and "e2e_exact" in scores and "map50" in scores
+    (folder,) = run.glob("eval-*")
+    photos, plates = pd.read_csv(folder / "photos.csv"), pd.read_csv(folder / "plates.csv")
+    assert len(photos) == len(plates) == 12 and (folder / "plots" / "worst_photos.png").is_file()
+    assert (photos["found"].sum(), photos["missed"].sum()) == (scores["e2e_found"], scores["e2e_missed"])
+    assert photos["misread"].sum() == scores["e2e_misread"] == (plates["found"] & (plates["edits"] > 0)).sum()
+    assert photos["edits"].mean() == pytest.approx(scores["e2e_levenshtein"], abs=1e-4)
 
     _, scenes = make_rendered_plates(0, 1, Alphabet(), 32, 64, seed=5)
     Image.fromarray(scenes[0].image).save(tmp_path / "scene.png")
@@ -343,7 +382,7 @@ def test_load_model_gives_the_selected_weights_and_the_run_test_scores(runs_root
     from core.detection.centernet import CenterNetTask
     from core.errors import UserError
     from hw_plates import evaluate, train
-    from hw_plates.scoring import crop_metrics, detector_metrics, end_to_end
+    from hw_plates.scoring import crop_metrics, cut_metrics, detector_metrics, end_to_end
 
     monkeypatch.delenv("DLS_DATA", raising=False)
     run = tmp_path / "run"
@@ -353,7 +392,7 @@ def test_load_model_gives_the_selected_weights_and_the_run_test_scores(runs_root
     assert loaded.config == {"reader": {"arch": "crnn_small", "height": 32, "width": 64, "channels": 4, "hidden": 8},
                              "detector": {"width": 4}}
     assert loaded.extras == {"parts": ["reader", "detector"], "alphabet": Alphabet().chars,
-                             "detection": {"size": 64, "margin": 0.0, "score_threshold": 0.3}}
+                             "detection": {"size": 64, "margin": 0.0, "score_threshold": 0.3, "flip": True}}
     assert not loaded.model.training and loaded.metrics == metrics and loaded.settings["stage"] == "both"
     # the weights are each stage's best epoch (--select best)
     reader_task, detector_task = ReaderTask(CRNN(Alphabet(), channels=4, hidden=8, width=64)), CenterNetTask(PlateNet(4))
@@ -368,11 +407,14 @@ def test_load_model_gives_the_selected_weights_and_the_run_test_scores(runs_root
     crops, photos = make_rendered_plates(40, 20, Alphabet(), 32, 64, seed=42)    # the run's data (seed 42)
     test_photos = [p for p in photos if p.split == "test"]
     scores = {**crop_metrics(loaded.model.reader, crops.split("test"))[0],
-              **detector_metrics(loaded.model.detector, test_photos, 64),
-              **end_to_end(loaded.model.detector, loaded.model.reader, test_photos, 64, 0.0)[0]}
+              **cut_metrics(loaded.model.reader, test_photos, crops.split("test")),
+              **detector_metrics(loaded.model.detector, test_photos, 64, flip=True),
+              **end_to_end(loaded.model.detector, loaded.model.reader, test_photos, 64, 0.0, flip=True)[0]}
     assert {f"test_{key}": value for key, value in scores.items()} == \
         {key: value for key, value in metrics.items() if key.startswith("test_")}
     assert scores["mean_levenshtein"] > 0 and scores["crops"] > 0 and scores["photos"] > 0
+    assert scores["cut_plates"] == scores["photos"] == scores["e2e_found"] + scores["e2e_missed"]
+    assert scores["cut_loss"] == pytest.approx(scores["photo_crops_exact"] - scores["noisy_cut_exact"], abs=1e-3)
     # without model.pt the run is refused in one line, naming its checkpoints
     (run / "model.pt").unlink()
     with pytest.raises(UserError, match="train it again") as error:
@@ -387,6 +429,7 @@ def test_load_model_gives_the_selected_weights_and_the_run_test_scores(runs_root
     (["--weights", "imagenet"], "--weights imagenet needs --arch crnn_resnet18"),
     (["--stage", "both", "--resume", __file__], "--resume continues one stage"),
     (["--det-size", "100"], "--det-size must be a multiple of 32"),
+    (["--det-ema", "1"], "--det-ema must be below 1"),
 ])
 def test_bad_options_stop_with_one_line_before_any_work(option, message, runs_root, capsys):
     from hw_plates import train

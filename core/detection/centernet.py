@@ -286,6 +286,18 @@ def decode(outputs: dict[str, torch.Tensor], stride: int = STRIDE, topk: int = 1
     return [{"boxes": boxes[b], "scores": scores[b], "labels": labels[b]} for b in range(batch)]
 
 
+@torch.no_grad()
+def flip_averaged(model: nn.Module, images: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Test-time flip (CenterNet paper, Sec. 5): the outputs for ``images`` and for their
+    mirror images, the heatmap logits and sizes of the mirrored pass flipped back and averaged
+    with the plain ones; the offsets are the plain pass's (a mirrored offset is not the same
+    sub-cell position)."""
+    plain, mirrored = model(images), model(images.flip(-1))
+    return {"heatmap": (plain["heatmap"] + mirrored["heatmap"].flip(-1)) / 2,
+            "size": (plain["size"] + mirrored["size"].flip(-1)) / 2,
+            "offset": plain["offset"]}
+
+
 # -- training ------------------------------------------------------------------------------
 class CenterNetTask(Task):
     """CenterNet for :class:`core.trainer.Trainer`.
@@ -338,12 +350,14 @@ class CenterNetTask(Task):
 
 @torch.no_grad()
 def predict(model: CenterNet, images: torch.Tensor, batch_size: int = 8, topk: int = 100,
-            device: torch.device | str = "cpu") -> list[dict[str, torch.Tensor]]:
-    """Detections (on the CPU) of ``model`` in eval mode for images (N, 3, H, W) in [0, 1]."""
+            device: torch.device | str = "cpu", flip: bool = False) -> list[dict[str, torch.Tensor]]:
+    """Detections (on the CPU) of ``model`` in eval mode for images (N, 3, H, W) in [0, 1]
+    (``flip``: with the test-time flip, :func:`flip_averaged`)."""
     model.eval()
     results = []
     for start in range(0, len(images), batch_size):
         chunk = images[start:start + batch_size].to(device)
-        for det in decode(model(chunk), model.stride, topk, tuple(chunk.shape[-2:])):
+        outputs = flip_averaged(model, chunk) if flip else model(chunk)
+        for det in decode(outputs, model.stride, topk, tuple(chunk.shape[-2:])):
             results.append({k: v.cpu() for k, v in det.items()})
     return results
