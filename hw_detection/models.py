@@ -4,7 +4,8 @@ interface for inference with either backend.
 A run's ``model.pt`` (:func:`core.runs.save_model`) holds, for both backends::
 
     config  {"backend": "torch" | "mmdet", "num_classes": C, "dcn": bool, "skips": bool}
-    extras  {"classes": [names], "size": input side in px, "score_threshold": float}
+    extras  {"classes": [names], "size": input side in px, "score_threshold": float,
+             "flip": bool (native backend: detect with the test-time flip; absent in older files: no)}
 
 and the state dict of the network: :class:`core.detection.centernet.CenterNet` for ``torch``,
 MMDetection's ``CenterNet`` (:mod:`hw_detection.mmdet_backend`, which needs MMDetection) for
@@ -54,11 +55,11 @@ def build_model(config: dict, weights: str | None = None) -> nn.Module:
 
 
 def save_detector(run: str | os.PathLike, model: nn.Module, config: dict, class_names: Sequence[str], size: int,
-                  score_threshold: float) -> Path:
+                  score_threshold: float, flip: bool = False) -> Path:
     """Write the run's ``model.pt``: ``model``'s weights with ``config`` and the extras."""
     return runs.save_model(run, homework=HOMEWORK, kind=KIND, config=config, state_dict=model.state_dict(),
                            extras={"classes": [str(c) for c in class_names], "size": int(size),
-                                   "score_threshold": float(score_threshold)})
+                                   "score_threshold": float(score_threshold), "flip": bool(flip)})
 
 
 def load_model(run: str | os.PathLike) -> runs.LoadedModel:
@@ -77,8 +78,9 @@ class Detector:
 
     backend = "torch"
 
-    def __init__(self, model: CenterNet, size: int, class_names: Sequence[str], device="cpu"):
+    def __init__(self, model: CenterNet, size: int, class_names: Sequence[str], device="cpu", flip: bool = False):
         self.model, self.size, self.class_names, self.device = model.to(device).eval(), size, tuple(class_names), device
+        self.flip = flip
 
     def predict(self, arrays: Sequence[np.ndarray], batch_size: int = 8) -> list[dict[str, torch.Tensor]]:
         """``boxes`` (K, 4) in each RGB image's pixels, ``scores`` and ``labels`` (on the CPU)."""
@@ -86,7 +88,7 @@ class Detector:
         for start in range(0, len(arrays), batch_size):
             chunk = arrays[start:start + batch_size]
             images = torch.stack([to_tensor(a, self.size) for a in chunk])
-            for array, det in zip(chunk, predict(self.model, images, device=self.device)):
+            for array, det in zip(chunk, predict(self.model, images, device=self.device, flip=self.flip)):
                 height, width = array.shape[:2]
                 scale = torch.tensor([width / self.size, height / self.size] * 2, dtype=det["boxes"].dtype)
                 det["boxes"] = det["boxes"] * scale
@@ -94,17 +96,19 @@ class Detector:
         return results
 
 
-def make_detector(backend: str, model: nn.Module, size: int, class_names: Sequence[str], device="cpu"):
-    """The detector of ``backend`` around ``model``: :class:`Detector` or
-    :class:`hw_detection.mmdet_backend.MMDetDetector`, both with ``predict(arrays)``."""
+def make_detector(backend: str, model: nn.Module, size: int, class_names: Sequence[str], device="cpu",
+                  flip: bool = False):
+    """The detector of ``backend`` around ``model``: :class:`Detector` (``flip``: with the
+    test-time flip) or :class:`hw_detection.mmdet_backend.MMDetDetector`, both with
+    ``predict(arrays)``."""
     if backend == "mmdet":
         from .mmdet_backend import MMDetDetector
 
         return MMDetDetector(model, size, class_names, device)
-    return Detector(model, size, class_names, device)
+    return Detector(model, size, class_names, device, flip)
 
 
 def loaded_detector(loaded: runs.LoadedModel, device="cpu"):
     """The detector of a model :func:`load_model` returned."""
     return make_detector(loaded.config["backend"], loaded.model, loaded.extras["size"], loaded.extras["classes"],
-                         device)
+                         device, loaded.extras.get("flip", False))

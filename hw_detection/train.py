@@ -24,6 +24,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from core import cli, runs
+from core.callbacks import EMA
 from core.checkpoint import load_checkpoint
 from core.console import echo
 from core.loggers import log_run_images
@@ -66,6 +67,12 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument("--val-fraction", type=cli.probability, default=0.15,
                        help="share of the images kept for validation")
     group.add_argument("--split-seed", type=int, default=0, help="seed of the train/validation split")
+    group.add_argument("--ema", type=cli.nonneg_float, default=0.0,
+                       help="native backend: keep (and score) an exponential moving average of the weights with "
+                            "this decay per step (core.callbacks.EMA); 0: the trained weights")
+    group.add_argument("--no-flip", action="store_true",
+                       help="native backend: detect without the test-time flip (by default the heat map is averaged "
+                            "with the mirror image's)")
     group.add_argument("--score-threshold", type=cli.probability, default=0.3,
                        help="detections scoring below this are not counted in precision/recall/F1 or drawn")
     return parser
@@ -75,6 +82,8 @@ def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Non
     """Refuse option values the types cannot check, with one argparse-style line, before any work."""
     if args.size is not None and args.size % 32:
         parser.error(f"argument --size: expected a multiple of 32, got {args.size}")
+    if args.ema >= 1:
+        parser.error(f"argument --ema: expected a decay below 1, got {args.ema}")
     if not 0 < args.val_fraction < 1:
         parser.error(f"argument --val-fraction: expected a share between 0 and 1 (exclusive), got {args.val_fraction}")
 
@@ -103,10 +112,10 @@ def train_native(args, train: DetectionData, val: DetectionData, run: runs.RunDi
     if not torch.cuda.is_available():
         model.to(memory_format=torch.channels_last)
     task = CenterNetTask(model, lr=args.lr)  # one-cycle over trainer.estimated_stepping_batches
-    trainer = cli.build_trainer(args, run_dir=run.path, monitor="val_map50", mode="max",
-                                callbacks=[run.start_callback(args)])
+    callbacks = [run.start_callback(args)] + ([EMA(args.ema)] if args.ema else [])
+    trainer = cli.build_trainer(args, run_dir=run.path, monitor="val_map50", mode="max", callbacks=callbacks)
     history = trainer.fit(task, train_loader, val_loader, resume=args.resume)
-    load_checkpoint(run / "last.pt", task)  # the one-cycle schedule ends at a tiny LR: keep the last
+    load_checkpoint(run / "last.pt", task)  # the one-cycle schedule ends at a tiny LR: keep the last (its EMA if kept)
     return task.model, history, trainer.device
 
 
@@ -150,8 +159,9 @@ def main(argv: list[str] | None = None) -> dict:
     else:
         model, history, device = train_native(args, train, val, run)
     train_seconds = time.perf_counter() - start
-    save_detector(run, model, config_of(args, train), train.class_names, args.size, args.score_threshold)
-    detector = make_detector(args.backend, model, args.size, train.class_names, device)
+    flip = args.backend == "torch" and not args.no_flip
+    save_detector(run, model, config_of(args, train), train.class_names, args.size, args.score_threshold, flip)
+    detector = make_detector(args.backend, model, args.size, train.class_names, device, flip)
     metrics, arrays, predictions = evaluate(detector, val, args.score_threshold)
     metrics = {"val_images": len(val), "epochs": len(history), "train_seconds": round(train_seconds, 1),
                **{k: round(v, 4) for k, v in metrics.items()}}

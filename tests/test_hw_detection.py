@@ -164,7 +164,7 @@ def test_load_model_gives_the_trained_network_and_its_scores(tmp_path, runs_root
     loaded = hw_detection.load_model(run)
     assert (loaded.homework, loaded.kind, loaded.name) == ("hw_detection", "detection", "run")
     assert loaded.config == {"backend": "torch", "num_classes": 2, "dcn": False, "skips": True}
-    assert loaded.extras == {"classes": ["helmet", "head"], "size": 64, "score_threshold": 0.0}
+    assert loaded.extras == {"classes": ["helmet", "head"], "size": 64, "score_threshold": 0.0, "flip": True}
     assert not loaded.model.training and loaded.settings["size"] == 64 and loaded.metrics == metrics
     assert type(load_model(run).model) is CenterNet                      # core's loader finds it
     # the weights are the last epoch's (last.pt), rebuilt into the same network
@@ -177,7 +177,7 @@ def test_load_model_gives_the_trained_network_and_its_scores(tmp_path, runs_root
     # its detector: the same boxes, in the images' own pixels, as the last epoch's network
     arrays = [np.asarray(Image.fromarray(s.image).resize((96, 80))) for s in make_scenes(2, 64, seed=5).samples]
     found = loaded_detector(loaded).predict(arrays)
-    expected = Detector(reference.model, 64, ("helmet", "head")).predict(arrays)
+    expected = Detector(reference.model, 64, ("helmet", "head"), flip=True).predict(arrays)
     for ours, theirs in zip(found, expected):
         assert len(ours["boxes"]) == 100 and ours["scores"].max() > 0
         assert all(torch.equal(ours[key], theirs[key]) for key in ("boxes", "scores", "labels"))
@@ -329,7 +329,7 @@ def test_mmdet_backend_train_and_evaluate_commands(mmdet, tmp_path, runs_root, m
     loaded = load_model(run)                      # the same model file as the native backend's
     assert loaded.config == {"backend": "mmdet", "num_classes": 2, "dcn": False, "skips": True}
     assert type(loaded.model).__name__ == "CenterNet" and hasattr(loaded.model.neck, "laterals")
-    assert loaded.extras == {"classes": ["helmet", "head"], "size": 64, "score_threshold": 0.3}
+    assert loaded.extras == {"classes": ["helmet", "head"], "size": 64, "score_threshold": 0.3, "flip": False}
     scores = evaluate_main(["--run", str(run), "--n-images", "3", "--run-dir", str(tmp_path / "eval")])
     assert scores["images"] == 3 and 0 <= scores["map50"] <= 1
 
