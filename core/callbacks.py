@@ -282,8 +282,8 @@ class TimeBudget(Callback):
     median of the last three epochs' wall times (start to start, so validation and checkpoints
     count), and length-dependent LR schedules (``OneCycleLR``, ``CosineAnnealingLR``) are
     resized to match. After the first and second epochs the plan may grow or shrink (the first
-    epoch carries one-time costs); later it only shrinks, so a one-cycle schedule's decay never
-    jumps back up. After each training batch, if one more batch as long as the last one, then
+    epoch carries one-time costs); later, with such a schedule, it only shrinks, so a one-cycle
+    schedule's decay never jumps back up; without one, it follows the clock both ways. After each training batch, if one more batch as long as the last one, then
     the epoch's validation and checkpoints (as long as the previous epoch's), would end past the
     deadline, the epoch ends there and the run ends as a normal one does.
 
@@ -335,7 +335,8 @@ class TimeBudget(Callback):
         remaining = self.deadline - now
         fitted = trainer.epoch + max(0, math.floor(0.95 * remaining / epoch_seconds))
         early = len(self._epoch_starts) <= 2
-        planned = int(trainer.broadcast(fitted if early else min(trainer.max_epochs, fitted)))
+        grow = early or not trainer.schedulers
+        planned = int(trainer.broadcast(fitted if grow else min(trainer.max_epochs, fitted)))
         if planned != trainer.max_epochs:
             trainer.log(f"time limit: {planned} epochs fit in {self.minutes:.1f} min "
                         f"({epoch_seconds:.1f} s per epoch, {remaining / 60:.1f} min left); the LR schedule follows")

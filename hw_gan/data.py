@@ -128,6 +128,14 @@ def split_holdout(n: int, holdout: int, seed: int = 0) -> tuple[list[int], list[
 
 
 
+BUILTIN = "100 built-in faces (scikit-image lfw_subset)"
+
+
+def find_source(data_dir: str | None, announce: bool = False) -> DataSource:
+    """Where the faces come from: ``data_dir``, ``$DLS_DATA/faces/lfw_gan``, or the built-in set."""
+    return resolve_data_root(DATASET, data_dir, builtin=BUILTIN, announce=announce)
+
+
 def load_data(data_dir: str | None, image_size: int, holdout: int, split_seed: int,
               batch_size: int) -> tuple[Faces, Faces, DataSource]:
     """The training faces and the held-out ones (:func:`split_holdout`; from the built-in set
@@ -137,7 +145,7 @@ def load_data(data_dir: str | None, image_size: int, holdout: int, split_seed: i
         UserError: ``holdout`` leaves no training faces.
         DataError: unreadable data, or fewer training faces than ``batch_size``.
     """
-    source = resolve_data_root(DATASET, data_dir, builtin="100 built-in faces (scikit-image lfw_subset)")
+    source = find_source(data_dir, announce=True)
     faces = builtin_faces(image_size) if source.builtin else load_faces(source.root, image_size)
     try:
         train_ix, holdout_ix = split_holdout(len(faces), min(holdout, len(faces) // 5) if source.builtin

@@ -73,24 +73,32 @@ def save_gif(frames: list[str | os.PathLike], path: str | os.PathLike, seconds_p
 
 
 class SampleGrids(Callback):
-    """After every epoch, a grid of the generator's images from the task's fixed noise
-    (``plots/samples/epoch_NNN.png``, and the run's loggers' ``samples`` image through
-    ``trainer.log_image``); at the end of ``fit``, all of them as ``plots/progress.gif``.
+    """A grid of the generator's images from the task's fixed noise (``plots/samples/epoch_NNN.png``,
+    and the run's loggers' ``samples`` image through ``trainer.log_image``) after the first
+    epoch, the last one, and every k-th epoch between, k chosen from the planned epochs so that
+    there are about ``frames`` grids; at the end of ``fit``, all of them as ``plots/progress.gif``.
     With a :class:`core.callbacks.EMA` callback, the grids show the averaged generator."""
 
-    def __init__(self, plots_dir: str | os.PathLike):
+    def __init__(self, plots_dir: str | os.PathLike, frames: int = 48):
         self.folder = Path(plots_dir) / "samples"
         self.gif = Path(plots_dir) / "progress.gif"
+        self.frames = frames
+
+    def due(self, trainer) -> bool:
+        """Whether the epoch just ended gets a grid."""
+        every = max(1, -(-trainer.max_epochs // self.frames))
+        return trainer.epoch == 1 or trainer.epoch % every == 0 or trainer.should_stop \
+            or trainer.epoch >= trainer.max_epochs
 
     def on_epoch_end(self, trainer, task, metrics):
-        if not is_main_process():
+        if not is_main_process() or not self.due(trainer):
             return
         ema = next((cb for cb in trainer.callbacks if isinstance(cb, EMA)), None)
         generator = unwrap(task.generator)
         if ema is not None:
             generator = copy.deepcopy(generator)
             generator.load_state_dict(generator_weights(ema.averaged_state_dict(task)))
-            refresh_batchnorm(generator)
+            refresh_batchnorm(generator, n=1024)
         grid = grid_image(task.sample(generator=generator))
         self.folder.mkdir(parents=True, exist_ok=True)
         grid.save(self.folder / f"epoch_{trainer.epoch:03d}.png")
@@ -98,4 +106,4 @@ class SampleGrids(Callback):
 
     def on_fit_end(self, trainer, task):
         if is_main_process():
-            save_gif(sorted(self.folder.glob("epoch_*.png")), self.gif)
+            save_gif(sorted(self.folder.glob("epoch_*.png"), key=lambda p: int(p.stem.split("_")[1])), self.gif)

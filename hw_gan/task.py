@@ -19,6 +19,8 @@ from torch import nn
 from core.checkpoint import unwrap
 from core.trainer import Task
 
+from .augment import diff_augment
+
 LOSSES = ("bce", "saturating", "hinge")
 
 
@@ -51,6 +53,13 @@ def generator_loss(fake_logits: torch.Tensor, loss: str = "bce") -> torch.Tensor
     return F.binary_cross_entropy_with_logits(fake_logits, torch.ones_like(fake_logits))
 
 
+def r1_penalty(logits: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
+    """``E ||d logits / d images||^2``: the mean over images of the squared gradient norm of each
+    image's logit, kept in the graph (``create_graph``) so that it can be minimised."""
+    (grad,) = torch.autograd.grad(logits.float().sum(), images, create_graph=True)
+    return grad.float().pow(2).flatten(1).sum(1).mean()
+
+
 @contextlib.contextmanager
 def frozen(module: nn.Module):
     """Parameters of ``module`` do not require gradients inside the block."""
@@ -74,6 +83,11 @@ class GANTask(Task):
         label_smoothing: real target ``1 - label_smoothing`` in the discriminator's BCE.
         instance_noise: std of Gaussian noise added to the discriminator's inputs (real and
             fake), annealed linearly to 0 over the Trainer's epochs (Sønderby et al. 2017).
+        augment: DiffAugment operations (:mod:`hw_gan.augment`) applied to every image the
+            discriminator sees, in both steps; ``()`` for none.
+        r1: weight ``gamma`` of the R1 penalty ``gamma / 2 * E ||grad_x D(x)||^2`` on real images
+            (Mescheder et al. 2018); 0 for none. It is computed every ``r1_every`` discriminator
+            steps and weighted by ``r1_every`` then (lazy regularisation, Karras et al. 2020).
         n_fixed: size of the fixed noise batch the per-epoch sample grids are drawn from.
     """
 
@@ -81,13 +95,16 @@ class GANTask(Task):
 
     def __init__(self, generator: nn.Module, discriminator: nn.Module, lr: float = 1e-4,
                  betas: tuple[float, float] = (0.5, 0.999), loss: str = "bce", label_smoothing: float = 0.0,
-                 instance_noise: float = 0.0, n_fixed: int = 64, seed: int = 0):
+                 instance_noise: float = 0.0, augment: tuple[str, ...] = (), r1: float = 0.0, r1_every: int = 4,
+                 n_fixed: int = 64, seed: int = 0):
         super().__init__()
         if loss not in LOSSES:
             raise ValueError(f"--loss {loss}: expected one of {', '.join(LOSSES)}")
         self.generator, self.discriminator = generator, discriminator
         self.lr, self.betas, self.loss = lr, tuple(betas), loss
         self.label_smoothing, self.instance_noise = label_smoothing, instance_noise
+        self.augment, self.r1, self.r1_every = tuple(augment), r1, r1_every
+        self._d_steps = 0
         self.latent = unwrap(generator).latent
         fixed = torch.randn(n_fixed, self.latent, generator=torch.Generator().manual_seed(seed))
         self.register_buffer("fixed_noise", fixed)
@@ -105,21 +122,32 @@ class GANTask(Task):
         sigma = self.instance_noise * max(0.0, 1.0 - self.current_epoch / total)
         return images + sigma * torch.randn_like(images) if sigma > 0 else images
 
+    def seen(self, images: torch.Tensor) -> torch.Tensor:
+        """What the discriminator is shown of ``images``: instance noise, then DiffAugment."""
+        return diff_augment(self.noisy(images), self.augment)
+
     def discriminator_step_loss(self, real: torch.Tensor, fake: torch.Tensor) -> tuple[torch.Tensor, dict]:
-        """The discriminator's loss on ``real`` and (detached) ``fake`` images, and the mean
-        real and fake scores (probabilities) the course plots."""
-        real_logits = self.discriminator(self.noisy(real))
-        fake_logits = self.discriminator(self.noisy(fake.detach()))
+        """The discriminator's loss on ``real`` and (detached) ``fake`` images (plus the R1
+        penalty on this step's real images when it is due), and the mean real and fake
+        scores (probabilities) the course plots."""
+        self._d_steps += 1
+        penalise = self.r1 > 0 and self._d_steps % self.r1_every == 0
+        real_seen = self.seen(real).detach().requires_grad_(penalise)
+        real_logits = self.discriminator(real_seen)
+        fake_logits = self.discriminator(self.seen(fake.detach()))
         loss = discriminator_loss(real_logits.float(), fake_logits.float(), self.loss, 1.0 - self.label_smoothing)
         scores = {"real_score": torch.sigmoid(real_logits.detach().float()).mean(),
                   "fake_score": torch.sigmoid(fake_logits.detach().float()).mean()}
+        if penalise:
+            penalty = r1_penalty(real_logits, real_seen)
+            loss = loss + 0.5 * self.r1 * self.r1_every * penalty
         return loss, scores
 
     def generator_step_loss(self, fake: torch.Tensor) -> torch.Tensor:
         """The generator's loss on its ``fake`` images through a frozen discriminator (unwrapped
         under DDP: no gradient of its weights is computed or synchronised here)."""
         with frozen(unwrap(self.discriminator)) as discriminator:
-            return generator_loss(discriminator(self.noisy(fake)).float(), self.loss)
+            return generator_loss(discriminator(self.seen(fake)).float(), self.loss)
 
     def training_step(self, batch):
         """One discriminator step, then one generator step on the same fakes (as in

@@ -981,6 +981,23 @@ def test_time_limit_shrinks_the_plan_when_epochs_slow_down(monkeypatch):
     assert (trainer.epoch, sched.total_steps, sched.last_epoch, trainer.global_step) == (4, 16, 16, 16)
 
 
+def test_time_limit_without_a_schedule_grows_the_plan_when_epochs_speed_up(monkeypatch):
+    """No LR schedule: epochs 1-3 take 8 s, later ones 4 s, budget 60 s. After epoch 3 (24 s,
+    36 s left, 8 s per epoch) 7 epochs are planned; after epoch 4 (median 8 s, 32 s left) still
+    7; after epoch 5 (median of 8, 4, 4 s: 4 s; 28 s left) 0.95 * 28 / 4 -> 6 more, 11 epochs
+    in all, ending at 56 s: the plan grew, which it never does after epoch 2 with a one-cycle
+    schedule (the old rule stopped at 7 epochs, 40 s)."""
+    import core.callbacks
+
+    clock = FakeClock(lambda epoch: 2.0 if epoch <= 3 else 1.0)
+    monkeypatch.setattr(core.callbacks, "_clock", clock)
+    train, _ = loaders(batch_size=24)  # 4 batches per epoch
+    trainer = Trainer(max_epochs=3, time_limit=1.0, monitor=None, callbacks=[clock], device="cpu",
+                      progress=False, log_every_epoch=False)
+    trainer.fit(make_task(optimizer="adam"), train)
+    assert trainer.epoch == 11 and clock.now - 1000.0 == 56.0 <= 60.0
+
+
 def test_time_limit_ends_inside_an_epoch_that_overruns(monkeypatch):
     """4 s batches in a 0.1-minute (6 s) budget: after the first batch (4 s) a second would end
     at 8 s, so the epoch ends there and the run ends inside the budget."""

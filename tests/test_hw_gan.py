@@ -13,7 +13,8 @@ from core.data import DataError
 from core.errors import UserError
 
 from core.inference import count_parameters
-from hw_gan.metrics import gradient_magnitude, gradient_magnitude_ratio, loo_1nn_accuracy, two_sample_test
+from hw_gan.metrics import (copy_ratio, gradient_magnitude, gradient_magnitude_ratio, hog_two_sample_test,
+                            laplacian_sharpness, loo_1nn_accuracy, nearest_neighbours, sharpness_ratio, two_sample_test)
 from hw_gan.models import Discriminator, Generator, check_image_size
 
 
@@ -336,9 +337,10 @@ def test_train_sample_evaluate_end_to_end(face_folder, tmp_path, runs_root, caps
     first = np.asarray(render(result))[2:18, 2:18]             # the grid's first image, as sample wrote it
     assert first.tolist() == np.asarray(Image.open(files[0])).tolist()
 
-    scores = evaluate.main(["--run", str(run), "--folds", "2", "--baseline", "--run-name", "eval"])
-    assert scores["n"] == 8                          # the held-out faces
-    for name in ("metrics.json", "plots/tsne.png", "plots/generated.png", "plots/real.png", "plots/pca_gaussian.png"):
+    scores = evaluate.main(["--run", str(run), "--folds", "2", "--baseline", "--run-name", "eval", "--size", "16"])
+    assert scores["n"] == 8 and scores["size"] == 16   # the held-out faces, at the model's own size
+    for name in ("metrics.json", "plots/tsne.png", "plots/generated.png", "plots/real.png", "plots/pca_gaussian.png",
+                 "plots/nearest_training.png"):
         assert (run / "eval" / name).is_file(), name
     assert "data: the run's 8 held-out faces" in capsys.readouterr().out
     # the figures of the held-out faces against the loaded generator's first 8 samples of seed 0
@@ -346,11 +348,22 @@ def test_train_sample_evaluate_end_to_end(face_folder, tmp_path, runs_root, caps
     from hw_gan.data import real_faces
     from hw_gan.models import generate
 
-    held_out, _ = real_faces(run, None, 16)
+    held_out, trained_on = real_faces(run, None, 16)
+    held_out = held_out.subset(torch.randperm(8, generator=torch.Generator().manual_seed(0)).tolist())  # evaluate's order
     fake = generate(load_model(run).model, 8, seed=0)
     assert scores["loo_1nn_accuracy"] == round(loo_1nn_accuracy(held_out.images, fake), 4)
     assert scores["gradient_ratio"] == round(gradient_magnitude_ratio(held_out.images, fake), 4)
-    assert "pca_gaussian_loo_1nn_accuracy" in scores
+    assert scores["sharpness_ratio"] == round(sharpness_ratio(held_out.images, fake), 4)
+    assert scores["hog_two_sample_accuracy"] == round(hog_two_sample_test(held_out.images, fake, folds=2)["accuracy"], 4)
+    assert scores["copy_ratio"] == round(copy_ratio(trained_on.images, held_out.images, fake), 4)
+    assert "pca_gaussian_loo_1nn_accuracy" in scores and "pca_gaussian_hog_two_sample_accuracy" in scores
+    # by default the judges compare at the course's 64 px: the 16-px samples are upsampled
+    at_64 = evaluate.main(["--run", str(run), "--folds", "2", "--no-tsne", "--run-name", "eval64"])
+    assert at_64["size"] == 64 and "comparing 8 real and 8 generated images at 64 px (generated at 16 px)" \
+        in capsys.readouterr().out
+    real_64, _ = real_faces(run, None, 64)
+    fake_64 = torch.nn.functional.interpolate(fake, size=(64, 64), mode="bilinear", align_corners=False).clamp(-1, 1)
+    assert at_64["sharpness_ratio"] == round(sharpness_ratio(real_64.images, fake_64), 4)
     with pytest.raises(UserError, match=r"--n 9: larger than the 8 real images available"):
         evaluate.main(["--run", str(run), "--n", "9", "--no-tsne"])
 
@@ -363,7 +376,7 @@ def test_model_file_holds_the_last_epochs_generator(face_folder, tmp_path, runs_
     from hw_gan.train import main
 
     run = tmp_path / "run"
-    main(["--data-dir", str(face_folder), *TINY, "--epochs", "1", "--run-dir", str(run)])
+    main(["--data-dir", str(face_folder), *TINY, "--epochs", "1", "--ema", "0", "--run-dir", str(run)])
     loaded = load_model(run)
     assert (loaded.homework, loaded.kind, loaded.name, loaded.extras) == ("hw_gan", "generation", "run", {"ema": None})
     assert not loaded.model.training and loaded.settings["epochs"] == 1 and loaded.metrics["steps"] == 4
@@ -443,7 +456,8 @@ def test_short_run_on_the_shared_faces_lowers_the_two_sample_accuracy(dls_data, 
     from hw_gan.models import generate
 
     root = real_dataset(dls_data, "faces/lfw_gan")
-    common = ["--data-dir", str(root), "--image-size", "16", "--width", "16", "--lr", "5e-4", "--device", "cpu"]
+    common = ["--data-dir", str(root), "--image-size", "16", "--width", "16", "--lr", "5e-4", "--device", "cpu",
+              "--batch-size", "32", "--loss", "bce", "--augment", "none", "--no-spectral-norm", "--ema", "0"]
     train.main([*common, "--epochs", "1", "--run-dir", str(tmp_path / "first")])
     train.main([*common, "--epochs", "13", "--run-dir", str(tmp_path / "later"), "--resume", str(tmp_path / "first/last.pt")])
     held_out, _ = real_faces(Path(tmp_path / "first"), None, 16)
@@ -456,3 +470,109 @@ def test_short_run_on_the_shared_faces_lowers_the_two_sample_accuracy(dls_data, 
     assert scores["first"][0] > 0.95 and scores["first"][1] > 0.9, scores    # measured 1.0 and 0.975
     assert scores["later"][0] < scores["first"][0] - 0.08, scores           # measured 0.855
     assert scores["later"][1] < scores["first"][1] - 0.1, scores            # measured 0.775
+
+
+# -- DiffAugment, R1, the judges added for 64 px -------------------------------------------------
+
+def test_translation_shifts_whole_pixels_and_pads_with_zeros():
+    from hw_gan.augment import translation
+
+    x = torch.arange(1, 1 + 2 * 8 * 8, dtype=torch.float).reshape(2, 1, 8, 8)
+    torch.manual_seed(0)
+    out = translation(x)
+    for image, shifted in zip(x[:, 0], out[:, 0]):
+        # find the shift: the output's non-zero pixels are the input moved by (dy, dx), |d| <= 1
+        matches = [(dy, dx) for dy in range(-1, 2) for dx in range(-1, 2)
+                   if torch.equal(shifted, torch.nn.functional.pad(image, (1, 1, 1, 1))[1 - dy:9 - dy, 1 - dx:9 - dx])]
+        assert len(matches) == 1
+
+
+def test_cutout_zeroes_one_half_side_square_and_color_keeps_the_gradient():
+    from hw_gan.augment import color, cutout, diff_augment, parse_policy
+
+    torch.manual_seed(0)
+    out = cutout(torch.ones(64, 3, 16, 16))
+    zero = (out == 0).all(1)                       # the same pixels in every channel
+    assert ((out == 0) | (out == 1)).all()
+    sides = zero.sum((1, 2))
+    assert sides.max() == 64 and (sides > 0).all()  # an 8 x 8 square, cut by the border for some
+    x = torch.rand(4, 3, 8, 8, requires_grad=True)
+    color(x).sum().backward()
+    assert x.grad is not None and x.grad.abs().sum() > 0
+    assert parse_policy("color, cutout") == ("color", "cutout") and parse_policy("none") == ()
+    assert torch.equal(diff_augment(x, ()), x)
+    with pytest.raises(ValueError, match="unknown augmentation blur: expected a comma-separated subset of "
+                                         "color, translation, cutout"):
+        parse_policy("color,blur")
+
+
+def test_r1_penalty_of_a_linear_discriminator_is_its_squared_weight_norm():
+    from hw_gan.task import r1_penalty
+
+    w = torch.tensor([1.0, -2.0, 3.0])
+    x = torch.randn(5, 3, requires_grad=True)
+    assert r1_penalty(x @ w, x).item() == pytest.approx(14.0)   # ||w||^2 for every image
+    logits = (x ** 2).sum(1)                                      # gradient 2x: mean of 4 ||x||^2
+    assert r1_penalty(logits, x).item() == pytest.approx(float((4 * x.detach() ** 2).sum(1).mean()), rel=1e-6)
+
+
+def test_hog_test_tells_blur_and_not_one_distribution():
+    from hw_gan.data import builtin_faces
+
+    faces = builtin_faces(64).images
+    blurred = torch.nn.functional.avg_pool2d(faces, 5, 1, 2)
+    assert hog_two_sample_test(faces, blurred)["accuracy"] > 0.9
+    half = hog_two_sample_test(faces[::2], faces[1::2])
+    assert half["accuracy"] < 0.7 and half["p_value"] > 0.01
+
+
+def test_laplacian_sharpness_of_flat_and_checkerboard_images_and_its_ratio():
+    flat = torch.zeros(2, 3, 8, 8)
+    board = (torch.arange(8)[:, None] + torch.arange(8)[None, :]) % 2 * 2.0 - 1   # 0/1 after [-1,1] -> [0,1]
+    board = board.expand(2, 3, 8, 8)
+    assert laplacian_sharpness(flat).tolist() == [0.0, 0.0]
+    assert laplacian_sharpness(board).tolist() == pytest.approx([4.0, 4.0])
+    assert sharpness_ratio(board, flat) == 0.0 and sharpness_ratio(board, board) == pytest.approx(1.0)
+
+
+def test_nearest_neighbours_and_copy_ratio():
+    pool = torch.tensor([[0.0], [10.0], [3.0]]).reshape(3, 1, 1, 1)
+    index, distance = nearest_neighbours(torch.tensor([[9.0], [1.0]]).reshape(2, 1, 1, 1), pool, k=2)
+    assert index.tolist() == [[1, 2], [0, 2]] and distance.ravel().tolist() == pytest.approx([1.0, 6.0, 1.0, 2.0])
+    unseen = torch.tensor([[5.0], [6.5]]).reshape(2, 1, 1, 1)    # 2 and 3.5 from the pool: median 2.75
+    assert copy_ratio(pool, unseen, pool[:2]) == 0.0              # copies of training images
+    assert copy_ratio(pool, unseen, unseen) == 1.0
+
+
+def test_sample_grids_are_due_about_frames_times():
+    from types import SimpleNamespace
+
+    from hw_gan.images import SampleGrids
+
+    grids = SampleGrids("unused", frames=10)
+    due = [e for e in range(1, 101) if grids.due(SimpleNamespace(epoch=e, max_epochs=100, should_stop=False))]
+    assert due == [1, 10, 20, 30, 40, 50, 60, 70, 80, 90, 100]
+    assert grids.due(SimpleNamespace(epoch=37, max_epochs=100, should_stop=True))   # the last epoch of a stopped run
+
+
+def test_recipes_course_flag_and_time_budget(capsys):
+    from hw_gan.train import BUILTIN_MINUTES, REAL_DATA_MINUTES, apply_recipe, build_parser
+
+    parser = build_parser()
+    args = parser.parse_args([])
+    recipe = apply_recipe(args, builtin=False)
+    assert (args.image_size, args.width, args.loss, args.augment, args.spectral_norm, args.ema) == \
+        (64, 32, "hinge", "color,translation,cutout", True, 0.999)
+    assert args.time_limit == recipe["time_limit"] == REAL_DATA_MINUTES == 15.0
+    args = parser.parse_args(["--course", "--ema", "0.99"])
+    apply_recipe(args, builtin=True)
+    assert (args.image_size, args.width, args.batch_size, args.lr, args.loss, args.augment, args.spectral_norm,
+            args.ema) == (64, 64, 128, 1e-4, "bce", "none", False, 0.99)     # an explicit option wins
+    assert args.time_limit == BUILTIN_MINUTES
+    args = parser.parse_args(["--epochs", "3"])
+    apply_recipe(args, builtin=False)
+    assert args.time_limit is None and args.epochs == 3
+    assert "15 minutes on real data" in " ".join(parser.format_help().split())
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--augment", "color,blur"])
+    assert "unknown augmentation blur" in capsys.readouterr().err
