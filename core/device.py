@@ -98,6 +98,22 @@ def process_age() -> float | None:
         return None
 
 
+def native_bf16(cpuinfo: str | os.PathLike = "/proc/cpuinfo") -> bool:
+    """Whether this CPU computes bfloat16 natively: the x86 flags ``avx512_bf16`` or
+    ``amx_bf16``, or the Arm feature ``bf16``, in ``cpuinfo``. Without them PyTorch emulates
+    bf16 matrix products, which are then no faster than fp32. False when the file is missing."""
+    try:
+        text = Path(cpuinfo).read_text()
+    except OSError:
+        return False
+    words = set()
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() in ("flags", "Features"):
+            words.update(value.split())
+    return bool(words & {"avx512_bf16", "amx_bf16", "bf16"})
+
+
 def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     """Map ``--precision`` to the autocast dtype, or ``None`` for full fp32.
 

@@ -66,3 +66,18 @@ def test_deterministic_flag_is_set_both_ways():
     assert torch.are_deterministic_algorithms_enabled() and torch.backends.cudnn.deterministic
     dev.seed_everything(0, deterministic=False)
     assert not torch.are_deterministic_algorithms_enabled() and not torch.backends.cudnn.deterministic
+
+
+def test_native_bf16_reads_the_cpus_flags(tmp_path):
+    from core.device import native_bf16
+
+    x86 = "processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f avx512bw {}\n\nprocessor\t: 1\n"
+    cases = {"amx_bf16": True, "avx512_bf16": True, "avx512_vnni": False}
+    for flag, expected in cases.items():
+        (tmp_path / "cpuinfo").write_text(x86.format(flag))
+        assert native_bf16(tmp_path / "cpuinfo") is expected, flag
+    (tmp_path / "cpuinfo").write_text("processor\t: 0\nFeatures\t: fp asimd sve bf16 i8mm\n")
+    assert native_bf16(tmp_path / "cpuinfo") is True                 # an Arm core with FEAT_BF16
+    (tmp_path / "cpuinfo").write_text("processor\t: 0\nFeatures\t: fp asimd\n")
+    assert native_bf16(tmp_path / "cpuinfo") is False
+    assert native_bf16(tmp_path / "missing") is False
