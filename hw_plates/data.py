@@ -214,6 +214,13 @@ def cut_plate(image: np.ndarray, box, margin: float = 0.0) -> np.ndarray:
     return image[y1:y2, x1:x2]
 
 
+def widened(box, fraction: float) -> list[float]:
+    """``box`` grown by ``fraction`` of its width on the left and on the right."""
+    x1, y1, x2, y2 = (float(v) for v in box)
+    pad = fraction * (x2 - x1)
+    return [x1 - pad, y1, x2 + pad, y2]
+
+
 # -- built-in rendered plates -------------------------------------------------------------------
 def plate_font(size: int) -> ImageFont.ImageFont:
     """DejaVu Sans Bold when the system has it, else PIL's built-in font."""

@@ -80,7 +80,8 @@ def main(argv: list[str] | None = None) -> dict:
         metrics.update(detector_metrics(detector, photos, det_config["size"], det_config.get("flip", False)))
     if reader is not None and detector is not None:
         scores, rows = end_to_end(detector, reader, photos, det_config["size"], det_config["margin"],
-                                  det_config["score_threshold"], args.beam_width, flip=det_config.get("flip", False))
+                                  det_config["score_threshold"], args.beam_width, flip=det_config.get("flip", False),
+                                  widen=det_config.get("widen", [0.0]))
         metrics.update(scores)
         write_plates(run / "plates.csv", rows)
         write_photos(run / "photos.csv", rows)

@@ -15,38 +15,35 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import torch
 from PIL import Image
 
 from core.cli import run_command
 from core.errors import UserError
 from core.predictor import Predictor, detection_result, predict_main
 
-from .data import cut_plate, prepare_crop, to_input
 from .detect import detect_plates
 from .models import CRNN, load_model
-from .task import read_crops
+from .task import read_boxes
 
 
 def read_photo(image: np.ndarray, reader: CRNN, detector=None, config: dict | None = None,
                beam_width: int = 1) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    """Plates of an RGB photo (H, W, 3): boxes (K, 4) in its pixels, scores and texts. Without a
-    detector the whole image is one plate."""
+    """Plates of an RGB photo (H, W, 3): boxes (K, 4) in its pixels, scores and texts (read by
+    :func:`hw_plates.task.read_boxes` with the run's margin and widening). Without a detector
+    the whole image is one plate."""
     h, w = image.shape[:2]
+    if min(h, w) < 2:
+        raise UserError(f"image of {w}x{h} pixels: crop of shape {image.shape} is empty or too small "
+                        "(needs at least 2x2 pixels)")
     if detector is None:
-        boxes, scores, margin = np.array([[0, 0, w, h]], dtype=np.float32), np.ones(1), 0.0
-    else:
-        (found,) = detect_plates(detector, [image], config["size"], flip=config.get("flip", False))
-        keep = found["scores"] >= config["score_threshold"]
-        boxes, scores, margin = found["boxes"][keep].numpy(), found["scores"][keep].numpy(), config["margin"]
-        readable = (boxes[:, 2] - boxes[:, 0] >= 2) & (boxes[:, 3] - boxes[:, 1] >= 2)  # at least 2x2 px
-        boxes, scores = boxes[readable], scores[readable]
-    height, width = reader.input_size
-    try:
-        crops = [to_input(prepare_crop(cut_plate(image, box, margin), height, width)) for box in boxes]
-    except ValueError as exc:  # an image of 1 pixel in height or width
-        raise UserError(f"image of {w}x{h} pixels: {exc}") from None
-    return boxes, scores, read_crops(reader, torch.stack(crops), beam_width) if crops else []
+        boxes, scores = np.array([[0, 0, w, h]], dtype=np.float32), np.ones(1)
+        return boxes, scores, read_boxes(reader, image, boxes, 0.0, (0.0,), beam_width)
+    (found,) = detect_plates(detector, [image], config["size"], flip=config.get("flip", False))
+    keep = found["scores"] >= config["score_threshold"]
+    boxes, scores = found["boxes"][keep].numpy(), found["scores"][keep].numpy()
+    readable = (boxes[:, 2] - boxes[:, 0] >= 2) & (boxes[:, 3] - boxes[:, 1] >= 2)  # at least 2x2 px
+    boxes, scores = boxes[readable], scores[readable]
+    return boxes, scores, read_boxes(reader, image, boxes, config["margin"], config.get("widen", [0.0]), beam_width)
 
 
 class PlatePredictor(Predictor):

@@ -12,10 +12,10 @@ import torch
 from core.detection.evaluate import mean_average_precision
 from core.plots import box_overlays, image_grid
 
-from .data import BoxNoise, CropSet, Photo, PhotoCutDataset, cut_plate, prepare_crop, to_input
+from .data import BoxNoise, CropSet, Photo, PhotoCutDataset, cut_plate, to_input
 from .detect import detect_plates, match_plates
 from .models import CRNN
-from .task import read_crops
+from .task import read_boxes, read_crops
 from .text import end_to_end_metrics, levenshtein, reading_metrics
 
 
@@ -73,33 +73,31 @@ def detector_metrics(detector, photos: Sequence[Photo], size: int, flip: bool = 
 
 
 def end_to_end(detector, reader: CRNN, photos: Sequence[Photo], size: int, margin: float,
-               score_threshold: float = 0.3, beam_width: int = 1, flip: bool = False) -> tuple[dict, list[dict]]:
+               score_threshold: float = 0.3, beam_width: int = 1, flip: bool = False,
+               widen: Sequence[float] = (0.0,)) -> tuple[dict, list[dict]]:
     """Detect (``flip``: with the test-time flip), cut each matched plate with ``margin`` from
-    the photo as loaded, read it; the photo-level scores (:func:`hw_plates.text.end_to_end_metrics`),
-    ``e2e_found`` / ``e2e_missed`` (true plates with / without a matching detection),
-    ``e2e_misread`` (found but read wrong) and ``detector_cut_exact`` (the share of found plates
-    read whole: the reader on the detector's cuts), and one row per true plate (photo, text,
-    box, detection box and score, crop, reading)."""
+    the photo as loaded and read it (:func:`hw_plates.task.read_boxes`, with ``widen``); the
+    photo-level scores (:func:`hw_plates.text.end_to_end_metrics`), ``e2e_found`` /
+    ``e2e_missed`` (true plates with / without a matching detection), ``e2e_misread`` (found
+    but read wrong) and ``detector_cut_exact`` (the share of found plates read whole: the reader
+    on the detector's cuts), and one row per true plate (photo, text, box, detection box and
+    score, crop, reading)."""
     images = [p.load() for p in photos]
     detections = detect_plates(detector, images, size, flip=flip)
-    height, width = reader.input_size
-    rows, crops = [], []
+    rows = []
     for photo, image, det in zip(photos, images, detections):
+        first = len(rows)
         for box, text, index in zip(photo.boxes, photo.texts, match_plates(photo.boxes, det, score_threshold)):
             crop = cut_plate(image, det["boxes"][index].tolist(), margin) if index is not None else None
-            if crop is not None and min(crop.shape[:2]) < 2:
-                crop = None
-            found = crop is not None
-            rows.append({"photo": photo.name, "text": text, "crop": crop, "image": image, "reading": "",
-                         "box": [round(float(v), 1) for v in box],
+            found = crop is not None and min(crop.shape[:2]) >= 2
+            rows.append({"photo": photo.name, "text": text, "crop": crop if found else None, "image": image,
+                         "reading": "", "box": [round(float(v), 1) for v in box],
                          "det_box": [round(float(v), 1) for v in det["boxes"][index].tolist()] if found else None,
                          "score": round(float(det["scores"][index]), 4) if found else None})
-            if crop is not None:
-                crops.append((len(rows) - 1, to_input(prepare_crop(crop, height, width))))
-    if crops:
-        readings = read_crops(reader, torch.stack([c for _, c in crops]), beam_width)
-        for (row, _), reading in zip(crops, readings):
-            rows[row]["reading"] = reading
+        mine = [row for row in rows[first:] if row["det_box"] is not None]
+        readings = read_boxes(reader, image, [row["det_box"] for row in mine], margin, widen, beam_width)
+        for row, reading in zip(mine, readings):
+            row["reading"] = reading
     by_photo: dict[str, tuple[list, list]] = {}
     for row in rows:
         truths, reads = by_photo.setdefault(row["photo"], ([], []))

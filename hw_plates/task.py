@@ -3,13 +3,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from core.optim import adamw_one_cycle
 from core.trainer import Task
 
+from .data import cut_plate, prepare_crop, to_input, widened
 from .models import CRNN
 from .text import decode, levenshtein
 
@@ -74,3 +75,39 @@ def read_crops(model: CRNN, images: torch.Tensor, beam_width: int = 1, batch_siz
     for i in range(0, len(images), batch_size):
         texts += decode(model(images[i:i + batch_size].to(device)).float().cpu(), alphabet, beam_width)
     return texts
+
+
+@torch.no_grad()
+def read_crops_scored(model: CRNN, images: torch.Tensor, batch_size: int = 64,
+                      device: torch.device | str = "cpu") -> tuple[list[str], torch.Tensor]:
+    """Greedy texts of crops (N, 3, H, W) and each one's confidence: the mean over frames of the
+    best symbol's log-probability (the log-probability of the best path divided by the number
+    of frames, comparable between crops of one input size)."""
+    model.eval().to(device)
+    texts: list[str] = []
+    scores = []
+    for i in range(0, len(images), batch_size):
+        logits = model(images[i:i + batch_size].to(device)).float().cpu()
+        texts += decode(logits, model.alphabet)
+        scores.append(F.log_softmax(logits, dim=-1).max(dim=-1).values.mean(dim=0))
+    return texts, torch.cat(scores) if scores else torch.zeros(0)
+
+
+def read_boxes(reader: CRNN, image: np.ndarray, boxes, margin: float = 0.0, widen: Sequence[float] = (0.0,),
+               beam_width: int = 1) -> list[str]:
+    """The text of each box (x1, y1, x2, y2) of an RGB photo (H, W, 3), cut from the photo with
+    ``margin`` (:func:`hw_plates.data.cut_plate`). With several ``widen`` fractions each box is
+    also cut widened by each (:func:`hw_plates.data.widened`: a box that clips a plate's first
+    or last character gets it back) and the reading of the cut read most confidently
+    (:func:`read_crops_scored`, greedy) is kept; with one, that cut is read (``beam_width``)."""
+    if not len(boxes):
+        return []
+    height, width = reader.input_size
+    fractions = list(widen) or [0.0]
+    cuts = torch.stack([to_input(prepare_crop(cut_plate(image, widened(box, f), margin), height, width))
+                        for box in boxes for f in fractions])
+    if len(fractions) == 1:
+        return read_crops(reader, cuts, beam_width)
+    texts, scores = read_crops_scored(reader, cuts)
+    best = scores.view(len(boxes), len(fractions)).argmax(dim=1).tolist()
+    return [texts[i * len(fractions) + j] for i, j in enumerate(best)]

@@ -67,7 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument("--beam-width", type=cli.positive_int, default=1,
                        help="test decoding: 1 greedy, more: prefix beam search")
     group.add_argument("--no-augment", action="store_true", help="train on the crops as they are")
-    group.add_argument("--cut-repeats", type=cli.nonneg_int, default=1,
+    group.add_argument("--cut-repeats", type=cli.nonneg_int, default=3,
                        help="the reader also trains (and is validated) on the plates cut from the photos at their "
                             "true boxes with detector-like box noise, each train plate this many times per epoch; "
                             "0: crops only")
@@ -90,6 +90,9 @@ def build_parser() -> argparse.ArgumentParser:
     det.add_argument("--no-flip", action="store_true",
                      help="detect without the test-time flip (by default each photo's heat map is averaged with its "
                           "mirror image's)")
+    det.add_argument("--widen", default="0",
+                     help="comma-separated fractions of the box width: each found plate is also cut widened by each "
+                          "on both sides and the most confident reading kept (e.g. 0,0.1,0.2); 0: the box as found")
     det.add_argument("--score-threshold", type=cli.probability, default=0.3,
                      help="end to end: detections scoring less are not read")
     group.add_argument("--select", choices=("best", "last"), default="best",
@@ -106,6 +109,12 @@ def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Alp
         parser.error(f"--det-size must be a multiple of 32, got {args.det_size}")
     if args.height % 16 or args.width % 4:
         parser.error(f"--height must be a multiple of 16 and --width of 4, got {args.height}x{args.width}")
+    try:
+        args.widen = [float(f) for f in str(args.widen).split(",")]
+    except ValueError:
+        parser.error(f"--widen: expected comma-separated numbers, got {args.widen!r}")
+    if any(f < 0 for f in args.widen):
+        parser.error(f"--widen: fractions must be at least 0, got {args.widen}")
     if args.det_ema >= 1:
         parser.error(f"--det-ema must be below 1 (a decay per step), got {args.det_ema}")
     if args.weights == "imagenet" and args.arch != "crnn_resnet18":
@@ -227,7 +236,7 @@ def main(argv: list[str] | None = None) -> dict:
                                    detector_metrics(detector, test_photos, args.det_size, not args.no_flip).items()})
     if reader is not None and detector is not None:
         scores, rows = end_to_end(detector, reader, test_photos, args.det_size, args.margin, args.score_threshold,
-                                  args.beam_width, flip=not args.no_flip)
+                                  args.beam_width, flip=not args.no_flip, widen=args.widen)
         metrics.update({f"test_{k}": v for k, v in scores.items()})
         worst_photos_figure(rows, run.plots / "worst_photos.png")
     save_plate_model(run, reader, reader_config(args), detector, detector_config(args), detection_settings(args))
@@ -249,9 +258,9 @@ def detector_config(args) -> dict:
 
 def detection_settings(args) -> dict:
     """How the detector is used: input size, the margin plates are cut with, the score threshold,
-    the test-time flip."""
+    the test-time flip, the widened cuts read."""
     return {"size": args.det_size, "margin": args.margin, "score_threshold": args.score_threshold,
-            "flip": not args.no_flip}
+            "flip": not args.no_flip, "widen": list(args.widen)}
 
 
 if __name__ == "__main__":

@@ -303,6 +303,26 @@ def test_photo_cuts_are_fixed_in_validation_and_fresh_in_training():
     assert torch.equal(a, train[0][0]) and not torch.equal(a, train[0][0])
 
 
+def test_reading_widened_cuts_keeps_the_most_confident_reading():
+    from hw_plates.task import read_boxes, read_crops_scored
+
+    torch.manual_seed(0)
+    reader = CRNN(Alphabet(), channels=4, hidden=8, width=64).eval()
+    _, photos = make_rendered_plates(0, 2, Alphabet(), 32, 64, seed=3)
+    image, box = photos[0].image, photos[0].boxes[0]
+    cut = lambda f: to_input(prepare_crop(cut_plate(image, [box[0] - f * (box[2] - box[0]), box[1],
+                                                            box[2] + f * (box[2] - box[0]), box[3]]), 32, 64))
+    fractions = (0.0, 0.1, 0.3)
+    texts, scores = read_crops_scored(reader, torch.stack([cut(f) for f in fractions]))
+    assert scores.shape == (3,) and bool((scores <= 0).all())
+    # the score is the mean over frames of the best symbol's log-probability
+    with torch.no_grad():
+        logits = torch.log_softmax(reader(cut(0.3)[None]), -1)
+    assert float(scores[2]) == pytest.approx(float(logits.max(-1).values.mean()), abs=1e-5)
+    assert read_boxes(reader, image, [box, box], widen=fractions) == [texts[int(scores.argmax())]] * 2
+    assert read_boxes(reader, image, [box]) == read_crops(reader, cut(0.0)[None]) and read_boxes(reader, image, []) == []
+
+
 TINY = ["--n-rendered", "40", "--epochs", "1", "--channels", "4", "--hidden", "8", "--width", "64",
         "--n-scenes", "20", "--det-epochs", "1", "--det-size", "64", "--det-width", "4"]
 
@@ -392,7 +412,8 @@ def test_load_model_gives_the_selected_weights_and_the_run_test_scores(runs_root
     assert loaded.config == {"reader": {"arch": "crnn_small", "height": 32, "width": 64, "channels": 4, "hidden": 8},
                              "detector": {"width": 4}}
     assert loaded.extras == {"parts": ["reader", "detector"], "alphabet": Alphabet().chars,
-                             "detection": {"size": 64, "margin": 0.0, "score_threshold": 0.3, "flip": True}}
+                             "detection": {"size": 64, "margin": 0.0, "score_threshold": 0.3, "flip": True,
+                                           "widen": [0.0]}}
     assert not loaded.model.training and loaded.metrics == metrics and loaded.settings["stage"] == "both"
     # the weights are each stage's best epoch (--select best)
     reader_task, detector_task = ReaderTask(CRNN(Alphabet(), channels=4, hidden=8, width=64)), CenterNetTask(PlateNet(4))
@@ -430,6 +451,7 @@ def test_load_model_gives_the_selected_weights_and_the_run_test_scores(runs_root
     (["--stage", "both", "--resume", __file__], "--resume continues one stage"),
     (["--det-size", "100"], "--det-size must be a multiple of 32"),
     (["--det-ema", "1"], "--det-ema must be below 1"),
+    (["--widen", "0,x"], "--widen: expected comma-separated numbers"),
 ])
 def test_bad_options_stop_with_one_line_before_any_work(option, message, runs_root, capsys):
     from hw_plates import train
