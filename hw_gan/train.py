@@ -1,20 +1,23 @@
 """Train a DCGAN on faces (the course's FFHQ thumbnails, the shared LFW faces, any image folder).
 
     python -m hw_gan.train                                  # $DLS_DATA/faces/lfw_gan, else built-in faces
-    python -m hw_gan.train --data-dir faces_dataset_small --image-size 64 --width 64 --batch-size 128 --lr 1e-4
+    python -m hw_gan.train --course --data-dir faces_dataset_small
 
-The course's recipe is the last line: 64 px, width 64, batch 128, lr 1e-4, 100 epochs, on a
-GPU. The defaults are sized for a CPU: 32 px, half-width networks, batch 32 (more steps per
-epoch), lr 2e-4 (DCGAN's), 100 epochs: 1500 steps on the 500 training faces, 10-15 minutes on
-a busy 2-core machine. At 64 px the same time buys a third of the steps, and the samples are
-still noise-like by then (bench/gan.py gives step times).
-``--holdout`` faces (drawn with ``--split-seed``) are never trained on; their names go to
-``split.json`` and ``hw_gan.evaluate`` compares the samples with them by default.
+Two recipes (:data:`RECIPES`), both at the course's 64 px; options given explicitly override
+them. ``default``: the course's architecture at width 32, batch 64, lr 2e-4, the hinge loss,
+spectral norm in the discriminator, DiffAugment of every image it sees
+(:mod:`hw_gan.augment`) and an EMA of the weights to sample from. ``--course``: the course's
+plain DCGAN (BCE, BatchNorm, width 64, batch 128, lr 1e-4, 100 epochs). With neither
+``--epochs`` nor ``--time-limit`` a run stops after :data:`REAL_DATA_MINUTES` on real data
+(:data:`BUILTIN_MINUTES` on the built-in faces). ``--holdout`` faces (drawn with
+``--split-seed``) are never trained on; their names go to ``split.json`` and
+``hw_gan.evaluate`` compares the samples with them by default.
 
 The run folder gets history.csv (discriminator and generator losses, mean real and fake
 scores per epoch), last.pt (for --resume), model.pt (the generator, with the averaged weights
 under --ema, for sample, evaluate and predict), plots/samples/epoch_NNN.png (the same fixed
-noise every epoch), plots/progress.gif, plots/history.png and metrics.json.
+noise, about 48 grids spread over the run), plots/progress.gif, plots/history.png and
+metrics.json.
 """
 from __future__ import annotations
 
