@@ -8,6 +8,9 @@
   default), random init; ``mmdet_over_native``
   is their ratio.
 * ``inference_images_per_s``: eval-mode prediction (forward + decoding) of a batch.
+* ``native_bf16``: the native model's step under CPU autocast to bfloat16 (``--precision
+  bf16``); ``train_bf16_over_fp32`` / ``inference_bf16_over_fp32`` are its time over fp32's,
+  ``cpu_bf16`` whether the CPU has native bf16 instructions (AVX512-BF16 / AMX).
 * with ``--epochs N`` (N > 0): ``map50`` of each backend after N epochs of
   ``python -m hw_detection.train`` on ``$DLS_DATA/hardhat`` (its validation split), the same
   recipe otherwise; this takes N times an epoch of each.
@@ -25,10 +28,10 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from core.detection.centernet import CenterNet, CenterNetTask, decode
+from core.device import native_bf16
 from hw_detection.data import make_scenes
 
 
@@ -39,15 +42,22 @@ def batch_of(size: int, batch: int):
     return images, targets
 
 
-def native_steps(size: int, images, targets):
+def native_steps(size: int, images, targets, dtype: torch.dtype | None = None):
+    """The native model's train step and inference; ``dtype``: under CPU autocast to it (bf16)."""
+    import contextlib
+
     task = CenterNetTask(CenterNet(2, skips=True), one_cycle=False)
     task.model.to(memory_format=torch.channels_last)
     optimizer = task.configure_optimizers()
     x = images.float() / 255
 
+    def cast():
+        return torch.autocast("cpu", dtype=dtype) if dtype is not None else contextlib.nullcontext()
+
     def train_step():
         task.train()
-        loss = task.training_step((x, targets))["loss"]
+        with cast():
+            loss = task.training_step((x, targets))["loss"]
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
@@ -55,7 +65,9 @@ def native_steps(size: int, images, targets):
     @torch.no_grad()
     def infer():
         task.model.eval()
-        decode(task.model(x), topk=100)
+        with cast():
+            outputs = task.model(x)
+        decode(outputs, topk=100)
 
     return train_step, infer
 
@@ -123,14 +135,18 @@ def main() -> None:
     images, targets = batch_of(args.size, args.batch_size)
     native_train, native_infer = native_steps(args.size, images, targets)
     mmdet_train, mmdet_infer = mmdet_steps(args.size, images, targets)
-    train = interleaved({"native": native_train, "mmdet": mmdet_train}, args.steps)
-    infer = interleaved({"native": native_infer, "mmdet": mmdet_infer}, args.steps)
+    bf16_train, bf16_infer = native_steps(args.size, images, targets, torch.bfloat16)
+    train = interleaved({"native": native_train, "mmdet": mmdet_train, "native_bf16": bf16_train}, args.steps)
+    infer = interleaved({"native": native_infer, "mmdet": mmdet_infer, "native_bf16": bf16_infer}, args.steps)
     result = {
         "size": args.size, "batch_size": args.batch_size, "threads": torch.get_num_threads(),
         "train_step_ms": {k: round(v * 1000, 1) for k, v in train.items()},
         "train_mmdet_over_native": round(train["mmdet"] / train["native"], 3),
         "inference_images_per_s": {k: round(args.batch_size / v, 2) for k, v in infer.items()},
         "inference_native_over_mmdet": round(infer["mmdet"] / infer["native"], 3),
+        "train_bf16_over_fp32": round(train["native_bf16"] / train["native"], 3),
+        "inference_bf16_over_fp32": round(infer["native_bf16"] / infer["native"], 3),
+        "cpu_bf16": native_bf16(),
     }
     if args.epochs > 0:
         root = Path(os.environ.get("DLS_DATA", "")) / "hardhat"

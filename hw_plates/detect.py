@@ -25,10 +25,12 @@ class PlateDetectionDataset(DetectionDataset):
     """``core.detection``'s dataset and augmentation over photos held in memory, squashed once
     to ``size x size`` (the transform's resize is then free), without the hue jitter: its HSV
     round trip is the costliest step of the augmentation on a CPU, and plates come in every
-    colour anyway (brightness, contrast and saturation jitter stay)."""
+    colour anyway (brightness, contrast and saturation jitter stay). ``scale``: the range of the
+    random zoom (:func:`core.detection.augment.detection_transform`)."""
 
-    def __init__(self, photos: Sequence[Photo], size: int, train: bool = False):
-        super().__init__(detection_samples(photos, size), size, train, hue=0.0)
+    def __init__(self, photos: Sequence[Photo], size: int, train: bool = False,
+                 scale: tuple[float, float] = (0.6, 1.4)):
+        super().__init__(detection_samples(photos, size), size, train, hue=0.0, scale=scale)
 
 
 def detection_samples(photos: Sequence[Photo], size: int | None = None) -> list[DetectionSample]:

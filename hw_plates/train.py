@@ -84,6 +84,9 @@ def build_parser() -> argparse.ArgumentParser:
     det.add_argument("--margin", type=cli.nonneg_float, default=0.0,
                      help="plates are cut with this fraction of their box height added on every side (the "
                           "detector's boxes already run a little wide)")
+    det.add_argument("--det-max-scale", type=cli.positive_float, default=1.4,
+                     help="training zooms each photo by a random factor from 0.6 to this (plates near the camera "
+                          "are larger than most)")
     det.add_argument("--det-ema", type=cli.nonneg_float, default=0.0,
                      help="validate, select and keep an exponential moving average of the detector's weights with "
                           "this decay per step (core.callbacks.EMA); 0: the trained weights")
@@ -115,6 +118,8 @@ def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Alp
         parser.error(f"--widen: expected comma-separated numbers, got {args.widen!r}")
     if any(f < 0 for f in args.widen):
         parser.error(f"--widen: fractions must be at least 0, got {args.widen}")
+    if args.det_max_scale < 0.6:
+        parser.error(f"--det-max-scale must be at least 0.6, got {args.det_max_scale}")
     if args.det_ema >= 1:
         parser.error(f"--det-ema must be below 1 (a decay per step), got {args.det_ema}")
     if args.weights == "imagenet" and args.arch != "crnn_resnet18":
@@ -189,7 +194,8 @@ def train_reader(args, crops: CropSet, photos: list[Photo], run: runs.RunDir) ->
 def train_detector(args, photos: list[Photo], run: runs.RunDir, start_run: bool):
     """Fit the plate CenterNet on the train photos; returns it with the weights ``--select``
     picks (the best epoch by val map50, or the last) in eval mode, and its numbers."""
-    train = PlateDetectionDataset([p for p in photos if p.split == "train"], args.det_size, train=True)
+    train = PlateDetectionDataset([p for p in photos if p.split == "train"], args.det_size, train=True,
+                                  scale=(0.6, args.det_max_scale))
     val = PlateDetectionDataset([p for p in photos if p.split == "val"], args.det_size)
     train_loader = DataLoader(train, batch_size=args.det_batch_size, shuffle=True, num_workers=args.num_workers,
                               collate_fn=collate, drop_last=len(train) > args.det_batch_size)
