@@ -303,10 +303,12 @@ class TimeBudget(Callback):
         self._batch_seconds = 0.0
         self._train_end: float | None = None
         self._tail_seconds = 0.0  # what an epoch spends after its training batches
+        self._said_plan: int | None = None
 
     def on_fit_start(self, trainer, task):
         self.deadline = _clock() + 60.0 * self.minutes
         self._epoch_starts = []
+        self._said_plan = None
 
     def on_train_epoch_start(self, trainer, task):
         now = _clock()
@@ -338,8 +340,13 @@ class TimeBudget(Callback):
         grow = early or not trainer.schedulers
         planned = int(trainer.broadcast(fitted if grow else min(trainer.max_epochs, fitted)))
         if planned != trainer.max_epochs:
-            trainer.log(f"time limit: {planned} epochs fit in {self.minutes:.1f} min "
-                        f"({epoch_seconds:.1f} s per epoch, {remaining / 60:.1f} min left); the LR schedule follows")
+            # said when the plan first changes and when it moves by a tenth since it was last said
+            said = self._said_plan
+            if said is None or abs(planned - said) > 0.1 * said:
+                follows = "; the LR schedule follows" if trainer.schedulers else ""
+                trainer.log(f"time limit: {planned} epochs fit in {self.minutes:.1f} min "
+                            f"({epoch_seconds:.1f} s per epoch, {remaining / 60:.1f} min left){follows}")
+                self._said_plan = planned
             trainer.max_epochs = planned
             trainer.resize_schedules()
 

@@ -451,13 +451,14 @@ def apply_recipe(args: argparse.Namespace, recipe: dict, skip: tuple[str, ...] =
 
 # -- building the Trainer from options ----------------------------------------------------------
 
-def build_trainer(args: argparse.Namespace, run_dir=None, **overrides):
+def build_trainer(args: argparse.Namespace, run_dir=None, reserve_seconds: float = 0.0, **overrides):
     """A :class:`core.trainer.Trainer` from the options of :func:`add_training_args`;
     ``overrides`` are passed to it as they are (``monitor``, ``callbacks``...).
 
     ``--threads`` sets PyTorch's thread count for the process (the option asks for it).
     ``--time-limit`` counts from the command's start: the time already spent (imports,
-    loading the data) is taken from the training budget; ``--dry-run`` ignores it.
+    loading the data) and ``reserve_seconds`` (what the command does after training: saving
+    the model, figures) are taken from the training budget; ``--dry-run`` ignores it.
     ``--logger`` / ``--log-every``: with a ``run_dir``, the loggers of
     :func:`core.loggers.make_loggers` are added to ``overrides["callbacks"]`` (TensorBoard
     gets ``vars(args)`` as the run's hparams); ``history.csv`` is the Trainer's own.
@@ -471,7 +472,7 @@ def build_trainer(args: argparse.Namespace, run_dir=None, **overrides):
         torch.set_num_threads(threads)
     time_limit = None if getattr(args, "dry_run", False) else getattr(args, "time_limit", None)
     if time_limit is not None:
-        time_limit = max(time_limit / 20, time_limit - (process_age() or 0.0) / 60)
+        time_limit = max(time_limit / 20, time_limit - ((process_age() or 0.0) + reserve_seconds) / 60)
     kwargs = dict(max_epochs=args.epochs, run_dir=run_dir, device=args.device, precision=args.precision,
                   grad_clip=args.grad_clip, accumulate=args.accumulate, limit_batches=args.limit_batches,
                   seed=args.seed, deterministic=args.deterministic, patience=args.patience, time_limit=time_limit)

@@ -26,7 +26,10 @@ def to_pil(image: torch.Tensor) -> Image.Image:
     return Image.fromarray(array.permute(1, 2, 0).numpy())
 
 
-def grid_image(images: torch.Tensor, ncols: int = 8, gap: int = 2) -> Image.Image:
+GAP = 2  # pixels of white between the images of a grid
+
+
+def grid_image(images: torch.Tensor, ncols: int = 8, gap: int = GAP) -> Image.Image:
     """Images (N, 3, H, W) in [-1, 1] as one grid, ``ncols`` wide, with white ``gap``-pixel
     borders (the course's ``show_images``; no torchvision import, which is slow to load)."""
     images = images.detach().float().cpu()
@@ -61,11 +64,14 @@ def save_pngs(images: torch.Tensor, folder: str | os.PathLike, prefix: str = "sa
 
 
 def save_gif(frames: list[str | os.PathLike], path: str | os.PathLike, seconds_per_frame: float = 0.4,
-             hold_last: float = 2.0) -> Path:
-    """An animated GIF of the PNG ``frames`` (looping; the last frame held ``hold_last`` s)."""
+             hold_last: float = 2.0, crop: int | None = None) -> Path:
+    """An animated GIF of the PNG ``frames`` (looping; the last frame held ``hold_last`` s),
+    each cut to its top-left ``crop`` x ``crop`` pixels when ``crop`` is given."""
     if not frames:
         raise ValueError("no frames for the GIF")
     images = [Image.open(f).convert("RGB") for f in frames]
+    if crop is not None:
+        images = [im.crop((0, 0, min(crop, im.width), min(crop, im.height))) for im in images]
     durations = [int(seconds_per_frame * 1000)] * (len(images) - 1) + [int(hold_last * 1000)]
     path = Path(path)
     images[0].save(path, save_all=True, append_images=images[1:], duration=durations, loop=0)
@@ -76,13 +82,14 @@ class SampleGrids(Callback):
     """A grid of the generator's images from the task's fixed noise (``plots/samples/epoch_NNN.png``,
     and the run's loggers' ``samples`` image through ``trainer.log_image``) after the first
     epoch, the last one, and every k-th epoch between, k chosen from the planned epochs so that
-    there are about ``frames`` grids; at the end of ``fit``, all of them as ``plots/progress.gif``.
+    there are about ``frames`` grids; at the end of ``fit``, all of them as ``plots/progress.gif``,
+    each cut to its first ``gif_side`` x ``gif_side`` images (at full size: the GIF stays small).
     With a :class:`core.callbacks.EMA` callback, the grids show the averaged generator."""
 
-    def __init__(self, plots_dir: str | os.PathLike, frames: int = 48):
+    def __init__(self, plots_dir: str | os.PathLike, frames: int = 48, gif_side: int = 4):
         self.folder = Path(plots_dir) / "samples"
         self.gif = Path(plots_dir) / "progress.gif"
-        self.frames = frames
+        self.frames, self.gif_side = frames, gif_side
 
     def due(self, trainer) -> bool:
         """Whether the epoch just ended gets a grid."""
@@ -106,4 +113,6 @@ class SampleGrids(Callback):
 
     def on_fit_end(self, trainer, task):
         if is_main_process():
-            save_gif(sorted(self.folder.glob("epoch_*.png"), key=lambda p: int(p.stem.split("_")[1])), self.gif)
+            frames = sorted(self.folder.glob("epoch_*.png"), key=lambda p: int(p.stem.split("_")[1]))
+            side = unwrap(task.generator).image_size + GAP   # one image and its border in a grid
+            save_gif(frames, self.gif, crop=GAP + self.gif_side * side)

@@ -981,7 +981,7 @@ def test_time_limit_shrinks_the_plan_when_epochs_slow_down(monkeypatch):
     assert (trainer.epoch, sched.total_steps, sched.last_epoch, trainer.global_step) == (4, 16, 16, 16)
 
 
-def test_time_limit_without_a_schedule_grows_the_plan_when_epochs_speed_up(monkeypatch):
+def test_time_limit_without_a_schedule_grows_the_plan_when_epochs_speed_up(monkeypatch, capsys):
     """No LR schedule: epochs 1-3 take 8 s, later ones 4 s, budget 60 s. After epoch 3 (24 s,
     36 s left, 8 s per epoch) 7 epochs are planned; after epoch 4 (median 8 s, 32 s left) still
     7; after epoch 5 (median of 8, 4, 4 s: 4 s; 28 s left) 0.95 * 28 / 4 -> 6 more, 11 epochs
@@ -996,6 +996,9 @@ def test_time_limit_without_a_schedule_grows_the_plan_when_epochs_speed_up(monke
                       progress=False, log_every_epoch=False)
     trainer.fit(make_task(optimizer="adam"), train)
     assert trainer.epoch == 11 and clock.now - 1000.0 == 56.0 <= 60.0
+    said = [line for line in capsys.readouterr().out.splitlines() if line.startswith("time limit:")]
+    assert said == ["time limit: 7 epochs fit in 1.0 min (8.0 s per epoch, 0.9 min left)",   # no schedule to follow
+                    "time limit: 11 epochs fit in 1.0 min (4.0 s per epoch, 0.5 min left)"]
 
 
 def test_time_limit_ends_inside_an_epoch_that_overruns(monkeypatch):
@@ -1015,4 +1018,6 @@ def test_time_limit_of_a_command_counts_from_its_start(monkeypatch):
     monkeypatch.setattr(core.device, "process_age", lambda: 30.0)
     trainer = cli.build_trainer(cli.parse_args(parser, ["--time-limit", "3", "--device", "cpu"]))
     assert trainer.time_limit == pytest.approx(2.5)
+    reserved = cli.build_trainer(cli.parse_args(parser, ["--time-limit", "3", "--device", "cpu"]), reserve_seconds=15)
+    assert reserved.time_limit == pytest.approx(2.25)    # and 15 s kept for what follows the training
     assert cli.build_trainer(cli.parse_args(parser, ["--time-limit", "3", "--dry-run"])).time_limit is None

@@ -320,6 +320,13 @@ def test_train_sample_evaluate_end_to_end(face_folder, tmp_path, runs_root, caps
     for name in ("args.json", "history.csv", "last.pt", "model.pt", "metrics.json", "split.json", "plots/history.png",
                  "plots/progress.gif", "plots/samples/epoch_001.png", "plots/samples/epoch_002.png"):
         assert (run / name).is_file(), name
+    gif = Image.open(run / "plots/progress.gif")
+    grid = Image.open(run / "plots/samples/epoch_002.png")
+    assert grid.size == (2 + 8 * 18, 2 + 8 * 18) and gif.size == (2 + 4 * 18, 2 + 4 * 18)   # 16-px faces, 2-px gaps
+    assert gif.n_frames == 2
+    gif.seek(1)
+    assert np.abs(np.asarray(gif.convert("RGB"), dtype=int)   # the last grid's top-left 4 x 4 (GIF palette aside)
+                  - np.asarray(grid.convert("RGB"), dtype=int)[:74, :74]).mean() < 3
     history = (run / "history.csv").read_text().splitlines()[0].split(",")
     assert {"train_loss_d", "train_loss_g", "train_real_score", "train_fake_score"} <= set(history)
     split = json.loads((run / "split.json").read_text())
