@@ -43,8 +43,9 @@ def build_parser():
                         help="images of each kind (default: all real ones)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the latents and of the real subset")
     parser.add_argument("--folds", type=cli.int_at_least(2), default=5, help="folds of the two-sample test")
-    parser.add_argument("--size", type=cli.int_at_least(8), default=64,
-                        help="side at which the images are compared (generated ones are resized to it)")
+    parser.add_argument("--size", type=cli.int_at_least(16), default=64,
+                        help="side at which the images are compared (generated ones are resized to it; at least "
+                             "16, two of the HOG test's 8-pixel cells)")
     parser.add_argument("--baseline", action="store_true", help="also score a PCA-Gaussian's samples")
     parser.add_argument("--no-tsne", action="store_true", help="skip the t-SNE figure")
     cli.add_run_args(parser, default="<run>/eval-<data folder name, or holdout>-<timestamp>")

@@ -589,3 +589,17 @@ def test_recipes_course_flag_and_time_budget(capsys, monkeypatch):
     with pytest.raises(SystemExit):
         parser.parse_args(["--augment", "color,blur"])
     assert "unknown augmentation blur" in capsys.readouterr().err
+
+
+def test_r1_is_added_to_every_r1_every_th_discriminator_loss_with_its_weight():
+    from hw_gan.task import GANTask, r1_penalty
+
+    torch.manual_seed(0)
+    task = GANTask(Generator(16, 8, 4), Discriminator(16, 4), loss="hinge", r1=0.5, r1_every=2)
+    real = torch.rand(8, 3, 16, 16) * 2 - 1
+    fake = task.generator(task.noise(8)).detach()
+    plain, _ = task.discriminator_step_loss(real, fake)        # step 1: no penalty
+    with_r1, _ = task.discriminator_step_loss(real, fake)      # step 2: penalty, weighted by gamma / 2 * 2
+    x = real.clone().requires_grad_(True)
+    expected = 0.5 * 0.5 * 2 * r1_penalty(task.discriminator(x), x)
+    assert (with_r1 - plain).item() == pytest.approx(expected.item(), rel=1e-5) and expected.item() > 0
