@@ -464,7 +464,8 @@ def test_short_run_on_the_shared_faces_lowers_the_two_sample_accuracy(dls_data, 
 
     root = real_dataset(dls_data, "faces/lfw_gan")
     common = ["--data-dir", str(root), "--image-size", "16", "--width", "16", "--lr", "5e-4", "--device", "cpu",
-              "--batch-size", "32", "--loss", "bce", "--augment", "none", "--no-spectral-norm", "--ema", "0"]
+              "--batch-size", "32", "--loss", "bce", "--augment", "none", "--no-spectral-norm", "--ema", "0",
+              "--precision", "32"]
     train.main([*common, "--epochs", "1", "--run-dir", str(tmp_path / "first")])
     train.main([*common, "--epochs", "13", "--run-dir", str(tmp_path / "later"), "--resume", str(tmp_path / "first/last.pt")])
     held_out, _ = real_faces(Path(tmp_path / "first"), None, 16)
