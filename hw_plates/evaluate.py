@@ -23,7 +23,7 @@ from core.console import echo
 
 from .data import SPLITS, CropSet, load_crops, load_photos, make_rendered_plates
 from .models import load_model
-from .scoring import crop_metrics, detector_metrics, end_to_end, worst_photos_figure, worst_readings_figure
+from .scoring import crop_metrics, cut_metrics, detector_metrics, end_to_end, worst_photos_figure, worst_readings_figure
 from .text import Alphabet, levenshtein
 
 
@@ -83,6 +83,7 @@ def main(argv: list[str] | None = None) -> dict:
                                   det_config["score_threshold"], args.beam_width, flip=det_config.get("flip", False),
                                   widen=det_config.get("widen", [0.0]))
         metrics.update(scores)
+        metrics.update(cut_metrics(reader, photos, crops, args.beam_width))
         write_plates(run / "plates.csv", rows)
         write_photos(run / "photos.csv", rows)
         worst_photos_figure(rows, run.plots / "worst_photos.png")
