@@ -164,7 +164,7 @@ def test_load_model_gives_the_trained_network_and_its_scores(tmp_path, runs_root
     loaded = hw_detection.load_model(run)
     assert (loaded.homework, loaded.kind, loaded.name) == ("hw_detection", "detection", "run")
     assert loaded.config == {"backend": "torch", "num_classes": 2, "dcn": False, "skips": True}
-    assert loaded.extras == {"classes": ["helmet", "head"], "size": 64, "score_threshold": 0.0, "flip": True}
+    assert loaded.extras == {"classes": ["helmet", "head"], "size": 64, "score_threshold": 0.0, "flip": False}
     assert not loaded.model.training and loaded.settings["size"] == 64 and loaded.metrics == metrics
     assert type(load_model(run).model) is CenterNet                      # core's loader finds it
     # the weights are the last epoch's (last.pt), rebuilt into the same network
@@ -177,7 +177,7 @@ def test_load_model_gives_the_trained_network_and_its_scores(tmp_path, runs_root
     # its detector: the same boxes, in the images' own pixels, as the last epoch's network
     arrays = [np.asarray(Image.fromarray(s.image).resize((96, 80))) for s in make_scenes(2, 64, seed=5).samples]
     found = loaded_detector(loaded).predict(arrays)
-    expected = Detector(reference.model, 64, ("helmet", "head"), flip=True).predict(arrays)
+    expected = Detector(reference.model, 64, ("helmet", "head")).predict(arrays)
     for ours, theirs in zip(found, expected):
         assert len(ours["boxes"]) == 100 and ours["scores"].max() > 0
         assert all(torch.equal(ours[key], theirs[key]) for key in ("boxes", "scores", "labels"))
@@ -353,3 +353,17 @@ def test_short_real_run_finds_hard_hats(backend, dls_data, tmp_path, runs_root, 
     metrics = train_main(REAL_RUN + ["--backend", backend, "--data-dir", str(root), "--run-dir", str(tmp_path / "run")])
     assert metrics["val_images"] == 18             # 15 % of the 120 images
     assert metrics["map50"] > MIN_MAP50[backend], metrics   # from scratch, four epochs: far from good, not chance
+
+
+@pytest.mark.parametrize("native, device, precision, expected", [
+    (True, "cpu", "auto", "bf16"), (False, "cpu", "auto", "auto"), (True, "cpu", "32", "32")])
+def test_precision_auto_is_bf16_on_a_cpu_with_native_bf16(native, device, precision, expected, monkeypatch):
+    from hw_detection import train
+
+    monkeypatch.delenv("DLS_DATA", raising=False)
+    monkeypatch.setattr(train, "native_bf16", lambda: native)
+    parser = train.build_parser()
+    args = parser.parse_args(["--n-images", "4", "--device", device, "--precision", precision])
+    _, recipe = train.load_data(args)
+    assert args.precision == expected and args.ema == 0.0            # built-in scenes: no EMA
+    assert recipe.get("precision", "auto") == (expected if native and precision == "auto" else "auto")
