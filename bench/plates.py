@@ -39,9 +39,9 @@ def load_models(run: str | None):
         reader = loaded.model.require("reader", "bench/plates.py")
         if loaded.model.detector is not None:
             return reader, loaded.model.detector, loaded.extras["detection"]
-        return reader, PlateNet().eval(), {"size": 384, "margin": 0.0, "score_threshold": 0.3}
+        return reader, PlateNet().eval(), {"size": 384, "margin": 0.0, "score_threshold": 0.3, "flip": True}
     return (CRNN(Alphabet(), channels=16).eval(), PlateNet().eval(),
-            {"size": 384, "margin": 0.0, "score_threshold": 0.3})
+            {"size": 384, "margin": 0.0, "score_threshold": 0.3, "flip": True})
 
 
 def load_inputs(reader: CRNN, n_crops: int, n_photos: int):
