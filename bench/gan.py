@@ -13,7 +13,7 @@ whether the CPU has bf16 instructions; without them bf16 is emulated and slow). 
 configurations take turns step by step, so a change in the machine's load hits them alike;
 ``step_spread`` ((max - min) / median) says how noisy the figures were. Defaults: the course's
 networks (width 64, BCE, no augmentation) at 64 px, batch 128; ``--recipe default`` times the
-default recipe (width 32, batch 64, hinge loss, spectral norm, DiffAugment).
+default recipe (width 32, batch 64, DiffAugment).
 """
 from __future__ import annotations
 

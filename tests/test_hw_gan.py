@@ -576,7 +576,7 @@ def test_recipes_course_flag_and_time_budget(capsys, monkeypatch):
     args = parser.parse_args([])
     recipe = apply_recipe(args, builtin=False)
     assert (args.image_size, args.width, args.loss, args.augment, args.spectral_norm, args.ema) == \
-        (64, 32, "hinge", "color,translation,cutout", True, 0.999)
+        (64, 32, "bce", "color,translation,cutout", False, 0.999)
     assert args.time_limit == recipe["time_limit"] == REAL_DATA_MINUTES == 15.0
     args = parser.parse_args(["--course", "--ema", "0.99"])
     apply_recipe(args, builtin=True)
