@@ -283,9 +283,10 @@ class TimeBudget(Callback):
     count), and length-dependent LR schedules (``OneCycleLR``, ``CosineAnnealingLR``) are
     resized to match. After the first and second epochs the plan may grow or shrink (the first
     epoch carries one-time costs); later, with such a schedule, it only shrinks, so a one-cycle
-    schedule's decay never jumps back up; without one, it follows the clock both ways. After each training batch, if one more batch as long as the last one, then
-    the epoch's validation and checkpoints (as long as the previous epoch's), would end past the
-    deadline, the epoch ends there and the run ends as a normal one does.
+    schedule's decay never jumps back up; without one, it follows the clock both ways. After
+    each training batch, if one more batch as long as the last one, then the epoch's validation
+    and checkpoints (as long as the previous epoch's), would end past the deadline, the epoch
+    ends there and the run ends as a normal one does.
 
     Under DDP rank 0's clock decides both and broadcasts the decision, so every process plans
     the same epochs and stops after the same batch (their clocks and speeds may differ).

@@ -114,6 +114,15 @@ def native_bf16(cpuinfo: str | os.PathLike = "/proc/cpuinfo") -> bool:
     return bool(words & {"avx512_bf16", "amx_bf16", "bf16"})
 
 
+def bf16_where_native(precision: str, device: str = "auto") -> str:
+    """``precision`` for a command whose recipe prefers bfloat16 where the CPU computes it
+    natively: ``"auto"`` becomes ``"bf16"`` when ``device`` resolves to the CPU
+    (:func:`pick_device`) and :func:`native_bf16` holds; any other value is returned as it is."""
+    if precision == "auto" and pick_device(device).type == "cpu" and native_bf16():
+        return "bf16"
+    return precision
+
+
 def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     """Map ``--precision`` to the autocast dtype, or ``None`` for full fp32.
 

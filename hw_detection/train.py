@@ -30,7 +30,7 @@ from core import cli, runs
 from core.callbacks import EMA
 from core.checkpoint import load_checkpoint
 from core.console import echo
-from core.device import native_bf16, pick_device
+from core.device import bf16_where_native
 from core.loggers import log_run_images
 from core.detection.centernet import CenterNetTask
 from core.detection.data import DetectionDataset, collate
@@ -99,8 +99,7 @@ def load_data(args: argparse.Namespace) -> tuple[DetectionData, dict]:
     if not source.builtin and args.epochs is None and args.time_limit is None and args.backend == "torch":
         args.time_limit = recipe["time_limit"] = REAL_DATA_MINUTES
     cli.apply_recipe(args, recipe)
-    if args.precision == "auto" and args.backend == "torch" and pick_device(args.device).type == "cpu" \
-            and native_bf16():
+    if args.backend == "torch" and bf16_where_native(args.precision, args.device) != args.precision:
         args.precision = recipe["precision"] = "bf16"  # bench/detection.py: a step in less than half the time
     data = read_data(source, tuple(args.classes.split(",")), args.n_images, args.size)
     echo(f"dataset: {data.description}: {data.report()}")

@@ -31,6 +31,11 @@ def _flat(images) -> np.ndarray:
     return array.reshape(len(array), -1).astype(np.float64)
 
 
+def _squared_distances(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Squared Euclidean distances (len(a), len(b)) between the rows of ``a`` and of ``b``."""
+    return (a * a).sum(1)[:, None] + (b * b).sum(1)[None, :] - 2.0 * a @ b.T
+
+
 def loo_1nn_accuracy(real, fake) -> float:
     """Leave-one-out accuracy of a 1-NN classifier (Euclidean) on ``real`` (label 1) and
     ``fake`` (label 0): each image is classified by its nearest *other* image.
@@ -40,8 +45,7 @@ def loo_1nn_accuracy(real, fake) -> float:
     """
     x = np.concatenate([_flat(real), _flat(fake)])
     labels = np.r_[np.ones(len(real)), np.zeros(len(fake))]
-    sq = (x * x).sum(1)
-    distances = sq[:, None] + sq[None, :] - 2.0 * x @ x.T
+    distances = _squared_distances(x, x)
     np.fill_diagonal(distances, np.inf)
     return float((labels[distances.argmin(1)] == labels).mean())
 
@@ -179,8 +183,7 @@ def sharpness_ratio(real: torch.Tensor, fake: torch.Tensor) -> float:
 def nearest_neighbours(queries: torch.Tensor, pool: torch.Tensor, k: int = 1) -> tuple[np.ndarray, np.ndarray]:
     """For each query image, the indices (N, k) of its ``k`` nearest images of ``pool`` and
     their Euclidean pixel distances (N, k), nearest first."""
-    q, p = _flat(queries), _flat(pool)
-    distances = (q * q).sum(1)[:, None] + (p * p).sum(1)[None, :] - 2.0 * q @ p.T
+    distances = _squared_distances(_flat(queries), _flat(pool))
     order = np.argsort(distances, axis=1)[:, :k]
     return order, np.sqrt(np.maximum(np.take_along_axis(distances, order, axis=1), 0.0))
 

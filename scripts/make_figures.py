@@ -68,6 +68,17 @@ def plates_predict_args(run: Path, data: Path, n: int = 3) -> list[str]:
     return [str(data / "plates" / "detection" / "images" / p["file"]) for p in chosen]
 
 
+def side_by_side(images: list, path: Path, gap: int = 8) -> None:
+    """``images`` (PIL, RGB) in one row, top-aligned, ``gap`` white pixels apart, saved at ``path``."""
+    strip = Image.new("RGB", (sum(im.width for im in images) + gap * (len(images) - 1),
+                              max(im.height for im in images)), "white")
+    x = 0
+    for im in images:
+        strip.paste(im, (x, 0))
+        x += im.width + gap
+    strip.save(path)
+
+
 def epoch_number(path: Path) -> int:
     """``epoch_0042.png`` -> 42 (the number, so that epoch 1000 sorts after epoch 999)."""
     return int(path.stem.rsplit("_", 1)[1])
@@ -79,14 +90,7 @@ def gan_progress(run: Path, columns: int = 4) -> list[tuple[Path, str]]:
     if not frames:
         raise SystemExit(f"error: {run / 'plots' / 'samples'}: no epoch grids (did hw_gan.train change?)")
     picks = sorted({round(i * (len(frames) - 1) / (columns - 1)) for i in range(columns)})
-    images = [Image.open(frames[i]).convert("RGB") for i in picks]
-    height = max(im.height for im in images)
-    strip = Image.new("RGB", (sum(im.width for im in images) + 8 * (len(images) - 1), height), "white")
-    x = 0
-    for im in images:
-        strip.paste(im, (x, 0))
-        x += im.width + 8
-    strip.save(run / "plots" / "gan_progress.png")
+    side_by_side([Image.open(frames[i]).convert("RGB") for i in picks], run / "plots" / "gan_progress.png")
     return [(run / "plots" / "gan_progress.png", "gan_progress.png")]
 
 
@@ -97,13 +101,8 @@ def plates_read(run: Path) -> list[tuple[Path, str]]:
         raise SystemExit(f"error: {run / 'predict'}: hw_plates.predict drew no picture")
     images = [Image.open(p).convert("RGB") for p in pictures]
     height = 360
-    images = [im.resize((round(im.width * height / im.height), height)) for im in images]
-    strip = Image.new("RGB", (sum(im.width for im in images) + 8 * (len(images) - 1), height), "white")
-    x = 0
-    for im in images:
-        strip.paste(im, (x, 0))
-        x += im.width + 8
-    strip.save(run / "plots" / "plates_read.png")
+    side_by_side([im.resize((round(im.width * height / im.height), height)) for im in images],
+                 run / "plots" / "plates_read.png")
     return [(run / "plots" / "plates_read.png", "plates_read.jpg")]
 
 

@@ -360,10 +360,11 @@ def test_short_real_run_finds_hard_hats(backend, dls_data, tmp_path, runs_root, 
 @pytest.mark.parametrize("native, device, precision, expected", [
     (True, "cpu", "auto", "bf16"), (False, "cpu", "auto", "auto"), (True, "cpu", "32", "32")])
 def test_precision_auto_is_bf16_on_a_cpu_with_native_bf16(native, device, precision, expected, monkeypatch):
+    import core.device
     from hw_detection import train
 
     monkeypatch.delenv("DLS_DATA", raising=False)
-    monkeypatch.setattr(train, "native_bf16", lambda: native)
+    monkeypatch.setattr(core.device, "native_bf16", lambda: native)
     parser = train.build_parser()
     args = parser.parse_args(["--n-images", "4", "--device", device, "--precision", precision])
     _, recipe = train.load_data(args)

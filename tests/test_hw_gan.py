@@ -564,13 +564,13 @@ def test_sample_grids_are_due_about_frames_times():
 
 
 def test_recipes_course_flag_and_time_budget(capsys, monkeypatch):
-    import hw_gan.train
+    import core.device
     from hw_gan.train import BUILTIN_MINUTES, REAL_DATA_MINUTES, apply_recipe, build_parser
 
-    monkeypatch.setattr(hw_gan.train, "native_bf16", lambda: True)
+    monkeypatch.setattr(core.device, "native_bf16", lambda: True)
     assert apply_recipe(build_parser().parse_args(["--device", "cpu"]), builtin=True)["precision"] == "bf16"
     assert apply_recipe(build_parser().parse_args(["--device", "cpu", "--precision", "32"]), builtin=True)["precision"] == "32"
-    monkeypatch.setattr(hw_gan.train, "native_bf16", lambda: False)
+    monkeypatch.setattr(core.device, "native_bf16", lambda: False)
     assert apply_recipe(build_parser().parse_args(["--device", "cpu"]), builtin=True)["precision"] == "auto"
     parser = build_parser()
     args = parser.parse_args([])
