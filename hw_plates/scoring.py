@@ -81,7 +81,7 @@ def end_to_end(detector, reader: CRNN, photos: Sequence[Photo], size: int, margi
     ``e2e_missed`` (true plates with / without a matching detection), ``e2e_misread`` (found
     but read wrong) and ``detector_cut_exact`` (the share of found plates read whole: the reader
     on the detector's cuts), and one row per true plate (photo, text, box, detection box and
-    score, crop, reading)."""
+    score, reading)."""
     images = [p.load() for p in photos]
     detections = detect_plates(detector, images, size, flip=flip)
     rows = []
@@ -90,7 +90,7 @@ def end_to_end(detector, reader: CRNN, photos: Sequence[Photo], size: int, margi
         for box, text, index in zip(photo.boxes, photo.texts, match_plates(photo.boxes, det, score_threshold)):
             crop = cut_plate(image, det["boxes"][index].tolist(), margin) if index is not None else None
             found = crop is not None and min(crop.shape[:2]) >= 2
-            rows.append({"photo": photo.name, "text": text, "crop": crop if found else None, "image": image,
+            rows.append({"photo": photo.name, "text": text, "image": image,
                          "reading": "", "box": [round(float(v), 1) for v in box],
                          "det_box": [round(float(v), 1) for v in det["boxes"][index].tolist()] if found else None,
                          "score": round(float(det["scores"][index]), 4) if found else None})
@@ -104,7 +104,7 @@ def end_to_end(detector, reader: CRNN, photos: Sequence[Photo], size: int, margi
         truths.append(row["text"])
         reads.append(row["reading"])
     scores = end_to_end_metrics([t for t, _ in by_photo.values()], [r for _, r in by_photo.values()])
-    found = [row for row in rows if row["crop"] is not None]
+    found = [row for row in rows if row["det_box"] is not None]
     scores["e2e_found"] = len(found)
     scores["e2e_missed"] = len(rows) - len(found)
     scores["e2e_misread"] = sum(row["reading"] != row["text"] for row in found)
