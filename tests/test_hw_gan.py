@@ -441,12 +441,25 @@ def test_bad_options_are_refused_before_any_work(tmp_path, capsys):
 
     for option, value, message in (("--image-size", "48", "expected a power of two from 16 to 256 (32, 64, 128)"),
                                    ("--label-smoothing", "1.0", "expected a number in [0, 1)"),
-                                   ("--width", "0", "expected an integer >= 1")):
+                                   ("--width", "0", "expected an integer >= 1"),
+                                   ("--r1", "-1", "expected a number >= 0"),
+                                   ("--ema", "1", "expected a number in [0, 1)")):
         with pytest.raises(SystemExit) as exit_info:
             main([option, value, "--run-dir", str(tmp_path / "never")])
         assert exit_info.value.code == 2
         assert f"argument {option}: {message}, got '{value}'" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--augment", "color,blur", "--run-dir", str(tmp_path / "never")])
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1].endswith(
+        "argument --augment: unknown augmentation blur: expected a comma-separated subset of color, translation, "
+        "cutout (or none)")
     assert not (tmp_path / "never").exists()
+    from hw_gan.evaluate import main as evaluate_main
+
+    with pytest.raises(SystemExit) as exit_info:
+        evaluate_main(["--run", str(tmp_path / "never"), "--size", "8"])
+    assert exit_info.value.code == 2 and "argument --size: expected an integer >= 16, got '8'" in capsys.readouterr().err
 
 
 # -- real data -------------------------------------------------------------------------------------
