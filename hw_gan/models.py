@@ -14,8 +14,8 @@ computed as ``BCEWithLogits`` (the same value, without overflow), and the hinge 
 the logit anyway.
 
 A trained run's generator is read back by :func:`load_model` from its ``model.pt`` (kind
-``"generation"``; ``config``: ``image_size``, ``latent``, ``width``; ``extras``: ``ema``, the
-decay of the weights' average the run kept, or None).
+``"generation"``; ``config``: ``image_size``, ``latent``, ``width``, ``upsample`` (``transpose``
+when absent); ``extras``: ``ema``, the decay of the weights' average the run kept, or None).
 """
 from __future__ import annotations
 
@@ -33,6 +33,7 @@ from core.runs import LoadedModel, rebuild_model
 HOMEWORK = "hw_gan"
 KIND = "generation"
 MIN_SIZE, MAX_SIZE = 16, 256
+UPSAMPLING = ("transpose", "nearest")   # how the generator doubles the side: see upsampling()
 
 
 def check_image_size(size: int) -> int:
@@ -77,6 +78,21 @@ class Discriminator(nn.Module):
         return self.net(images)
 
 
+def upsampling(c_in: int, c_out: int, kind: str = "transpose") -> list[nn.Module]:
+    """Layers doubling the side of a (N, c_in, H, W) map to (N, c_out, 2H, 2W), without bias.
+
+    ``transpose``: the DCGAN's 4x4 stride-2 transposed convolution. ``nearest``: nearest-neighbour
+    upsampling, then a 3x3 convolution (Odena et al. 2016, "Deconvolution and checkerboard
+    artifacts"): every output pixel gets the same number of kernel taps, so the uneven overlap
+    of a stride-2 transposed convolution cannot draw a checkerboard.
+    """
+    if kind == "transpose":
+        return [nn.ConvTranspose2d(c_in, c_out, 4, 2, 1, bias=False)]
+    if kind == "nearest":
+        return [nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(c_in, c_out, 3, 1, 1, bias=False)]
+    raise ValueError(f"--upsample {kind}: expected one of {', '.join(UPSAMPLING)}")
+
+
 class Generator(nn.Module):
     """Latent (N, latent) or (N, latent, 1, 1) -> images (N, 3, S, S) in [-1, 1].
 
@@ -84,19 +100,21 @@ class Generator(nn.Module):
         image_size: S, a power of two from 16 to 256.
         latent: size of the latent vector (128 in the course).
         width: channels of the last block before the image (64 in the course).
+        upsample: how each stride-2 block doubles the side (:func:`upsampling`): ``transpose``
+            (the course's transposed convolutions) or ``nearest`` (upsampling + 3x3 convolution).
+            The first layer, latent -> 4x4 map, is the course's transposed convolution either way.
     """
 
-    def __init__(self, image_size: int = 64, latent: int = 128, width: int = 64):
+    def __init__(self, image_size: int = 64, latent: int = 128, width: int = 64, upsample: str = "transpose"):
         super().__init__()
         channels = block_channels(image_size, width)[::-1]   # [8w, 4w, 2w, w] at 64 px
         layers: list[nn.Module] = [nn.ConvTranspose2d(latent, channels[0], 4, 1, 0, bias=False),
                                    nn.BatchNorm2d(channels[0]), nn.ReLU(inplace=True)]
         for c_in, c_out in zip(channels, channels[1:]):
-            layers += [nn.ConvTranspose2d(c_in, c_out, 4, 2, 1, bias=False), nn.BatchNorm2d(c_out),
-                       nn.ReLU(inplace=True)]
-        layers += [nn.ConvTranspose2d(channels[-1], 3, 4, 2, 1, bias=False), nn.Tanh()]
+            layers += [*upsampling(c_in, c_out, upsample), nn.BatchNorm2d(c_out), nn.ReLU(inplace=True)]
+        layers += [*upsampling(channels[-1], 3, upsample), nn.Tanh()]
         self.net = nn.Sequential(*layers)
-        self.image_size, self.latent = image_size, latent
+        self.image_size, self.latent, self.upsample = image_size, latent, upsample
         init_dcgan_weights(self)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
@@ -164,6 +182,7 @@ def load_model(run: str | os.PathLike) -> LoadedModel:
     """
     def build(saved):
         config = saved.config
-        return Generator(config["image_size"], config["latent"], config["width"])
+        return Generator(config["image_size"], config["latent"], config["width"],
+                         config.get("upsample", "transpose"))
 
     return rebuild_model(run, HOMEWORK, build, kind=KIND)

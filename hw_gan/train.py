@@ -38,7 +38,7 @@ from core.plots import plot_history
 from .augment import POLICIES, parse_policy
 from .data import DATASET, SPLIT_FILE, find_source, load_data
 from .images import SampleGrids
-from .models import HOMEWORK, KIND, Discriminator, Generator, check_image_size, reported_generator
+from .models import HOMEWORK, KIND, UPSAMPLING, Discriminator, Generator, check_image_size, reported_generator
 from .task import LOSSES, GANTask
 
 
@@ -61,9 +61,9 @@ def probability_below_1(text: str) -> float:
 # 64 px, sized to train in the time budget on a CPU; "course": the course's DCGAN exactly.
 RECIPES = {
     "default": dict(image_size=64, width=32, batch_size=64, lr=2e-4, epochs=2000, loss="bce",
-                    augment="color,translation,cutout", spectral_norm=False, ema=0.999),
+                    augment="color,translation,cutout", spectral_norm=False, ema=0.999, upsample="transpose"),
     "course": dict(image_size=64, width=64, batch_size=128, lr=1e-4, epochs=100, loss="bce",
-                   augment="none", spectral_norm=False, ema=0.0),
+                   augment="none", spectral_norm=False, ema=0.0, upsample="transpose"),
 }
 # with real data and neither --epochs nor --time-limit, training stops after this many minutes
 REAL_DATA_MINUTES = 15.0
@@ -86,6 +86,9 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument("--latent", type=cli.positive_int, default=128, help="size of the generator's latent vector")
     group.add_argument("--width", type=cli.positive_int, default=None, help="channels of the networks' image-side "
                        "block (the course's: 64, 2.77 M discriminator parameters at 64 px)")
+    group.add_argument("--upsample", choices=UPSAMPLING, default=None,
+                       help="how the generator doubles the side: transpose (the course's 4x4 stride-2 transposed "
+                            "convolutions) or nearest (nearest-neighbour upsampling + 3x3 convolution)")
     group.add_argument("--beta1", type=probability_below_1, default=0.5, help="Adam's beta1 (beta2 is 0.999)")
     group.add_argument("--loss", choices=LOSSES, default=None,
                        help="bce: the course's (non-saturating), saturating: the minimax log(1-D(G(z))), hinge")
@@ -141,7 +144,7 @@ def main(argv: list[str] | None = None) -> dict:
                         shuffle=True, drop_last=True, num_workers=args.num_workers)
 
     torch.manual_seed(args.seed)
-    generator = Generator(args.image_size, args.latent, args.width)
+    generator = Generator(args.image_size, args.latent, args.width, args.upsample)
     discriminator = Discriminator(args.image_size, args.width, spectral=args.spectral_norm)
     echo(f"models: generator {count_parameters(generator):,} and discriminator "
          f"{count_parameters(discriminator):,} parameters at {args.image_size} px, width {args.width}")
@@ -165,7 +168,8 @@ def main(argv: list[str] | None = None) -> dict:
                **{k.removeprefix("train_"): round(v, 4) for k, v in last.items() if k.startswith("train_")}}
     run.save_metrics(metrics)
     runs.save_model(run, homework=HOMEWORK, kind=KIND,
-                    config={"image_size": args.image_size, "latent": args.latent, "width": args.width},
+                    config={"image_size": args.image_size, "latent": args.latent, "width": args.width,
+                            "upsample": args.upsample},
                     state_dict=reported_generator(task, ema).state_dict(), extras={"ema": args.ema or None})
     plot_history(run / "history.csv", run.plots / "history.png", title="DCGAN: losses and mean D scores")
     run.summary(metrics)

@@ -45,6 +45,43 @@ def test_parameter_counts_are_the_courses_at_64_px():
     assert count_parameters(Generator(64, 128, 64)) == g_convs + bn == 3_806_080   # the course's 3.81 M
 
 
+@pytest.mark.parametrize("size", [16, 64])
+def test_nearest_upsampling_generator_shapes_layers_and_parameters(size):
+    torch.manual_seed(0)
+    g = Generator(size, latent=16, width=8, upsample="nearest")
+    assert g(torch.randn(3, 16)).shape == (3, 3, size, size) and g.upsample == "nearest"
+    kinds = [type(m) for m in g.net]
+    n_blocks = int(np.log2(size)) - 2
+    assert kinds.count(torch.nn.Upsample) == kinds.count(torch.nn.Conv2d) == n_blocks     # one per doubling
+    assert kinds.count(torch.nn.ConvTranspose2d) == 1                                     # latent -> 4x4 only
+    assert all(m.kernel_size == (3, 3) and m.bias is None for m in g.net if isinstance(m, torch.nn.Conv2d))
+    # a 3x3 kernel where the course's has 4x4: 9/16 of the stride-2 blocks' weights, the first layer as it is
+    course = Generator(64, 128, 64)
+    assert [type(m) for m in course.net].count(torch.nn.ConvTranspose2d) == 5 and course.upsample == "transpose"
+    first, bn = 16 * 128 * 512, 2 * (64 + 128 + 256 + 512)
+    assert count_parameters(Generator(64, 128, 64, "nearest")) == \
+        first + 9 * (512 * 256 + 256 * 128 + 128 * 64 + 64 * 3) + bn
+    with pytest.raises(ValueError, match="--upsample bilinear: expected one of transpose, nearest"):
+        Generator(16, 8, 4, upsample="bilinear")
+
+
+def test_nearest_upsampling_draws_no_checkerboard_from_a_flat_map():
+    # a constant map through one 2x upsampling layer with random weights: the transposed
+    # convolution sums a different quarter of its kernel at each pixel parity (a period-2
+    # pattern); nearest + 3x3 sums the whole kernel everywhere away from the border
+    from hw_gan.models import upsampling
+
+    torch.manual_seed(0)
+    x = torch.ones(1, 1, 8, 8)
+    for kind, flat in (("transpose", False), ("nearest", True)):
+        layers = torch.nn.Sequential(*upsampling(1, 1, kind))
+        with torch.no_grad():
+            inner = layers(x)[0, 0, 2:-2, 2:-2]
+        assert inner.shape == (12, 12)
+        torch.testing.assert_close(inner[::2, ::2], inner[0, 0].expand(6, 6))     # each parity is flat...
+        assert torch.allclose(inner, inner[0, 0].expand(12, 12)) is flat, kind    # ...all four alike only here
+
+
 @pytest.mark.parametrize("size", [48, 100, 8, 512])
 def test_image_sizes_that_are_not_powers_of_two_in_range_are_refused(size):
     with pytest.raises(ValueError, match=rf"--image-size {size}: must be a power of two from 16 to 256"):
@@ -405,6 +442,19 @@ def test_model_file_holds_the_last_epochs_generator(face_folder, tmp_path, runs_
         assert "\n" not in str(info.value)
 
 
+def test_model_file_keeps_the_upsampling(face_folder, tmp_path, runs_root):
+    from hw_gan import load_model
+    from hw_gan.models import generate
+    from hw_gan.train import main
+
+    run = tmp_path / "run"
+    main(["--data-dir", str(face_folder), *TINY, "--epochs", "1", "--upsample", "nearest", "--run-dir", str(run)])
+    loaded = load_model(run)
+    assert loaded.config["upsample"] == "nearest" and loaded.model.upsample == "nearest"
+    assert any(isinstance(m, torch.nn.Upsample) for m in loaded.model.net)
+    assert generate(loaded.model, 3, seed=1).shape == (3, 3, 16, 16)
+
+
 # -- bad input -------------------------------------------------------------------------------------
 def test_empty_folder_is_a_clear_error(tmp_path):
     from hw_gan.train import main
@@ -454,6 +504,11 @@ def test_bad_options_are_refused_before_any_work(tmp_path, capsys):
     assert capsys.readouterr().err.strip().splitlines()[-1].endswith(
         "argument --augment: unknown augmentation blur: expected a comma-separated subset of color, translation, "
         "cutout (or none)")
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--upsample", "bilinear", "--run-dir", str(tmp_path / "never")])
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1].endswith(
+        "argument --upsample: invalid choice: 'bilinear' (choose from 'transpose', 'nearest')")
     assert not (tmp_path / "never").exists()
     from hw_gan.evaluate import main as evaluate_main
 
@@ -588,13 +643,13 @@ def test_recipes_course_flag_and_time_budget(capsys, monkeypatch):
     parser = build_parser()
     args = parser.parse_args([])
     recipe = apply_recipe(args, builtin=False)
-    assert (args.image_size, args.width, args.loss, args.augment, args.spectral_norm, args.ema) == \
-        (64, 32, "bce", "color,translation,cutout", False, 0.999)
+    assert (args.image_size, args.width, args.loss, args.augment, args.spectral_norm, args.ema, args.upsample) == \
+        (64, 32, "bce", "color,translation,cutout", False, 0.999, "transpose")
     assert args.time_limit == recipe["time_limit"] == REAL_DATA_MINUTES == 15.0
     args = parser.parse_args(["--course", "--ema", "0.99"])
     apply_recipe(args, builtin=True)
     assert (args.image_size, args.width, args.batch_size, args.lr, args.loss, args.augment, args.spectral_norm,
-            args.ema) == (64, 64, 128, 1e-4, "bce", "none", False, 0.99)     # an explicit option wins
+            args.ema, args.upsample) == (64, 64, 128, 1e-4, "bce", "none", False, 0.99, "transpose")  # explicit wins
     assert args.time_limit == BUILTIN_MINUTES
     args = parser.parse_args(["--epochs", "3"])
     apply_recipe(args, builtin=False)
