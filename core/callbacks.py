@@ -281,9 +281,11 @@ class TimeBudget(Callback):
     At each epoch's end the number of epochs is set to what fits in the time left, from the
     median of the last three epochs' wall times (start to start, so validation and checkpoints
     count), and length-dependent LR schedules (``OneCycleLR``, ``CosineAnnealingLR``) are
-    resized to match. After the first and second epochs the plan may grow or shrink (the first
-    epoch carries one-time costs); later, with such a schedule, it only shrinks, so a one-cycle
-    schedule's decay never jumps back up; without one, it follows the clock both ways. After
+    resized to match. Without such a schedule the plan follows the clock both ways. With one it
+    may grow or shrink after the first two epochs (the first carries one-time costs) and during
+    the first half of the budget, so that a slow start (a busy machine, a first epoch's warm-up)
+    does not leave the budget unused; after that it only shrinks, so that the schedule's decay
+    never jumps back up late in the run. After
     each training batch, if one more batch as long as the last one, then the epoch's validation
     and checkpoints (as long as the previous epoch's), would end past the deadline, the epoch
     ends there and the run ends as a normal one does.
@@ -337,7 +339,7 @@ class TimeBudget(Callback):
         epoch_seconds = sorted(recent)[len(recent) // 2]
         remaining = self.deadline - now
         fitted = trainer.epoch + max(0, math.floor(0.95 * remaining / epoch_seconds))
-        early = len(self._epoch_starts) <= 2
+        early = len(self._epoch_starts) <= 2 or remaining > 30.0 * self.minutes  # first half of the budget
         grow = early or not trainer.schedulers
         planned = int(trainer.broadcast(fitted if grow else min(trainer.max_epochs, fitted)))
         if planned != trainer.max_epochs:

@@ -981,12 +981,34 @@ def test_time_limit_shrinks_the_plan_when_epochs_slow_down(monkeypatch):
     assert (trainer.epoch, sched.total_steps, sched.last_epoch, trainer.global_step) == (4, 16, 16, 16)
 
 
+def test_time_limit_with_a_schedule_grows_the_plan_in_the_first_half_of_the_budget(monkeypatch):
+    """One-cycle schedule, budget 60 s: epochs 1-2 take 8 s, later ones 2 s. After epoch 4
+    (20 s, 40 s left, median of 8, 2, 2 s: 2 s) the plan grows from 7 to 4 + 19 = 23 epochs, as
+    a third of the budget is gone; the schedule follows, and the run ends at 58 s, its 92
+    steps all taken (the old rule, only shrinking after epoch 2, stopped at 7 epochs, 26 s)."""
+    trainer, clock = fit_against_clock(monkeypatch, lambda epoch: 2.0 if epoch <= 2 else 0.5, minutes=1.0)
+    sched = trainer.schedulers[0]["scheduler"]
+    assert (trainer.epoch, sched.total_steps, sched.last_epoch) == (23, 92, 92)
+    assert clock.now - 1000.0 == 58.0 <= 60.0
+
+
+def test_time_limit_with_a_schedule_never_grows_the_plan_late(monkeypatch):
+    """One-cycle schedule, budget 60 s: epochs 1-5 take 8 s, later ones 2 s. The plan (7
+    epochs, fitted after epoch 1) can grow only while half of the budget is left. After epoch 6
+    (42 s, 18 s left, median of 8, 8, 2 s) 6 + 2 = 8 epochs would fit, but the plan keeps 7,
+    and the run ends at 44 s with its schedule completed."""
+    trainer, clock = fit_against_clock(monkeypatch, lambda epoch: 2.0 if epoch <= 5 else 0.5, minutes=1.0)
+    sched = trainer.schedulers[0]["scheduler"]
+    assert (trainer.epoch, sched.total_steps, sched.last_epoch) == (7, 28, 28)
+    assert clock.now - 1000.0 == 44.0
+
+
 def test_time_limit_without_a_schedule_grows_the_plan_when_epochs_speed_up(monkeypatch, capsys):
     """No LR schedule: epochs 1-3 take 8 s, later ones 4 s, budget 60 s. After epoch 3 (24 s,
     36 s left, 8 s per epoch) 7 epochs are planned; after epoch 4 (median 8 s, 32 s left) still
     7; after epoch 5 (median of 8, 4, 4 s: 4 s; 28 s left) 0.95 * 28 / 4 -> 6 more, 11 epochs
-    in all, ending at 56 s: the plan grew, which it never does after epoch 2 with a one-cycle
-    schedule (the old rule stopped at 7 epochs, 40 s)."""
+    in all, ending at 56 s: the plan grew, as it would not with a one-cycle schedule past half
+    of the budget (an earlier rule stopped at 7 epochs, 40 s)."""
     import core.callbacks
 
     clock = FakeClock(lambda epoch: 2.0 if epoch <= 3 else 1.0)
