@@ -31,6 +31,7 @@ from core.callbacks import EMA
 from core.checkpoint import load_checkpoint
 from core.console import echo
 from core.device import bf16_where_native
+from core.errors import UserError
 from core.loggers import log_run_images
 from core.detection.centernet import CenterNetTask
 from core.detection.data import DetectionDataset, collate
@@ -44,8 +45,8 @@ from .models import build_model, make_detector, model_config, save_detector
 # (core.Trainer's --time-limit: epochs and LR schedule sized from the first epoch's time)
 REAL_DATA_MINUTES = 17.0
 RECIPES = {
-    "built-in": dict(size=128, epochs=15, batch_size=8, lr=2e-3, ema=0.0),
-    "hardhat": dict(size=256, epochs=40, batch_size=4, lr=2e-3, ema=0.995),
+    "built-in": dict(size=128, crop=0, mosaic=0.0, epochs=15, batch_size=8, lr=2e-3, ema=0.0),
+    "hardhat": dict(size=256, crop=0, mosaic=0.0, epochs=40, batch_size=4, lr=2e-3, ema=0.995),
 }
 
 
@@ -61,6 +62,13 @@ def build_parser() -> argparse.ArgumentParser:
                        help="classes to detect, comma-separated (the data also has person)")
     group.add_argument("--size", type=cli.int_at_least(64), default=None,
                        help="square input side, a multiple of 32; None: the recipe's")
+    group.add_argument("--crop", type=cli.int_at_least(0), default=None,
+                       help="native backend: train on random crops of this side (a multiple of 32, at most --size) "
+                            "of the --size px images, so that objects keep their --size scale at the cost of a smaller "
+                            "input; 0: whole images; None: the recipe's")
+    group.add_argument("--mosaic", type=cli.probability, default=None,
+                       help="native backend: share of training samples that are mosaics of four images' tiles "
+                            "(core.detection.data.DetectionDataset); None: the recipe's")
     group.add_argument("--dcn", action="store_true", help="deformable convolutions (DCNv2) in the neck")
     group.add_argument("--no-skips", action="store_true",
                        help="no skip connections from the backbone into the neck "
@@ -86,6 +94,8 @@ def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Non
     """Refuse option values the types cannot check, with one argparse-style line, before any work."""
     if args.size is not None and args.size % 32:
         parser.error(f"argument --size: expected a multiple of 32, got {args.size}")
+    if args.crop and (args.crop % 32 or (args.size is not None and args.crop > args.size)):
+        parser.error(f"argument --crop: expected a multiple of 32 no larger than --size, got {args.crop}")
     if args.ema is not None and args.ema >= 1:
         parser.error(f"argument --ema: expected a decay below 1, got {args.ema}")
     if not 0 < args.val_fraction < 1:
@@ -99,6 +109,8 @@ def load_data(args: argparse.Namespace) -> tuple[DetectionData, dict]:
     if not source.builtin and args.epochs is None and args.time_limit is None and args.backend == "torch":
         args.time_limit = recipe["time_limit"] = REAL_DATA_MINUTES
     cli.apply_recipe(args, recipe)
+    if args.crop > args.size:
+        raise UserError(f"--crop {args.crop} is larger than --size {args.size}: a crop is cut from the --size px image")
     if args.backend == "torch" and bf16_where_native(args.precision, args.device) != args.precision:
         args.precision = recipe["precision"] = "bf16"  # bench/detection.py: a step in less than half the time
     data = read_data(source, tuple(args.classes.split(",")), args.n_images, args.size)
@@ -108,7 +120,8 @@ def load_data(args: argparse.Namespace) -> tuple[DetectionData, dict]:
 
 def train_native(args, train: DetectionData, val: DetectionData, run: runs.RunDir) -> tuple[torch.nn.Module, list, str]:
     """core.Trainer on CenterNet; returns the last epoch's network, the history and the device."""
-    train_loader = DataLoader(DetectionDataset(train.samples, args.size, train=True), batch_size=args.batch_size,
+    train_set = DetectionDataset(train.samples, args.size, train=True, crop=args.crop or None, mosaic=args.mosaic)
+    train_loader = DataLoader(train_set, batch_size=args.batch_size,
                               shuffle=True, num_workers=args.num_workers, collate_fn=collate,
                               drop_last=len(train) > args.batch_size)
     val_loader = DataLoader(DetectionDataset(val.samples, args.size), batch_size=args.batch_size,

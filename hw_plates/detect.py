@@ -26,11 +26,12 @@ class PlateDetectionDataset(DetectionDataset):
     to ``size x size`` (the transform's resize is then free), without the hue jitter: its HSV
     round trip is the costliest step of the augmentation on a CPU, and plates come in every
     colour anyway (brightness, contrast and saturation jitter stay). ``scale``: the range of the
-    random zoom (:func:`core.detection.augment.detection_transform`)."""
+    random zoom (:func:`core.detection.augment.detection_transform`); ``crop`` and ``mosaic``:
+    as :class:`core.detection.data.DetectionDataset`'s."""
 
     def __init__(self, photos: Sequence[Photo], size: int, train: bool = False,
-                 scale: tuple[float, float] = (0.6, 1.4)):
-        super().__init__(detection_samples(photos, size), size, train, hue=0.0, scale=scale)
+                 scale: tuple[float, float] = (0.6, 1.4), crop: int | None = None, mosaic: float = 0.0):
+        super().__init__(detection_samples(photos, size), size, train, crop=crop, mosaic=mosaic, hue=0.0, scale=scale)
 
 
 def detection_samples(photos: Sequence[Photo], size: int | None = None) -> list[DetectionSample]:

@@ -80,6 +80,12 @@ def build_parser() -> argparse.ArgumentParser:
     det.add_argument("--det-lr", type=cli.positive_float, default=None, help="learning rate; None: the recipe's")
     det.add_argument("--det-size", type=cli.int_at_least(64), default=384,
                      help="photos are squashed to this square side (multiple of 32)")
+    det.add_argument("--det-crop", type=cli.int_at_least(0), default=0,
+                     help="train on random crops of this side (a multiple of 32, at most --det-size) of the squashed "
+                          "photos, so that plates keep their --det-size scale at a smaller input's cost; 0: whole photos")
+    det.add_argument("--det-mosaic", type=cli.probability, default=0.0,
+                     help="share of the detector's training samples that are mosaics of four photos' tiles "
+                          "(core.detection.data.DetectionDataset)")
     det.add_argument("--det-width", type=cli.int_at_least(4), default=16, help="channels of the detector's first stage")
     det.add_argument("--margin", type=cli.nonneg_float, default=0.0,
                      help="plates are cut with this fraction of their box height added on every side (the "
@@ -110,6 +116,8 @@ def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Alp
         parser.error("--resume continues one stage: give --stage read or --stage detect with it")
     if args.det_size % 32:
         parser.error(f"--det-size must be a multiple of 32, got {args.det_size}")
+    if args.det_crop % 32 or args.det_crop > args.det_size:
+        parser.error(f"--det-crop must be a multiple of 32 no larger than --det-size, got {args.det_crop}")
     if args.height % 16 or args.width % 4:
         parser.error(f"--height must be a multiple of 16 and --width of 4, got {args.height}x{args.width}")
     try:
@@ -195,7 +203,7 @@ def train_detector(args, photos: list[Photo], run: runs.RunDir, start_run: bool)
     """Fit the plate CenterNet on the train photos; returns it with the weights ``--select``
     picks (the best epoch by val map50, or the last) in eval mode, and its numbers."""
     train = PlateDetectionDataset([p for p in photos if p.split == "train"], args.det_size, train=True,
-                                  scale=(0.6, args.det_max_scale))
+                                  scale=(0.6, args.det_max_scale), crop=args.det_crop or None, mosaic=args.det_mosaic)
     val = PlateDetectionDataset([p for p in photos if p.split == "val"], args.det_size)
     train_loader = DataLoader(train, batch_size=args.det_batch_size, shuffle=True, num_workers=args.num_workers,
                               collate_fn=collate, drop_last=len(train) > args.det_batch_size)

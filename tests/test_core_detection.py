@@ -67,6 +67,75 @@ def test_augmentation_follows_torch_seed_and_keeps_images_without_boxes():
 
 
 # -- CenterNet targets, loss, decoding ---------------------------------------------------------
+def _flat_samples(n=4, side=64, box=(20, 20, 30, 30)):
+    """``n`` images of one grey level each (40, 80, ...) with one 10 x 10 box labelled by the image."""
+    return [DetectionSample(np.full((side, side, 3), 40 * (i + 1), dtype=np.uint8),
+                            np.array([box], dtype=np.float32), np.array([i])) for i in range(n)]
+
+
+NO_JITTER = dict(scale=(1.0, 1.0), shift=0.0, flip=0.0, colour=0.0, hue=0.0)
+
+
+def test_training_crops_keep_the_objects_scale():
+    """Random 32 px windows of 64 px images: the box keeps its 10 x 10 px wherever the window
+    leaves it whole, is clipped where the window cuts it, and is dropped when under 2 px."""
+    torch.manual_seed(0)
+    data = DetectionDataset(_flat_samples(1), size=64, train=True, crop=32, **NO_JITTER)
+    whole = cut = empty = 0
+    for _ in range(60):
+        image, target = data[0]
+        assert image.shape == (3, 32, 32)
+        boxes = target["boxes"]
+        assert ((boxes >= 0) & (boxes <= 32)).all()
+        if len(boxes) == 0:
+            empty += 1
+            continue
+        w, h = (boxes[0, 2] - boxes[0, 0]).item(), (boxes[0, 3] - boxes[0, 1]).item()
+        assert 2 <= w <= 10 and 2 <= h <= 10
+        if 0 < boxes[0, 0] and boxes[0, 2] < 32 and 0 < boxes[0, 1] and boxes[0, 3] < 32:
+            assert (w, h) == (10, 10)
+            whole += 1
+        else:
+            cut += 1
+    assert whole > 0 and cut > 0 and empty > 0
+    # validation images are whole, resized only
+    image, target = DetectionDataset(_flat_samples(1), size=64, crop=32)[0]
+    assert image.shape == (3, 64, 64) and target["boxes"].tolist() == [[20, 20, 30, 30]]
+
+
+def test_mosaic_tiles_four_images_with_their_own_boxes():
+    """Mosaics of four grey images: each box lies in the tile of the image it was labelled in
+    (the grey level under its centre is that image's), tiles of several images meet in one
+    sample, and the same torch seed draws the same mosaic."""
+    data = DetectionDataset(_flat_samples(4), size=64, train=True, crop=48, mosaic=1.0, **NO_JITTER)
+    torch.manual_seed(1)
+    levels_seen, boxes_seen = set(), 0
+    for index in range(40):
+        image, target = data[index % 4]
+        assert image.shape == (3, 48, 48)
+        pixels = (image[0] * 255).round().long()
+        levels = set(pixels.unique().tolist()) - {0}
+        assert levels <= {40, 80, 120, 160}
+        levels_seen.add(len(levels))
+        for box, label in zip(target["boxes"], target["labels"]):
+            cx, cy = int((box[0] + box[2]) / 2), int((box[1] + box[3]) / 2)
+            assert pixels[cy, cx] == 40 * (label + 1)
+            boxes_seen += 1
+    assert max(levels_seen) >= 3 and boxes_seen >= 40
+    torch.manual_seed(5)
+    first = data[2]
+    torch.manual_seed(5)
+    again = data[2]
+    assert torch.equal(first[0], again[0]) and torch.equal(first[1]["boxes"], again[1]["boxes"])
+
+
+def test_crop_and_mosaic_refuse_impossible_values():
+    with pytest.raises(ValueError, match="crop must be between 1 and size \\(64\\), got 96"):
+        DetectionDataset(_flat_samples(1), size=64, train=True, crop=96)
+    with pytest.raises(ValueError, match="mosaic must be a probability, got 1.5"):
+        DetectionDataset(_flat_samples(1), size=64, train=True, mosaic=1.5)
+
+
 def test_gaussian_radius_follows_the_three_cases():
     # exact roots: for a 10 x 10 box at IoU 0.7, shrinking, (10-2r)^2/100 = 0.7, gives the smallest
     assert gaussian_radius(10, 10, 0.7, exact=True) == pytest.approx((10 - math.sqrt(70)) / 2)

@@ -113,6 +113,9 @@ TINY = ["--n-images", "12", "--size", "64", "--epochs", "1", "--batch-size", "4"
 
 @pytest.mark.parametrize("argv, message", [
     (["--size", "100"], "--size: expected a multiple of 32"),
+    (["--crop", "100"], "--crop: expected a multiple of 32 no larger than --size, got 100"),
+    (["--size", "128", "--crop", "160"], "--crop: expected a multiple of 32 no larger than --size, got 160"),
+    (["--mosaic", "1.5"], "--mosaic"),
     (["--classes", "helmet,hat"], "--classes: expected distinct names among helmet, head, person"),
     (["--val-fraction", "1.5"], "--val-fraction"),
     (["--epochs", "0"], "--epochs"),
@@ -123,6 +126,12 @@ def test_train_refuses_bad_options_in_one_line(argv, message, runs_root, capsys)
     assert exit_info.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert message in err[-1] and not runs_root.exists()
+
+
+def test_train_refuses_a_crop_larger_than_the_recipes_size(runs_root, monkeypatch):
+    monkeypatch.delenv("DLS_DATA", raising=False)
+    with pytest.raises(UserError, match=r"--crop 256 is larger than --size 128: a crop is cut from the --size px image"):
+        train_main(["--crop", "256"])    # the built-in recipe's size is 128
 
 
 def test_train_evaluate_predict_end_to_end(tmp_path, runs_root, monkeypatch):

@@ -450,6 +450,9 @@ def test_load_model_gives_the_selected_weights_and_the_run_test_scores(runs_root
     (["--weights", "imagenet"], "--weights imagenet needs --arch crnn_resnet18"),
     (["--stage", "both", "--resume", __file__], "--resume continues one stage"),
     (["--det-size", "100"], "--det-size must be a multiple of 32"),
+    (["--det-crop", "100"], "--det-crop must be a multiple of 32 no larger than --det-size, got 100"),
+    (["--det-crop", "512"], "--det-crop must be a multiple of 32 no larger than --det-size, got 512"),
+    (["--det-mosaic", "1.5"], "--det-mosaic"),
     (["--det-ema", "1"], "--det-ema must be below 1"),
     (["--widen", "0,x"], "--widen: expected comma-separated numbers"),
 ])
