@@ -13,7 +13,7 @@ whether the CPU has bf16 instructions; without them bf16 is emulated and slow). 
 configurations take turns step by step, so a change in the machine's load hits them alike;
 ``step_spread`` ((max - min) / median) says how noisy the figures were. Defaults: the course's
 networks (width 64, BCE, no augmentation) at 64 px, batch 128; ``--recipe default`` times the
-default recipe (width 32, batch 64, DiffAugment).
+default recipe (width 32, batch 64, DiffAugment, nearest-neighbour upsampling in the generator).
 """
 from __future__ import annotations
 
@@ -38,7 +38,7 @@ class GANStep:
                  recipe: dict | None = None, bf16: bool = False):
         torch.manual_seed(0)
         recipe = recipe or RECIPES["course"]
-        self.task = GANTask(Generator(image_size, 128, width),
+        self.task = GANTask(Generator(image_size, 128, width, recipe["upsample"]),
                             Discriminator(image_size, width, spectral=recipe["spectral_norm"]),
                             loss=recipe["loss"], augment=parse_policy(recipe["augment"]))
         self.bf16 = bf16

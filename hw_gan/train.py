@@ -5,8 +5,9 @@
 
 Two recipes (:data:`RECIPES`), both at the course's 64 px; options given explicitly override
 them. ``default``: the course's architecture at width 32, batch 64, lr 2e-4, the course's BCE
-loss and BatchNorm discriminator, DiffAugment of every image it sees (:mod:`hw_gan.augment`)
-and an EMA of the weights to sample from. ``--course``: the course's
+loss and BatchNorm discriminator, DiffAugment of every image it sees (:mod:`hw_gan.augment`),
+an EMA of the weights to sample from, and a generator that upsamples by nearest neighbour and
+a 3x3 convolution instead of the course's transposed convolutions (``--upsample``). ``--course``: the course's
 plain DCGAN (BCE, BatchNorm, width 64, batch 128, lr 1e-4, 100 epochs). With neither
 ``--epochs`` nor ``--time-limit`` a run stops after :data:`REAL_DATA_MINUTES` on real data
 (:data:`BUILTIN_MINUTES` on the built-in faces). ``--holdout`` faces (drawn with
@@ -61,7 +62,7 @@ def probability_below_1(text: str) -> float:
 # 64 px, sized to train in the time budget on a CPU; "course": the course's DCGAN exactly.
 RECIPES = {
     "default": dict(image_size=64, width=32, batch_size=64, lr=2e-4, epochs=2000, loss="bce",
-                    augment="color,translation,cutout", spectral_norm=False, ema=0.999, upsample="transpose"),
+                    augment="color,translation,cutout", spectral_norm=False, ema=0.999, upsample="nearest"),
     "course": dict(image_size=64, width=64, batch_size=128, lr=1e-4, epochs=100, loss="bce",
                    augment="none", spectral_norm=False, ema=0.0, upsample="transpose"),
 }

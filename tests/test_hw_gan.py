@@ -333,8 +333,9 @@ def test_resumed_run_reproduces_the_uninterrupted_one(face_folder, tmp_path, run
     assert full["optimizers"][1]["state"][0]["step"] == resumed["optimizers"][1]["state"][0]["step"] == 12
     # model.pt holds the averaged generator, its BatchNorm statistics refreshed for the average
     loaded = load_model(tmp_path / "full")
-    assert loaded.extras["ema"] == 0.9 and loaded.config == {"image_size": 16, "latent": 8, "width": 4}
-    expected = Generator(16, 8, 4)
+    assert loaded.extras["ema"] == 0.9 and loaded.config == {"image_size": 16, "latent": 8, "width": 4,
+                                                                    "upsample": "nearest"}
+    expected = Generator(16, 8, 4, "nearest")
     expected.load_state_dict({k.removeprefix("generator."): v for k, v in full["ema"].items()
                               if k.startswith("generator.")})
     refresh_batchnorm(expected)
@@ -429,7 +430,7 @@ def test_model_file_holds_the_last_epochs_generator(face_folder, tmp_path, runs_
     assert set(state) == {k.removeprefix("generator.") for k in last if k.startswith("generator.")}
     for key, value in state.items():
         torch.testing.assert_close(value, last[f"generator.{key}"], rtol=0, atol=0, msg=key)
-    trained = Generator(16, 8, 4)
+    trained = Generator(16, 8, 4, "nearest")                      # the default recipe's generator
     trained.load_state_dict({k.removeprefix("generator."): v for k, v in last.items() if k.startswith("generator.")})
     torch.testing.assert_close(generate(loaded.model, 6, seed=2), generate(trained.eval(), 6, seed=2), rtol=0, atol=0)
     grid = load_predictor(run).generate(seed=2, count=6)
@@ -644,7 +645,7 @@ def test_recipes_course_flag_and_time_budget(capsys, monkeypatch):
     args = parser.parse_args([])
     recipe = apply_recipe(args, builtin=False)
     assert (args.image_size, args.width, args.loss, args.augment, args.spectral_norm, args.ema, args.upsample) == \
-        (64, 32, "bce", "color,translation,cutout", False, 0.999, "transpose")
+        (64, 32, "bce", "color,translation,cutout", False, 0.999, "nearest")
     assert args.time_limit == recipe["time_limit"] == REAL_DATA_MINUTES == 15.0
     args = parser.parse_args(["--course", "--ema", "0.99"])
     apply_recipe(args, builtin=True)
