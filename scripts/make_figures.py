@@ -141,12 +141,13 @@ JOBS = [
          ("eval/plots/pca_gaussian.png", "gan_pca_gaussian.png")],
         extra=gan_progress,
         metrics=[("metrics.json", ""), ("eval/metrics.json", "eval_")]),
-    Job("detection", "hardhat", [train("hw_detection.train", "--time-limit", "{minutes}")],
+    # the detection and plates homeworks' default commands as they are (their own budgets)
+    Job("detection", "hardhat", [train("hw_detection.train")],
         [("plots/history.png", "detection_history.png"), ("plots/predictions.png", "detection_predictions.jpg")]),
-    Job("plates", "plates", [train("hw_plates.train", "--stage", "both", "--epochs", "20", "--det-epochs", "5"),
+    Job("plates", "plates", [train("hw_plates.train", "--stage", "both"),
                              ["hw_plates.predict", "--run", "{run}", "--out", "{run}/predict", "{plates_photos}"]],
         [("plots/reader_history.png", "plates_reader_history.png"),
-         ("plots/worst_readings.png", "plates_worst_readings.jpg")],
+         ("plots/worst_readings.png", "plates_worst_readings.jpg"), ("plots/worst_photos.png", "plates_worst_photos.jpg")],
         extra=plates_read),
 ]
 
