@@ -46,7 +46,7 @@ from .models import build_model, make_detector, model_config, save_detector
 REAL_DATA_MINUTES = 17.0
 RECIPES = {
     "built-in": dict(size=128, crop=0, mosaic=0.0, epochs=15, batch_size=8, lr=2e-3, ema=0.0),
-    "hardhat": dict(size=256, crop=0, mosaic=0.0, epochs=40, batch_size=4, lr=2e-3, ema=0.995),
+    "hardhat": dict(size=256, crop=0, mosaic=0.5, epochs=40, batch_size=4, lr=2e-3, ema=0.995),
 }
 
 

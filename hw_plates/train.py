@@ -47,7 +47,7 @@ from .text import DEFAULT_ALPHABET, Alphabet
 
 RECIPES = {
     "built-in": dict(epochs=12, batch_size=32, lr=2e-3, det_epochs=12, det_batch_size=16, det_lr=2e-3),
-    "plates": dict(epochs=30, batch_size=32, lr=2e-3, det_epochs=20, det_batch_size=16, det_lr=3e-3),
+    "plates": dict(epochs=30, batch_size=32, lr=2e-3, det_epochs=40, det_batch_size=16, det_lr=3e-3),
 }
 STAGES = ("read", "detect", "both")
 
