@@ -6,7 +6,8 @@
 
 The native backend (``torch``) is CenterNet with a ResNet-18 backbone (random init unless
 ``--weights imagenet``), trained by core.Trainer with AdamW and a one-cycle schedule on
-box-aware augmented images; ``mmdet`` configures MMDetection's CenterNet the same way and
+box-aware augmented images (with real data, half of them mosaics of four images' tiles,
+``--mosaic``); ``mmdet`` configures MMDetection's CenterNet the same way and
 trains it with mmengine's Runner. Both are scored by the same code on the validation split:
 mAP@0.5 (``map50``), COCO mAP (``map``) and per-class precision / recall / F1 at IoU 0.5.
 On a CPU with native bfloat16 (:func:`core.device.native_bf16`) ``--precision auto`` trains
