@@ -282,13 +282,13 @@ class TimeBudget(Callback):
     median of the last three epochs' wall times (start to start, so validation and checkpoints
     count), and length-dependent LR schedules (``OneCycleLR``, ``CosineAnnealingLR``) are
     resized to match. Without such a schedule the plan follows the clock both ways. With one it
-    may grow or shrink after the first two epochs (the first carries one-time costs) and during
-    the first half of the budget, so that a slow start (a busy machine, a first epoch's warm-up)
-    does not leave the budget unused; after that it only shrinks, so that the schedule's decay
-    never jumps back up late in the run. After
-    each training batch, if one more batch as long as the last one, then the epoch's validation
-    and checkpoints (as long as the previous epoch's), would end past the deadline, the epoch
-    ends there and the run ends as a normal one does.
+    may grow as well as shrink after each of the first two epochs (the first carries one-time
+    costs) and while half of the budget is left, so that a slow start (a busy machine, a first
+    epoch's warm-up) does not leave the budget unused; after that it only shrinks, so that the
+    schedule's decay never jumps back up late in the run. After each training batch, if one
+    more batch as long as the last one, then the epoch's validation and checkpoints (as long as
+    the previous epoch's), would end past the deadline, the epoch ends there and the run ends
+    as a normal one does.
 
     Under DDP rank 0's clock decides both and broadcasts the decision, so every process plans
     the same epochs and stops after the same batch (their clocks and speeds may differ).
@@ -339,7 +339,7 @@ class TimeBudget(Callback):
         epoch_seconds = sorted(recent)[len(recent) // 2]
         remaining = self.deadline - now
         fitted = trainer.epoch + max(0, math.floor(0.95 * remaining / epoch_seconds))
-        early = len(self._epoch_starts) <= 2 or remaining > 30.0 * self.minutes  # first half of the budget
+        early = len(self._epoch_starts) <= 2 or remaining > 0.5 * 60.0 * self.minutes
         grow = early or not trainer.schedulers
         planned = int(trainer.broadcast(fitted if grow else min(trainer.max_epochs, fitted)))
         if planned != trainer.max_epochs:
