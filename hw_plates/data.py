@@ -214,6 +214,13 @@ def cut_plate(image: np.ndarray, box, margin: float = 0.0) -> np.ndarray:
     return image[y1:y2, x1:x2]
 
 
+def grown(box, margin: float) -> list[float]:
+    """``box`` grown by ``margin`` times its height on every side (the box :func:`cut_plate` cuts)."""
+    x1, y1, x2, y2 = (float(v) for v in box)
+    pad = margin * (y2 - y1)
+    return [x1 - pad, y1 - pad, x2 + pad, y2 + pad]
+
+
 def widened(box, fraction: float) -> list[float]:
     """``box`` grown by ``fraction`` of its width on the left and on the right."""
     x1, y1, x2, y2 = (float(v) for v in box)
@@ -335,11 +342,46 @@ def reader_augmentations(seed: int | None = None):
     ], seed=seed)
 
 
-class CropDataset(Dataset):
-    """(image (3, H, W) in [0, 1], text) pairs; augmented when ``augment``."""
+@dataclass(frozen=True)
+class PhotoResolution:
+    """The size a plate has in a car photo, as uniform draws: ``width`` pixels (drawn on a log
+    scale), a height of ``aspect`` times that width (at least 6 pixels) and the photo's JPEG
+    ``quality``. The default spans the plates of the shared photos, stored at 640 px."""
 
-    def __init__(self, crops: CropSet, augment: bool = False, seed: int | None = None):
-        self.crops = crops
+    width: tuple[float, float] = (30.0, 180.0)
+    aspect: tuple[float, float] = (0.22, 0.55)
+    quality: tuple[int, int] = (50, 95)
+
+
+def at_photo_resolution(image: np.ndarray, rng: np.random.Generator,
+                        spec: PhotoResolution = PhotoResolution()) -> np.ndarray:
+    """``image`` (a prepared crop) shrunk to a random plate size of ``spec`` with area
+    averaging, JPEG-compressed, and enlarged back to its size bilinearly, as a plate cut from a
+    photo is; an image already smaller than the draw is returned as it is."""
+    height, width = image.shape[:2]
+    w = float(np.exp(rng.uniform(np.log(spec.width[0]), np.log(spec.width[1]))))
+    h = max(6.0, w * rng.uniform(*spec.aspect))
+    if w >= width and h >= height:
+        return image
+    small = cv2.resize(image, (max(2, round(min(w, width))), max(2, round(min(h, height)))),
+                       interpolation=cv2.INTER_AREA)
+    quality = int(rng.integers(spec.quality[0], spec.quality[1] + 1))
+    ok, encoded = cv2.imencode(".jpg", small, [cv2.IMWRITE_JPEG_QUALITY, quality])
+    if ok:
+        small = cv2.imdecode(encoded, cv2.IMREAD_UNCHANGED).reshape(small.shape)
+    return cv2.resize(small, (width, height), interpolation=cv2.INTER_LINEAR)
+
+
+class CropDataset(Dataset):
+    """(image (3, H, W) in [0, 1], text) pairs; augmented when ``augment``: a share ``low_res``
+    of the items first brought down to a plate's size in a photo (:func:`at_photo_resolution`,
+    drawn from torch's generator, so ``torch.manual_seed`` repeats a run), then the reader's
+    augmentations."""
+
+    def __init__(self, crops: CropSet, augment: bool = False, seed: int | None = None, low_res: float = 0.0):
+        if not 0.0 <= low_res <= 1.0:
+            raise ValueError(f"low_res must be a probability in [0, 1], got {low_res}")
+        self.crops, self.low_res = crops, low_res
         self.transform = reader_augmentations(seed) if augment else None
 
     def __len__(self) -> int:
@@ -348,6 +390,8 @@ class CropDataset(Dataset):
     def __getitem__(self, i: int):
         image = self.crops.images[i]
         if self.transform is not None:
+            if self.low_res and float(torch.rand(())) < self.low_res:
+                image = at_photo_resolution(image, np.random.default_rng(int(torch.randint(2 ** 31 - 1, ()))))
             image = self.transform(image=image)["image"]
         return to_input(image), self.crops.texts[i]
 
@@ -410,12 +454,15 @@ class PhotoCutDataset(Dataset):
     With ``augment`` each item is a fresh draw of the noise (seeded from torch's generator, so
     ``torch.manual_seed`` repeats a run) followed by the reader's augmentations; without, the
     noise of item ``i`` is fixed by ``seed`` (a stable validation set); ``noise=None`` cuts the
-    exact boxes. ``repeats`` lists every plate that many times per epoch.
+    exact boxes. ``margin``: each true box is first grown by this many times its height on every
+    side (:func:`grown`), as the pipeline cuts the boxes it finds with ``--margin``. ``repeats``
+    lists every plate that many times per epoch.
     """
 
     def __init__(self, photos: Sequence[Photo], height: int, width: int, noise: BoxNoise | None = BoxNoise(),
-                 augment: bool = False, repeats: int = 1, seed: int = 0):
-        self.plates = [(i, box, text) for i, photo in enumerate(photos) for box, text in zip(photo.boxes, photo.texts)]
+                 augment: bool = False, repeats: int = 1, seed: int = 0, margin: float = 0.0):
+        self.plates = [(i, grown(box, margin), text) for i, photo in enumerate(photos)
+                       for box, text in zip(photo.boxes, photo.texts)]
         self.images = [photo.load() for photo in photos]
         self.height, self.width, self.noise, self.repeats, self.seed = height, width, noise, repeats, seed
         self.transform = reader_augmentations(seed) if augment else None

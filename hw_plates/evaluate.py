@@ -83,7 +83,7 @@ def main(argv: list[str] | None = None) -> dict:
                                   det_config["score_threshold"], args.beam_width, flip=det_config.get("flip", False),
                                   widen=det_config.get("widen", [0.0]))
         metrics.update(scores)
-        metrics.update(cut_metrics(reader, photos, crops, args.beam_width))
+        metrics.update(cut_metrics(reader, photos, crops, args.beam_width, margin=det_config["margin"]))
         write_plates(run / "plates.csv", rows)
         write_photos(run / "photos.csv", rows)
         worst_photos_figure(rows, run.plots / "worst_photos.png")

@@ -9,6 +9,8 @@ alphabet plus the CTC blank in every frame. The alphabet is a buffer of the mode
 saved in every checkpoint with the weights. One change to the paper's layout: the GRU is a
 residual branch (its output is added to the projected column features before the last
 layer), so the convolutional features reach the output directly from the first step.
+Several readers trained apart can read as one (:class:`ReaderEnsemble`: the mean of their
+per-frame probabilities).
 
 The detector, :class:`PlateNet`, is a small CenterNet for one class on a backbone of this
 homework's own, sized for a CPU.
@@ -17,7 +19,7 @@ A run's ``model.pt`` (:func:`core.runs.save_model`) holds a :class:`PlateModel`,
 of the parts the run trained (``--stage read``: the reader only; ``detect``: the detector
 only; ``both``)::
 
-    config  {"reader": {"arch", "height", "width", "channels", "hidden"} or None,
+    config  {"reader": {"arch", "height", "width", "channels", "hidden", "members"} or None,
              "detector": {"width"} or None}
     extras  {"parts": ["reader", "detector"] (those present), "alphabet": the reader's
              characters or None, "detection": {"size", "margin", "score_threshold"} or None}
@@ -138,6 +140,38 @@ class CRNN(nn.Module):
         return self.head(out + sequence)
 
 
+class ReaderEnsemble(nn.Module):
+    """Readers of one alphabet and input size read as one: the mean of their per-frame
+    probabilities, returned as log-probabilities (T, N, C), which CTC decoding and the CTC loss
+    take as they take one :class:`CRNN`'s logits (a log-softmax leaves them unchanged). The
+    mean reads well only if the readers put each character's peak on the same frames, as readers
+    trained from the same initial weights do (``hw_plates.train --readers``)."""
+
+    def __init__(self, members: list[CRNN]):
+        super().__init__()
+        if len(members) < 2:
+            raise ValueError(f"an ensemble needs at least 2 readers, got {len(members)}")
+        first = members[0]
+        for member in members[1:]:
+            if member.alphabet.chars != first.alphabet.chars or member.input_size != first.input_size:
+                raise ValueError("the readers of an ensemble must share their alphabet and input size")
+        self.members = nn.ModuleList(members)
+        self.input_size = first.input_size
+
+    @property
+    def alphabet(self) -> Alphabet:
+        return self.members[0].alphabet
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        probs = torch.stack([F.softmax(member(images).float(), dim=-1) for member in self.members]).mean(dim=0)
+        return probs.clamp_min(1e-30).log()
+
+
+def make_reader(members: list[CRNN]) -> CRNN | ReaderEnsemble:
+    """One reader as it is, several as a :class:`ReaderEnsemble`."""
+    return members[0] if len(members) == 1 else ReaderEnsemble(members)
+
+
 class PlateNet(nn.Module):
     """A small CenterNet for one class: images (B, 3, S, S) in [0, 1], S a multiple of 32 ->
     ``heatmap`` (B, 1, S/8, S/8) logits, ``size`` and ``offset`` (B, 2, S/8, S/8) in map cells.
@@ -186,7 +220,8 @@ class PlateNet(nn.Module):
 
 
 class PlateModel(nn.Module):
-    """The parts of a plates run: ``reader`` (a :class:`CRNN`) and ``detector`` (a
+    """The parts of a plates run: ``reader`` (a :class:`CRNN`, or a :class:`ReaderEnsemble`
+    of ``members`` of them) and ``detector`` (a
     :class:`PlateNet`), either ``None`` when the run did not train it (at least one is set).
     Its state dict is the parts' under ``reader.`` and ``detector.``."""
 
@@ -213,11 +248,12 @@ class PlateModel(nn.Module):
         return module
 
 
-def save_plate_model(run: str | os.PathLike, reader: CRNN | None = None, reader_config: dict | None = None,
+def save_plate_model(run: str | os.PathLike, reader: CRNN | ReaderEnsemble | None = None, reader_config: dict | None = None,
                      detector: PlateNet | None = None, detector_config: dict | None = None,
                      detection: dict | None = None) -> Path:
     """Write the run's ``model.pt`` with the parts given (see the module docstring):
-    ``reader_config`` rebuilds the reader (arch, height, width, channels, hidden),
+    ``reader_config`` rebuilds the reader (arch, height, width, channels, hidden; members, the
+    number of readers of an ensemble, 1 if absent),
     ``detector_config`` the detector (width), ``detection`` says how to use it (size, margin,
     score_threshold)."""
     container = PlateModel(reader, detector)
@@ -235,7 +271,8 @@ def build_model(config: dict, extras: dict) -> PlateModel:
     reader = detector = None
     if config.get("reader") is not None:
         c = config["reader"]
-        reader = CRNN(extras["alphabet"], c["arch"], c["height"], c["channels"], c["hidden"], width=c["width"])
+        reader = make_reader([CRNN(extras["alphabet"], c["arch"], c["height"], c["channels"], c["hidden"],
+                                   width=c["width"]) for _ in range(c.get("members", 1))])
     if config.get("detector") is not None:
         detector = PlateNet(config["detector"]["width"])
     return PlateModel(reader, detector)

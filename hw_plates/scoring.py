@@ -28,19 +28,20 @@ def crop_metrics(reader: CRNN, crops: CropSet, beam_width: int = 1) -> tuple[dic
 
 
 def cut_metrics(reader: CRNN, photos: Sequence[Photo], crops: CropSet, beam_width: int = 1,
-                noise: BoxNoise = BoxNoise(), seed: int = 0) -> dict:
+                noise: BoxNoise = BoxNoise(), seed: int = 0, margin: float = 0.0) -> dict:
     """The reader on the same plates as clean crops and as cuts from ``photos``, side by side.
 
     ``photo_crops_exact``: the clean crops (``crops`` whose name is a photo's) of the photos'
-    plates; ``cut_exact``: the plates cut from the photos at their true boxes; ``noisy_cut_exact``:
+    plates; ``cut_exact``: the plates cut from the photos at their true boxes (grown by
+    ``margin``, as the pipeline cuts); ``noisy_cut_exact``:
     cut with a fixed draw of ``noise`` (``seed``), as a detector's boxes stray;
     ``cut_loss``: ``photo_crops_exact - noisy_cut_exact``.
     """
     if not photos:
         return {}
     height, width = reader.input_size
-    exact = PhotoCutDataset(photos, height, width, noise=None)
-    noisy = PhotoCutDataset(photos, height, width, noise=noise, seed=seed)
+    exact = PhotoCutDataset(photos, height, width, noise=None, margin=margin)
+    noisy = PhotoCutDataset(photos, height, width, noise=noise, seed=seed, margin=margin)
     scores = {"cut_plates": len(exact)}
     for name, dataset in (("cut", exact), ("noisy_cut", noisy)):
         images, texts = zip(*(dataset[i] for i in range(len(dataset))))

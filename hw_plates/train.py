@@ -40,14 +40,16 @@ from core.plots import plot_history
 
 from .data import CropDataset, CropSet, Photo, PhotoCutDataset, collate_crops, load_crops, load_photos, make_rendered_plates
 from .detect import PlateDetectionDataset
-from .models import CRNN, READER_ARCHS, PlateNet, save_plate_model
+from .models import CRNN, READER_ARCHS, PlateNet, ReaderEnsemble, make_reader, save_plate_model
 from .scoring import crop_metrics, cut_metrics, detector_metrics, end_to_end, worst_photos_figure, worst_readings_figure
 from .task import ReaderTask
 from .text import DEFAULT_ALPHABET, Alphabet
 
 RECIPES = {
-    "built-in": dict(epochs=12, batch_size=32, lr=2e-3, det_epochs=12, det_batch_size=16, det_lr=2e-3),
-    "plates": dict(epochs=30, batch_size=32, lr=2e-3, det_epochs=40, det_batch_size=16, det_lr=3e-3),
+    "built-in": dict(epochs=12, batch_size=32, lr=2e-3, readers=1, low_res=0.0,
+                     det_epochs=12, det_batch_size=16, det_lr=2e-3),
+    "plates": dict(epochs=25, batch_size=32, lr=2e-3, readers=2, low_res=0.5,
+                   det_epochs=40, det_batch_size=16, det_lr=3e-3),
 }
 STAGES = ("read", "detect", "both")
 
@@ -71,6 +73,13 @@ def build_parser() -> argparse.ArgumentParser:
                        help="the reader also trains (and is validated) on the plates cut from the photos at their "
                             "true boxes with detector-like box noise, each train plate this many times per epoch; "
                             "0: crops only")
+    group.add_argument("--readers", type=cli.positive_int, default=None,
+                       help="readers trained (from the same initial weights, each on its own draw of the data's "
+                            "order and augmentation: --seed, --seed + 1, ...) and read with as one, their per-frame "
+                            "probabilities averaged; None: the recipe's")
+    group.add_argument("--low-res", type=cli.probability, default=None,
+                       help="share of the training crops first shrunk to the size a plate has in a photo "
+                            "(hw_plates.data.at_photo_resolution), as the pipeline's cuts are; None: the recipe's")
     group.add_argument("--n-rendered", type=cli.int_at_least(10), default=800, help="number of built-in rendered plates")
     group.add_argument("--n-scenes", type=cli.int_at_least(10), default=300,
                        help="number of built-in photos (rendered plates pasted into scenes)")
@@ -88,8 +97,8 @@ def build_parser() -> argparse.ArgumentParser:
                           "(core.detection.data.DetectionDataset)")
     det.add_argument("--det-width", type=cli.int_at_least(4), default=16, help="channels of the detector's first stage")
     det.add_argument("--margin", type=cli.nonneg_float, default=0.0,
-                     help="plates are cut with this fraction of their box height added on every side (the "
-                          "detector's boxes already run a little wide)")
+                     help="plates are cut with this fraction of their box height added on every side: the boxes "
+                          "found, and the true boxes of the reader's training and test cuts")
     det.add_argument("--det-max-scale", type=cli.positive_float, default=1.4,
                      help="training zooms each photo by a random factor from 0.6 to this (plates near the camera "
                           "are larger than most)")
@@ -99,9 +108,10 @@ def build_parser() -> argparse.ArgumentParser:
     det.add_argument("--no-flip", action="store_true",
                      help="detect without the test-time flip (by default each photo's heat map is averaged with its "
                           "mirror image's)")
-    det.add_argument("--widen", default="0",
-                     help="comma-separated fractions of the box width: each found plate is also cut widened by each "
-                          "on both sides and the most confident reading kept (e.g. 0,0.1,0.2); 0: the box as found")
+    det.add_argument("--widen", default="0,0.1",
+                     help="comma-separated fractions of the box width: each found plate is cut widened by each on "
+                          "both sides and the most confident reading kept (a box that clips a plate's first or last "
+                          "character gets it back); 0: the box as found")
     det.add_argument("--score-threshold", type=cli.probability, default=0.3,
                      help="end to end: detections scoring less are not read")
     group.add_argument("--select", choices=("best", "last"), default="best",
@@ -114,6 +124,8 @@ def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Alp
     """Refuse option values that the types alone cannot check, with one argparse-style line."""
     if args.resume and args.stage == "both":
         parser.error("--resume continues one stage: give --stage read or --stage detect with it")
+    if args.resume and args.stage == "read" and args.readers != 1:
+        parser.error("--resume continues one reader: give --readers 1 with --stage read")
     if args.det_size % 32:
         parser.error(f"--det-size must be a multiple of 32, got {args.det_size}")
     if args.det_crop % 32 or args.det_crop > args.det_size:
@@ -163,40 +175,53 @@ def load_data(args, alphabet: Alphabet) -> tuple[CropSet, list[Photo], bool]:
 def reader_datasets(args, crops: CropSet, photos: list[Photo]) -> tuple[Dataset, Dataset]:
     """The reader's train and val sets: the crops of each split, and with ``--cut-repeats`` the
     plates cut from the same split's photos with box noise (fresh draws in training, fixed in val)."""
-    train = [CropDataset(crops.split("train"), augment=not args.no_augment, seed=args.seed)]
+    train = [CropDataset(crops.split("train"), augment=not args.no_augment, seed=args.seed, low_res=args.low_res)]
     val = [CropDataset(crops.split("val"))]
     if args.cut_repeats and photos:
         height, width = args.height, args.width
         train.append(PhotoCutDataset([p for p in photos if p.split == "train"], height, width,
-                                     augment=not args.no_augment, repeats=args.cut_repeats, seed=args.seed))
-        val.append(PhotoCutDataset([p for p in photos if p.split == "val"], height, width, seed=args.seed))
+                                     augment=not args.no_augment, repeats=args.cut_repeats, seed=args.seed,
+                                     margin=args.margin))
+        val.append(PhotoCutDataset([p for p in photos if p.split == "val"], height, width, seed=args.seed,
+                                   margin=args.margin))
         echo(f"reader: {len(train[0])} train crops + {len(train[1])} noisy photo cuts per epoch; "
              f"val {len(val[0])} crops + {len(val[1])} cuts")
     return ConcatDataset(train), ConcatDataset(val)
 
 
-def train_reader(args, crops: CropSet, photos: list[Photo], run: runs.RunDir) -> tuple[CRNN, dict]:
-    """Fit the CRNN on the train crops (and photo cuts, :func:`reader_datasets`); returns it with
-    the weights ``--select`` picks (the best epoch by val exact, or the last) in eval mode, and
-    its numbers."""
+def train_reader(args, crops: CropSet, photos: list[Photo], run: runs.RunDir) -> tuple[CRNN | ReaderEnsemble, dict]:
+    """Fit ``--readers`` CRNNs on the train crops (and photo cuts, :func:`reader_datasets`), the
+    k-th (from 0) in ``reader/`` (the first) or ``reader<k+1>/``. All start from the same initial
+    weights (seed ``--seed``) and each sees its own order and augmentation of the data (seed
+    ``--seed + k``): readers started from different weights place each character's CTC peak on
+    different frames, and the mean of their frame probabilities would then lose characters.
+    Returns the reader (one CRNN, or the :class:`ReaderEnsemble` of them) with the weights
+    ``--select`` picks for each (the best epoch by val exact, or the last) in eval mode, and its
+    numbers."""
     train, val = reader_datasets(args, crops, photos)
-    train_loader = DataLoader(train, batch_size=args.batch_size, shuffle=True, num_workers=args.num_workers,
-                              collate_fn=collate_crops, drop_last=len(train) > args.batch_size)
-    val_loader = DataLoader(val, batch_size=64, num_workers=args.num_workers, collate_fn=collate_crops)
-    torch.manual_seed(args.seed)
-    model = CRNN(args.alphabet, args.arch, args.height, args.channels, args.hidden,
-                 weights=None if args.weights == "none" else args.weights, width=args.width)
-    echo(f"reader: {args.arch}, {count_parameters(model):,} parameters, input {args.height}x{args.width}, "
-         f"{args.width // 4} frames")
-    task = ReaderTask(model, lr=args.lr)
-    trainer = cli.build_trainer(args, run_dir=run / "reader", monitor="val_exact", mode="max",
-                                callbacks=[run.start_callback(args)])
-    start = time.perf_counter()
-    history = trainer.fit(task, train_loader, val_loader, resume=args.resume)
-    load_checkpoint(run / "reader" / f"{args.select}.pt", task)
-    plot_history(run / "reader" / "history.csv", run.plots / "reader_history.png", title=f"reader ({args.arch})")
-    return model.eval(), {"reader_epochs": len(history), "reader_seconds": round(time.perf_counter() - start, 1),
-                          "reader_parameters": count_parameters(model)}
+    members, epochs, start = [], 0, time.perf_counter()
+    for k in range(args.readers):
+        folder = "reader" if k == 0 else f"reader{k + 1}"
+        torch.manual_seed(args.seed)
+        train_loader = DataLoader(train, batch_size=args.batch_size, shuffle=True, num_workers=args.num_workers,
+                                  collate_fn=collate_crops, drop_last=len(train) > args.batch_size)
+        val_loader = DataLoader(val, batch_size=64, num_workers=args.num_workers, collate_fn=collate_crops)
+        model = CRNN(args.alphabet, args.arch, args.height, args.channels, args.hidden,
+                     weights=None if args.weights == "none" else args.weights, width=args.width)
+        echo(f"reader{'' if args.readers == 1 else f' {k + 1} of {args.readers}'}: {args.arch}, "
+             f"{count_parameters(model):,} parameters, input {args.height}x{args.width}, {args.width // 4} frames")
+        task = ReaderTask(model, lr=args.lr)
+        trainer = cli.build_trainer(args, run_dir=run / folder, monitor="val_exact", mode="max", seed=args.seed + k,
+                                    callbacks=[run.start_callback(args)] if k == 0 else [])
+        history = trainer.fit(task, train_loader, val_loader, resume=args.resume)
+        load_checkpoint(run / folder / f"{args.select}.pt", task)
+        plot_history(run / folder / "history.csv", run.plots / f"{folder}_history.png",
+                     title=f"{folder} ({args.arch})")
+        members.append(model.eval())
+        epochs += len(history)
+    reader = make_reader(members)
+    return reader, {"reader_epochs": epochs, "reader_seconds": round(time.perf_counter() - start, 1),
+                    "reader_parameters": count_parameters(reader)}
 
 
 def train_detector(args, photos: list[Photo], run: runs.RunDir, start_run: bool):
@@ -241,7 +266,7 @@ def main(argv: list[str] | None = None) -> dict:
         metrics.update(numbers, **{f"test_{k}": v for k, v in scores.items()})
         if photos:
             metrics.update({f"test_{k}": v for k, v in cut_metrics(
-                reader, [p for p in photos if p.split == "test"], test, args.beam_width).items()})
+                reader, [p for p in photos if p.split == "test"], test, args.beam_width, margin=args.margin).items()})
         worst_readings_figure(test, readings, run.plots / "worst_readings.png")
     if args.stage in ("detect", "both"):
         detector, numbers = train_detector(args, photos, run, start_run=reader is None)
@@ -262,7 +287,7 @@ def main(argv: list[str] | None = None) -> dict:
 def reader_config(args) -> dict:
     """What rebuilds the reader, beside its alphabet."""
     return {"arch": args.arch, "height": args.height, "width": args.width, "channels": args.channels,
-            "hidden": args.hidden}
+            "hidden": args.hidden, "members": args.readers}
 
 
 def detector_config(args) -> dict:

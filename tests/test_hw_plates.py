@@ -15,10 +15,10 @@ from torch.utils.data import DataLoader
 
 from core.data import DataError
 from core.trainer import Trainer
-from hw_plates.data import (BoxNoise, CropDataset, PhotoCutDataset, collate_crops, cut_plate, cut_rotated,
+from hw_plates.data import (BoxNoise, CropDataset, PhotoResolution, at_photo_resolution, grown, PhotoCutDataset, collate_crops, cut_plate, cut_rotated,
                             load_crops, load_photos, make_rendered_plates, noisy_cut, prepare_crop, split_of, to_input)
 from hw_plates.detect import PlateDetectionDataset, detect_plates, match_plates
-from hw_plates.models import CRNN, PlateNet, load_model, save_plate_model
+from hw_plates.models import CRNN, PlateNet, ReaderEnsemble, load_model, make_reader, save_plate_model
 from hw_plates.task import ReaderTask, ctc_loss, read_crops
 from hw_plates.text import (Alphabet, beam_decode, beam_decode_one, collapse, end_to_end_metrics, greedy_decode,
                             levenshtein, reading_metrics)
@@ -296,11 +296,45 @@ def test_photo_cuts_are_fixed_in_validation_and_fresh_in_training():
     exact = PhotoCutDataset(photos, 32, 64, noise=None)
     expected = to_input(prepare_crop(cut_plate(photos[1].image, photos[1].boxes[0]), 32, 64))
     assert torch.equal(exact[1][0], expected)
+    assert grown([10, 20, 50, 30], 0.5) == [5, 15, 55, 35]                        # half the height on every side
+    wide = PhotoCutDataset(photos, 32, 64, noise=None, margin=0.3)                 # as the pipeline cuts with --margin
+    expected = to_input(prepare_crop(cut_plate(photos[1].image, photos[1].boxes[0], 0.3), 32, 64))
+    assert torch.equal(wide[1][0], expected) and not torch.equal(wide[1][0], exact[1][0])
     train = PhotoCutDataset(photos, 32, 64, augment=True)
     torch.manual_seed(0)
     a = train[0][0]
     torch.manual_seed(0)
     assert torch.equal(a, train[0][0]) and not torch.equal(a, train[0][0])
+
+
+def test_photo_resolution_keeps_the_size_and_loses_what_a_small_plate_cannot_hold():
+    stripes = np.zeros((64, 256, 3), np.uint8)
+    stripes[:, ::2] = 255                                      # 1-px columns: gone at any smaller width
+    spec = PhotoResolution(width=(40, 40), aspect=(0.5, 0.5), quality=(95, 95))
+    out = at_photo_resolution(stripes, np.random.default_rng(0), spec)
+    assert out.shape == stripes.shape and out.dtype == np.uint8
+    assert abs(float(out.mean()) - 127.5) < 6 and float(out.std()) < 10     # grey: the stripes averaged away
+    bars = np.zeros((64, 256, 3), np.uint8)
+    bars[:, 128:] = 255                                        # one edge: survives 40 px
+    kept = at_photo_resolution(bars, np.random.default_rng(0), spec)
+    assert kept[:, :100].max() < 40 and kept[:, 156:].min() > 215
+    large = PhotoResolution(width=(300, 300), aspect=(0.5, 0.5))
+    assert np.array_equal(at_photo_resolution(stripes, np.random.default_rng(0), large), stripes)
+
+
+def test_crop_dataset_brings_the_low_res_share_down_and_repeats_with_the_seed():
+    crops, _ = make_rendered_plates(4, 0, Alphabet(), 32, 128, seed=3)
+    with pytest.raises(ValueError, match="low_res must be a probability"):
+        CropDataset(crops, augment=True, low_res=1.5)
+    sharp, blurred = CropDataset(crops), CropDataset(crops, augment=True, low_res=1.0, seed=0)
+    blurred.transform = lambda image: {"image": image}         # the shrinking alone
+    detail = lambda x: float((x[:, :, 1:] - x[:, :, :-1]).abs().mean())
+    torch.manual_seed(0)
+    low = [blurred[i][0] for i in range(4)]
+    assert all(detail(l) < detail(sharp[i][0]) for i, l in enumerate(low))
+    torch.manual_seed(0)
+    assert all(torch.equal(l, blurred[i][0]) for i, l in enumerate(low))
+    assert [blurred[i][1] for i in range(4)] == crops.texts
 
 
 def test_reading_widened_cuts_keeps_the_most_confident_reading():
@@ -396,6 +430,50 @@ def test_both_stages_on_rendered_plates_score_the_photos_end_to_end(runs_root, m
     assert [b["label"] for b in result["boxes"]] == [texts[i] for i in np.argsort(-scores, kind="stable")]
 
 
+def test_an_ensemble_reads_with_the_mean_of_its_readers_probabilities():
+    torch.manual_seed(0)
+    members = [CRNN(Alphabet(), channels=4, hidden=8, width=64).eval() for _ in range(3)]
+    ensemble = ReaderEnsemble(members)
+    x = torch.rand(2, 3, 32, 64)
+    with torch.no_grad():
+        expected = torch.stack([m(x).softmax(-1) for m in members]).mean(0)
+        out = ensemble(x)
+    assert out.shape == (16, 2, 37) and torch.allclose(out.exp(), expected, atol=1e-6)
+    assert torch.allclose(out.log_softmax(-1), out, atol=1e-5)              # decoding and CTC take it as logits
+    assert ensemble.input_size == (32, 64) and ensemble.alphabet.chars == Alphabet().chars
+    assert make_reader(members[:1]) is members[0]
+    with pytest.raises(ValueError, match="at least 2 readers"):
+        ReaderEnsemble(members[:1])
+    with pytest.raises(ValueError, match="share their alphabet and input size"):
+        ReaderEnsemble([members[0], CRNN(Alphabet("0123456789"), channels=4, hidden=8, width=64)])
+
+
+def test_readers_2_trains_two_seeds_and_saves_them_as_one_ensemble(runs_root, monkeypatch, tmp_path):
+    import hw_plates
+    from core.checkpoint import load_checkpoint
+    from core.inference import count_parameters
+    from hw_plates import train
+    from hw_plates.scoring import crop_metrics
+
+    monkeypatch.delenv("DLS_DATA", raising=False)
+    run = tmp_path / "run"
+    metrics = train.main(TINY + ["--stage", "read", "--readers", "2", "--run-dir", str(run)])
+    loaded = hw_plates.load_model(run)
+    reader = loaded.model.reader
+    assert isinstance(reader, ReaderEnsemble) and loaded.config["reader"]["members"] == 2
+    assert metrics["reader_epochs"] == 2 and metrics["reader_parameters"] == 2 * count_parameters(reader.members[0])
+    tasks = [ReaderTask(CRNN(Alphabet(), channels=4, hidden=8, width=64)) for _ in range(2)]
+    for task, folder in zip(tasks, ("reader", "reader2")):
+        load_checkpoint(run / folder / "best.pt", task)
+    x = torch.rand(3, 3, 32, 64)
+    with torch.no_grad():
+        a, b = (task.model.eval()(x).softmax(-1) for task in tasks)
+        assert not torch.allclose(a, b)                                           # two seeds, two readers
+        assert torch.allclose(reader(x).exp(), (a + b) / 2, atol=1e-6)
+    crops, _ = make_rendered_plates(40, 0, Alphabet(), 32, 64, seed=42)           # the run's data (seed 42)
+    assert crop_metrics(reader, crops.split("test"))[0]["exact"] == metrics["test_exact"]
+
+
 def test_load_model_gives_the_selected_weights_and_the_run_test_scores(runs_root, monkeypatch, tmp_path):
     import hw_plates
     from core.checkpoint import load_checkpoint
@@ -409,11 +487,11 @@ def test_load_model_gives_the_selected_weights_and_the_run_test_scores(runs_root
     metrics = train.main(TINY + ["--det-epochs", "2", "--run-dir", str(run)])
     loaded = hw_plates.load_model(run)
     assert (loaded.homework, loaded.kind, loaded.model.parts) == ("hw_plates", "detection", ["reader", "detector"])
-    assert loaded.config == {"reader": {"arch": "crnn_small", "height": 32, "width": 64, "channels": 4, "hidden": 8},
-                             "detector": {"width": 4}}
+    assert loaded.config == {"reader": {"arch": "crnn_small", "height": 32, "width": 64, "channels": 4, "hidden": 8,
+                                        "members": 1}, "detector": {"width": 4}}
     assert loaded.extras == {"parts": ["reader", "detector"], "alphabet": Alphabet().chars,
                              "detection": {"size": 64, "margin": 0.0, "score_threshold": 0.3, "flip": True,
-                                           "widen": [0.0]}}
+                                           "widen": [0.0, 0.1]}}
     assert not loaded.model.training and loaded.metrics == metrics and loaded.settings["stage"] == "both"
     # the weights are each stage's best epoch (--select best)
     reader_task, detector_task = ReaderTask(CRNN(Alphabet(), channels=4, hidden=8, width=64)), CenterNetTask(PlateNet(4))
@@ -430,7 +508,8 @@ def test_load_model_gives_the_selected_weights_and_the_run_test_scores(runs_root
     scores = {**crop_metrics(loaded.model.reader, crops.split("test"))[0],
               **cut_metrics(loaded.model.reader, test_photos, crops.split("test")),
               **detector_metrics(loaded.model.detector, test_photos, 64, flip=True),
-              **end_to_end(loaded.model.detector, loaded.model.reader, test_photos, 64, 0.0, flip=True)[0]}
+              **end_to_end(loaded.model.detector, loaded.model.reader, test_photos, 64, 0.0, flip=True,
+                           widen=[0.0, 0.1])[0]}
     assert {f"test_{key}": value for key, value in scores.items()} == \
         {key: value for key, value in metrics.items() if key.startswith("test_")}
     assert scores["mean_levenshtein"] > 0 and scores["crops"] > 0 and scores["photos"] > 0
@@ -449,10 +528,12 @@ def test_load_model_gives_the_selected_weights_and_the_run_test_scores(runs_root
     (["--alphabet", "ABA"], "--alphabet: the alphabet repeats"),
     (["--weights", "imagenet"], "--weights imagenet needs --arch crnn_resnet18"),
     (["--stage", "both", "--resume", __file__], "--resume continues one stage"),
+    (["--stage", "read", "--resume", __file__], "--resume continues one reader: give --readers 1"),
     (["--det-size", "100"], "--det-size must be a multiple of 32"),
     (["--det-crop", "100"], "--det-crop must be a multiple of 32 no larger than --det-size, got 100"),
     (["--det-crop", "512"], "--det-crop must be a multiple of 32 no larger than --det-size, got 512"),
     (["--det-mosaic", "1.5"], "--det-mosaic"),
+    (["--low-res", "1.5"], "--low-res"),
     (["--det-ema", "1"], "--det-ema must be below 1"),
     (["--widen", "0,x"], "--widen: expected comma-separated numbers"),
 ])
