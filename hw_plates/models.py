@@ -9,8 +9,8 @@ alphabet plus the CTC blank in every frame. The alphabet is a buffer of the mode
 saved in every checkpoint with the weights. One change to the paper's layout: the GRU is a
 residual branch (its output is added to the projected column features before the last
 layer), so the convolutional features reach the output directly from the first step.
-Several readers trained apart can read as one (:class:`ReaderEnsemble`: the mean of their
-per-frame probabilities).
+Several readers trained apart can read as one (:class:`ReaderEnsemble`: each reads, and the
+text the members find most likely on average is kept).
 
 The detector, :class:`PlateNet`, is a small CenterNet for one class on a backbone of this
 homework's own, sized for a CPU.
@@ -141,11 +141,15 @@ class CRNN(nn.Module):
 
 
 class ReaderEnsemble(nn.Module):
-    """Readers of one alphabet and input size read as one: the mean of their per-frame
-    probabilities, returned as log-probabilities (T, N, C), which CTC decoding and the CTC loss
-    take as they take one :class:`CRNN`'s logits (a log-softmax leaves them unchanged). The
-    mean reads well only if the readers put each character's peak on the same frames, as readers
-    trained from the same initial weights do (``hw_plates.train --readers``)."""
+    """Readers of one alphabet and input size read as one, without assuming that they align.
+
+    CTC lets a reader put each character's peak on any frame the character covers, and two
+    readers trained apart (even from the same initial weights) often put them a frame apart, so
+    averaging their frames loses characters. :meth:`read` compares texts instead: every member
+    reads the crop, and of the texts read, the one with the highest mean log-likelihood over the
+    members is kept, each likelihood summed over all the frame paths of that text (the CTC
+    forward pass), so it does not matter where a member puts its peaks.
+    """
 
     def __init__(self, members: list[CRNN]):
         super().__init__()
@@ -163,8 +167,34 @@ class ReaderEnsemble(nn.Module):
         return self.members[0].alphabet
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        probs = torch.stack([F.softmax(member(images).float(), dim=-1) for member in self.members]).mean(dim=0)
-        return probs.clamp_min(1e-30).log()
+        """The members' frame log-probabilities, stacked: (M, T, N, C)."""
+        return torch.stack([F.log_softmax(member(images).float(), dim=-1) for member in self.members])
+
+    @torch.no_grad()
+    def read(self, images: torch.Tensor, beam_width: int = 1) -> tuple[list[str], torch.Tensor]:
+        """The text of each crop (N, 3, H, W) and its score: the mean over members of the text's
+        log-likelihood, divided by the number of frames. The candidates are the members' own
+        readings (greedy, or prefix beam search for ``beam_width`` > 1)."""
+        from .text import decode
+
+        log_probs = self(images)
+        members, frames, n, classes = log_probs.shape
+        alphabet = self.alphabet
+        readings = [decode(member_lp, alphabet, beam_width) for member_lp in log_probs]
+        texts, scores = [], []
+        for i in range(n):
+            options = sorted({reading[i] for reading in readings})
+            targets, lengths = alphabet.encode_batch(options)
+            k = len(options)
+            paths = log_probs[:, :, i].unsqueeze(2).expand(members, frames, k, classes)
+            paths = paths.permute(1, 0, 2, 3).reshape(frames, members * k, classes)   # sequence m * k + j
+            nll = F.ctc_loss(paths, targets.repeat(members), torch.full((members * k,), frames, dtype=torch.long),
+                             lengths.repeat(members), blank=0, reduction="none")
+            likelihood = -nll.view(members, k).mean(dim=0)
+            best = int(likelihood.argmax())
+            texts.append(options[best])
+            scores.append(float(likelihood[best]) / frames)
+        return texts, torch.tensor(scores)
 
 
 def make_reader(members: list[CRNN]) -> CRNN | ReaderEnsemble:

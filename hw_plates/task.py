@@ -11,7 +11,7 @@ from core.optim import adamw_one_cycle
 from core.trainer import Task
 
 from .data import cut_plate, prepare_crop, to_input, widened
-from .models import CRNN
+from .models import CRNN, ReaderEnsemble
 from .text import decode, levenshtein
 
 
@@ -66,14 +66,18 @@ class ReaderTask(Task):
 
 
 @torch.no_grad()
-def read_crops(model: CRNN, images: torch.Tensor, beam_width: int = 1, batch_size: int = 64,
+def read_crops(model: CRNN | ReaderEnsemble, images: torch.Tensor, beam_width: int = 1, batch_size: int = 64,
                device: torch.device | str = "cpu") -> list[str]:
     """Texts of crops (N, 3, H, W) read by ``model`` in eval mode."""
     model.eval().to(device)
     texts: list[str] = []
     alphabet = model.alphabet
     for i in range(0, len(images), batch_size):
-        texts += decode(model(images[i:i + batch_size].to(device)).float().cpu(), alphabet, beam_width)
+        batch = images[i:i + batch_size].to(device)
+        if isinstance(model, ReaderEnsemble):
+            texts += model.read(batch, beam_width)[0]
+        else:
+            texts += decode(model(batch).float().cpu(), alphabet, beam_width)
     return texts
 
 
@@ -82,12 +86,19 @@ def read_crops_scored(model: CRNN, images: torch.Tensor, batch_size: int = 64,
                       device: torch.device | str = "cpu") -> tuple[list[str], torch.Tensor]:
     """Greedy texts of crops (N, 3, H, W) and each one's confidence: the mean over frames of the
     best symbol's log-probability (the log-probability of the best path divided by the number
-    of frames, comparable between crops of one input size)."""
+    of frames, comparable between crops of one input size); for a :class:`ReaderEnsemble`, its
+    :meth:`~hw_plates.models.ReaderEnsemble.read` texts and scores."""
     model.eval().to(device)
     texts: list[str] = []
     scores = []
     for i in range(0, len(images), batch_size):
-        logits = model(images[i:i + batch_size].to(device)).float().cpu()
+        batch = images[i:i + batch_size].to(device)
+        if isinstance(model, ReaderEnsemble):
+            batch_texts, batch_scores = model.read(batch)
+            texts += batch_texts
+            scores.append(batch_scores)
+            continue
+        logits = model(batch).float().cpu()
         texts += decode(logits, model.alphabet)
         scores.append(F.log_softmax(logits, dim=-1).max(dim=-1).values.mean(dim=0))
     return texts, torch.cat(scores) if scores else torch.zeros(0)

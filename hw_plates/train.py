@@ -4,18 +4,20 @@
     python -m hw_plates.train --stage read --beam-width 8
     python -m hw_plates.train --stage detect --data-dir PATH/TO/plates
 
-``--stage read``: a CRNN with CTC on the plate crops and on the plates cut from the photos
-at their true boxes with detector-like box noise (``--cut-repeats``; the cuts the pipeline
-will hand it, from the photo as loaded, not from the detector's resized input). ``--stage
-detect``: a CenterNet on the photos. ``--stage both``: the two, then the photos read end to
-end (detector with the test-time flip, plates cut with a margin, reader). The plates are
+``--stage read``: a CRNN with CTC on the plate crops (a share ``--low-res`` of them shrunk to
+the size a plate has in a photo) and on the plates cut from the photos at their true boxes
+with detector-like box noise (``--cut-repeats``; the cuts the pipeline will hand it, from the
+photo as loaded, not from the detector's resized input); ``--readers N`` trains N of them
+that read as one. ``--stage detect``: a CenterNet on the photos. ``--stage both``: the two,
+then the photos read end to end (detector with the test-time flip, each plate cut as found
+and widened, ``--widen``, the more confident reading kept). The plates are
 split by text (hw_plates.data.split_of): 70% train, 10% val (picks the best epoch), 20%
 test, never trained nor tuned on; the figures reported are the test plates' (the reader on
 clean crops and on cuts from the test photos side by side: ``test_exact``,
 ``test_photo_crops_exact``, ``test_cut_exact``, ``test_noisy_cut_exact``, ``test_cut_loss``;
 on the detector's own cuts ``test_detector_cut_exact``). Epochs, batch sizes and learning
 rates default to a recipe for the data in use (printed at the start). The run folder gets
-args.json, reader/ and detector/ (history.csv, best.pt, last.pt), model.pt (the parts
+args.json, reader/ (reader2/ ...) and detector/ (history.csv, best.pt, last.pt), model.pt (the parts
 trained, the alphabet and what rebuilds them: :mod:`hw_plates.models`;
 ``hw_plates.load_model`` reads it), metrics.json and plots (curves, the worst readings of
 crops and of photos).
@@ -74,9 +76,9 @@ def build_parser() -> argparse.ArgumentParser:
                             "true boxes with detector-like box noise, each train plate this many times per epoch; "
                             "0: crops only")
     group.add_argument("--readers", type=cli.positive_int, default=None,
-                       help="readers trained (from the same initial weights, each on its own draw of the data's "
-                            "order and augmentation: --seed, --seed + 1, ...) and read with as one, their per-frame "
-                            "probabilities averaged; None: the recipe's")
+                       help="readers trained (seeds --seed, --seed + 1, ...) and read with as one: each reads, and "
+                            "the text they find most likely on average is kept (hw_plates.models.ReaderEnsemble); "
+                            "None: the recipe's")
     group.add_argument("--low-res", type=cli.probability, default=None,
                        help="share of the training crops first shrunk to the size a plate has in a photo "
                             "(hw_plates.data.at_photo_resolution), as the pipeline's cuts are; None: the recipe's")
@@ -191,18 +193,16 @@ def reader_datasets(args, crops: CropSet, photos: list[Photo]) -> tuple[Dataset,
 
 def train_reader(args, crops: CropSet, photos: list[Photo], run: runs.RunDir) -> tuple[CRNN | ReaderEnsemble, dict]:
     """Fit ``--readers`` CRNNs on the train crops (and photo cuts, :func:`reader_datasets`), the
-    k-th (from 0) in ``reader/`` (the first) or ``reader<k+1>/``. All start from the same initial
-    weights (seed ``--seed``) and each sees its own order and augmentation of the data (seed
-    ``--seed + k``): readers started from different weights place each character's CTC peak on
-    different frames, and the mean of their frame probabilities would then lose characters.
-    Returns the reader (one CRNN, or the :class:`ReaderEnsemble` of them) with the weights
+    k-th (from 0) with seed ``--seed + k`` (its initial weights, data order and augmentation) in
+    ``reader/`` (the first) or ``reader<k+1>/``. Returns the reader (one CRNN, or the
+    :class:`ReaderEnsemble` of them) with the weights
     ``--select`` picks for each (the best epoch by val exact, or the last) in eval mode, and its
     numbers."""
     train, val = reader_datasets(args, crops, photos)
     members, epochs, start = [], 0, time.perf_counter()
     for k in range(args.readers):
         folder = "reader" if k == 0 else f"reader{k + 1}"
-        torch.manual_seed(args.seed)
+        torch.manual_seed(args.seed + k)
         train_loader = DataLoader(train, batch_size=args.batch_size, shuffle=True, num_workers=args.num_workers,
                                   collate_fn=collate_crops, drop_last=len(train) > args.batch_size)
         val_loader = DataLoader(val, batch_size=64, num_workers=args.num_workers, collate_fn=collate_crops)

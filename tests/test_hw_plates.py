@@ -430,18 +430,43 @@ def test_both_stages_on_rendered_plates_score_the_photos_end_to_end(runs_root, m
     assert [b["label"] for b in result["boxes"]] == [texts[i] for i in np.argsort(-scores, kind="stable")]
 
 
-def test_an_ensemble_reads_with_the_mean_of_its_readers_probabilities():
-    torch.manual_seed(0)
-    members = [CRNN(Alphabet(), channels=4, hidden=8, width=64).eval() for _ in range(3)]
-    ensemble = ReaderEnsemble(members)
-    x = torch.rand(2, 3, 32, 64)
-    with torch.no_grad():
-        expected = torch.stack([m(x).softmax(-1) for m in members]).mean(0)
-        out = ensemble(x)
-    assert out.shape == (16, 2, 37) and torch.allclose(out.exp(), expected, atol=1e-6)
-    assert torch.allclose(out.log_softmax(-1), out, atol=1e-5)              # decoding and CTC take it as logits
-    assert ensemble.input_size == (32, 64) and ensemble.alphabet.chars == Alphabet().chars
-    assert make_reader(members[:1]) is members[0]
+class FixedReader(torch.nn.Module):
+    """A stand-in reader whose frame scores are given (T, 1, C), whatever the images."""
+
+    def __init__(self, logits: torch.Tensor, alphabet: Alphabet):
+        super().__init__()
+        self.logits, self.input_size, self.alphabet = logits, (32, 64), alphabet
+
+    def forward(self, images):
+        return self.logits.expand(-1, len(images), -1)
+
+
+def peaks(alphabet: Alphabet, frames: str, strength: float = 6.0) -> torch.Tensor:
+    """Frame scores with one confident symbol per frame (``-`` the blank)."""
+    logits = torch.zeros(len(frames), 1, alphabet.num_classes)
+    for t, c in enumerate(frames):
+        logits[t, 0, 0 if c == "-" else alphabet.encode(c)[0]] = strength
+    return logits
+
+
+def test_an_ensemble_keeps_the_text_its_readers_find_most_likely_wherever_their_peaks_are():
+    alphabet = Alphabet()
+    early, late = FixedReader(peaks(alphabet, "A-B---"), alphabet), FixedReader(peaks(alphabet, "-A-B--"), alphabet)
+    images = torch.rand(2, 3, 32, 64)
+    mean = torch.stack([early(images).softmax(-1), late(images).softmax(-1)]).mean(0)
+    assert greedy_decode(mean.log(), alphabet) == ["", ""]                    # averaged frames lose both letters
+    ensemble = ReaderEnsemble([early, late])
+    texts, scores = ensemble.read(images)
+    assert texts == ["AB", "AB"] and ensemble(images).shape == (2, 6, 2, 37)
+    lp = ensemble(images)[:, :, :1]                                             # the score: mean log-likelihood / frames
+    nll = [torch.nn.functional.ctc_loss(lp[m], torch.tensor([[alphabet.encode("A")[0], alphabet.encode("B")[0]]]),
+                                        [6], [2], reduction="sum") for m in range(2)]
+    assert float(scores[0]) == pytest.approx(-float(sum(nll)) / 2 / 6, abs=1e-5)
+    unsure = FixedReader(peaks(alphabet, "A-R---", strength=1.5), alphabet)   # a weak reader's other text loses
+    assert ReaderEnsemble([early, unsure]).read(images[:1])[0] == ["AB"]
+    assert read_crops(ensemble, images) == ["AB", "AB"]
+    members = [CRNN(alphabet, channels=4, hidden=8, width=64) for _ in range(2)]
+    assert make_reader(members[:1]) is members[0] and ReaderEnsemble(members).input_size == (32, 64)
     with pytest.raises(ValueError, match="at least 2 readers"):
         ReaderEnsemble(members[:1])
     with pytest.raises(ValueError, match="share their alphabet and input size"):
@@ -467,9 +492,9 @@ def test_readers_2_trains_two_seeds_and_saves_them_as_one_ensemble(runs_root, mo
         load_checkpoint(run / folder / "best.pt", task)
     x = torch.rand(3, 3, 32, 64)
     with torch.no_grad():
-        a, b = (task.model.eval()(x).softmax(-1) for task in tasks)
+        a, b = (task.model.eval()(x).log_softmax(-1) for task in tasks)
         assert not torch.allclose(a, b)                                           # two seeds, two readers
-        assert torch.allclose(reader(x).exp(), (a + b) / 2, atol=1e-6)
+        assert torch.allclose(reader(x), torch.stack([a, b]), atol=1e-6)
     crops, _ = make_rendered_plates(40, 0, Alphabet(), 32, 64, seed=42)           # the run's data (seed 42)
     assert crop_metrics(reader, crops.split("test"))[0]["exact"] == metrics["test_exact"]
 
