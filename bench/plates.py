@@ -2,11 +2,13 @@
 
     python bench/plates.py [--run runs/hw_plates/<name>] [--crops 128] [--photos 16] [--repeats 5]
 
-* ``reader_crops_per_s``: plate crops read per second by the CRNN with greedy decoding and with
+* ``reader_crops_per_s``: plate crops read per second by the reader (one CRNN, or a run's
+  ensemble of readers: all of them read each crop) with greedy decoding and with
   prefix beam search (``--beam-width``, default 8), batches of 64, the network's forward
   included; ``beam_over_greedy`` is the ratio of their times.
 * ``photos_per_s``: photos read end to end (detector at the run's size, plates cut with the
-  margin, reader with greedy decoding), one photo at a time as ``predict`` does.
+  run's margin and widened cuts, reader with greedy decoding), one photo at a time as
+  ``predict`` does.
 
 With ``--run`` the run's trained models are timed (beam search is faster on a confident
 model: fewer symbols pass its pruning); without it, untrained ones of the default sizes.
