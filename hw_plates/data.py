@@ -205,17 +205,17 @@ def _photo(entry, index: int, path: Path, images: Path, alphabet: Alphabet | Non
 
 
 def cut_plate(image: np.ndarray, box, margin: float = 0.0) -> np.ndarray:
-    """The box's pixels, widened by ``margin`` times its height on every side, clipped to the photo."""
-    x1, y1, x2, y2 = (float(v) for v in box)
-    pad = margin * (y2 - y1)
+    """The box's pixels, widened by ``margin`` times its height on every side (:func:`grown`),
+    clipped to the photo."""
+    x1, y1, x2, y2 = grown(box, margin)
     h, w = image.shape[:2]
-    x1, y1 = int(max(0, np.floor(x1 - pad))), int(max(0, np.floor(y1 - pad)))
-    x2, y2 = int(min(w, np.ceil(x2 + pad))), int(min(h, np.ceil(y2 + pad)))
+    x1, y1 = int(max(0, np.floor(x1))), int(max(0, np.floor(y1)))
+    x2, y2 = int(min(w, np.ceil(x2))), int(min(h, np.ceil(y2)))
     return image[y1:y2, x1:x2]
 
 
 def grown(box, margin: float) -> list[float]:
-    """``box`` grown by ``margin`` times its height on every side (the box :func:`cut_plate` cuts)."""
+    """``box`` grown by ``margin`` times its height on every side (before :func:`cut_plate` clips it)."""
     x1, y1, x2, y2 = (float(v) for v in box)
     pad = margin * (y2 - y1)
     return [x1 - pad, y1 - pad, x2 + pad, y2 + pad]

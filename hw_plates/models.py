@@ -41,7 +41,7 @@ from core import runs
 from core.data import IMAGENET_MEAN, IMAGENET_STD
 from core.errors import UserError
 
-from .text import Alphabet
+from .text import Alphabet, decode
 
 HOMEWORK = "hw_plates"
 KIND = "detection"  # as its predictor: boxes, each labelled with the text read
@@ -139,6 +139,15 @@ class CRNN(nn.Module):
         out, _ = self.rnn(sequence)
         return self.head(out + sequence)
 
+    @torch.no_grad()
+    def read(self, images: torch.Tensor, beam_width: int = 1) -> tuple[list[str], torch.Tensor]:
+        """The text of each crop (N, 3, H, W), greedy or by prefix beam search (``beam_width``
+        > 1), and its score: the mean over frames of the best symbol's log-probability (the
+        log-probability of the best path divided by the number of frames, comparable between
+        crops of one input size)."""
+        log_probs = F.log_softmax(self(images).float(), dim=-1)
+        return decode(log_probs, self.alphabet, beam_width), log_probs.max(dim=-1).values.mean(dim=0).cpu()
+
 
 class ReaderEnsemble(nn.Module):
     """Readers of one alphabet and input size read as one, without assuming that they align.
@@ -175,8 +184,6 @@ class ReaderEnsemble(nn.Module):
         """The text of each crop (N, 3, H, W) and its score: the mean over members of the text's
         log-likelihood, divided by the number of frames. The candidates are the members' own
         readings (greedy, or prefix beam search for ``beam_width`` > 1)."""
-        from .text import decode
-
         log_probs = self(images)
         members, frames, n, classes = log_probs.shape
         alphabet = self.alphabet

@@ -65,42 +65,27 @@ class ReaderTask(Task):
         return adamw_one_cycle(self.model.parameters(), self.lr, steps, self.weight_decay)
 
 
-@torch.no_grad()
 def read_crops(model: CRNN | ReaderEnsemble, images: torch.Tensor, beam_width: int = 1, batch_size: int = 64,
                device: torch.device | str = "cpu") -> list[str]:
-    """Texts of crops (N, 3, H, W) read by ``model`` in eval mode."""
-    model.eval().to(device)
-    texts: list[str] = []
-    alphabet = model.alphabet
-    for i in range(0, len(images), batch_size):
-        batch = images[i:i + batch_size].to(device)
-        if isinstance(model, ReaderEnsemble):
-            texts += model.read(batch, beam_width)[0]
-        else:
-            texts += decode(model(batch).float().cpu(), alphabet, beam_width)
-    return texts
+    """Texts of crops (N, 3, H, W) read by ``model`` in eval mode (its ``read``)."""
+    return read_crops_scored(model, images, batch_size, device, beam_width)[0]
 
 
 @torch.no_grad()
-def read_crops_scored(model: CRNN, images: torch.Tensor, batch_size: int = 64,
-                      device: torch.device | str = "cpu") -> tuple[list[str], torch.Tensor]:
-    """Greedy texts of crops (N, 3, H, W) and each one's confidence: the mean over frames of the
-    best symbol's log-probability (the log-probability of the best path divided by the number
-    of frames, comparable between crops of one input size); for a :class:`ReaderEnsemble`, its
-    :meth:`~hw_plates.models.ReaderEnsemble.read` texts and scores."""
+def read_crops_scored(model: CRNN | ReaderEnsemble, images: torch.Tensor, batch_size: int = 64,
+                      device: torch.device | str = "cpu", beam_width: int = 1) -> tuple[list[str], torch.Tensor]:
+    """Texts of crops (N, 3, H, W) read by ``model`` in eval mode, greedy by default, and each
+    one's confidence, comparable between crops of one input size: :meth:`CRNN.read
+    <hw_plates.models.CRNN.read>` (the best path's mean log-probability per frame) or
+    :meth:`ReaderEnsemble.read <hw_plates.models.ReaderEnsemble.read>` (the kept text's mean
+    log-likelihood per frame)."""
     model.eval().to(device)
     texts: list[str] = []
     scores = []
     for i in range(0, len(images), batch_size):
-        batch = images[i:i + batch_size].to(device)
-        if isinstance(model, ReaderEnsemble):
-            batch_texts, batch_scores = model.read(batch)
-            texts += batch_texts
-            scores.append(batch_scores)
-            continue
-        logits = model(batch).float().cpu()
-        texts += decode(logits, model.alphabet)
-        scores.append(F.log_softmax(logits, dim=-1).max(dim=-1).values.mean(dim=0))
+        batch_texts, batch_scores = model.read(images[i:i + batch_size].to(device), beam_width)
+        texts += batch_texts
+        scores.append(batch_scores.cpu())
     return texts, torch.cat(scores) if scores else torch.zeros(0)
 
 

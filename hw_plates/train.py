@@ -195,17 +195,16 @@ def train_reader(args, crops: CropSet, photos: list[Photo], run: runs.RunDir) ->
     """Fit ``--readers`` CRNNs on the train crops (and photo cuts, :func:`reader_datasets`), the
     k-th (from 0) with seed ``--seed + k`` (its initial weights, data order and augmentation) in
     ``reader/`` (the first) or ``reader<k+1>/``. Returns the reader (one CRNN, or the
-    :class:`ReaderEnsemble` of them) with the weights
-    ``--select`` picks for each (the best epoch by val exact, or the last) in eval mode, and its
-    numbers."""
+    :class:`ReaderEnsemble` of them) with the weights ``--select`` picks for each (the best
+    epoch by val exact, or the last) in eval mode, and its numbers."""
     train, val = reader_datasets(args, crops, photos)
+    train_loader = DataLoader(train, batch_size=args.batch_size, shuffle=True, num_workers=args.num_workers,
+                              collate_fn=collate_crops, drop_last=len(train) > args.batch_size)
+    val_loader = DataLoader(val, batch_size=64, num_workers=args.num_workers, collate_fn=collate_crops)
     members, epochs, start = [], 0, time.perf_counter()
     for k in range(args.readers):
         folder = "reader" if k == 0 else f"reader{k + 1}"
         torch.manual_seed(args.seed + k)
-        train_loader = DataLoader(train, batch_size=args.batch_size, shuffle=True, num_workers=args.num_workers,
-                                  collate_fn=collate_crops, drop_last=len(train) > args.batch_size)
-        val_loader = DataLoader(val, batch_size=64, num_workers=args.num_workers, collate_fn=collate_crops)
         model = CRNN(args.alphabet, args.arch, args.height, args.channels, args.hidden,
                      weights=None if args.weights == "none" else args.weights, width=args.width)
         echo(f"reader{'' if args.readers == 1 else f' {k + 1} of {args.readers}'}: {args.arch}, "
