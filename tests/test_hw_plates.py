@@ -559,6 +559,7 @@ def test_load_model_gives_the_selected_weights_and_the_run_test_scores(runs_root
     (["--det-crop", "512"], "--det-crop must be a multiple of 32 no larger than --det-size, got 512"),
     (["--det-mosaic", "1.5"], "--det-mosaic"),
     (["--low-res", "1.5"], "--low-res"),
+    (["--readers", "0"], "argument --readers: expected an integer >= 1, got '0'"),
     (["--det-ema", "1"], "--det-ema must be below 1"),
     (["--widen", "0,x"], "--widen: expected comma-separated numbers"),
 ])
