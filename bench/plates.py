@@ -6,7 +6,8 @@
   ensemble of readers: all of them read each crop) with greedy decoding and with
   prefix beam search (``--beam-width``, default 8), batches of 64, the network's forward
   included; ``beam_over_greedy`` is the ratio of their times.
-* ``photos_per_s``: photos read end to end (detector at the run's size, plates cut with the
+* ``photos_per_s``: photos read end to end (detector at the run's size, its boxes refined by
+  the run's refiner, or an untrained one for two rounds without a run, plates cut with the
   run's margin and widened cuts, reader with greedy decoding), one photo at a time as
   ``predict`` does.
 
@@ -31,6 +32,7 @@ import torch
 from hw_plates.data import load_crops, load_photos, make_rendered_plates, to_input
 from hw_plates.models import CRNN, PlateNet, load_model
 from hw_plates.predict import read_photo
+from hw_plates.refine import BoxRefiner
 from hw_plates.task import read_crops
 from hw_plates.text import Alphabet
 
@@ -40,10 +42,11 @@ def load_models(run: str | None):
         loaded = load_model(run)
         reader = loaded.model.require("reader", "bench/plates.py")
         if loaded.model.detector is not None:
-            return reader, loaded.model.detector, loaded.extras["detection"]
-        return reader, PlateNet().eval(), {"size": 384, "margin": 0.0, "score_threshold": 0.3, "flip": True}
+            return reader, loaded.model.detector, loaded.extras["detection"], loaded.model.refiner
+        return reader, PlateNet().eval(), {"size": 384, "margin": 0.0, "score_threshold": 0.3, "flip": True}, None
     return (CRNN(Alphabet(), channels=16).eval(), PlateNet().eval(),
-            {"size": 384, "margin": 0.0, "score_threshold": 0.3, "flip": True})
+            {"size": 384, "margin": 0.0, "score_threshold": 0.3, "flip": True, "refine_rounds": 2},
+            BoxRefiner().eval())
 
 
 def load_inputs(reader: CRNN, n_crops: int, n_photos: int):
@@ -75,12 +78,12 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
 
-    reader, detector, config = load_models(args.run)
+    reader, detector, config, refiner = load_models(args.run)
     crops, photos, source = load_inputs(reader, args.crops, args.photos)
     jobs = {
         "greedy": lambda: read_crops(reader, crops, beam_width=1),
         "beam": lambda: read_crops(reader, crops, beam_width=args.beam_width),
-        "photos": lambda: [read_photo(photo, reader, detector, config) for photo in photos],
+        "photos": lambda: [read_photo(photo, reader, detector, config, refiner=refiner) for photo in photos],
     }
     jobs["greedy"]()  # warm-up
     times = {name: [] for name in jobs}

@@ -19,6 +19,7 @@ from core.detection.data import DetectionDataset, DetectionSample
 
 from .data import Photo
 from .models import PlateNet
+from .refine import BoxRefiner, refine_boxes
 
 
 class PlateDetectionDataset(DetectionDataset):
@@ -51,10 +52,12 @@ def detection_samples(photos: Sequence[Photo], size: int | None = None) -> list[
 
 @torch.no_grad()
 def detect_plates(model: PlateNet, images: Sequence[np.ndarray], size: int, topk: int = 10,
-                  batch_size: int = 8, flip: bool = False) -> list[dict[str, torch.Tensor]]:
+                  batch_size: int = 8, flip: bool = False, refiner: BoxRefiner | None = None,
+                  rounds: int = 2) -> list[dict[str, torch.Tensor]]:
     """Plates in RGB photos (H, W, 3) of any size: ``boxes`` (K, 4) in each photo's own pixels,
     ``scores``, ``labels``, best first; ``flip``: averaged with the mirrored photo
-    (:func:`core.detection.centernet.flip_averaged`)."""
+    (:func:`core.detection.centernet.flip_averaged`); ``refiner``: each box then moved onto its
+    plate ``rounds`` times (:func:`hw_plates.refine.refine_boxes`), scores unchanged."""
     from core.detection.centernet import decode, flip_averaged
 
     model.eval()
@@ -66,6 +69,8 @@ def detect_plates(model: PlateNet, images: Sequence[np.ndarray], size: int, topk
         for image, det in zip(chunk, decode(outputs, model.stride, topk, (size, size))):
             h, w = image.shape[:2]
             boxes = det["boxes"] * torch.tensor([w / size, h / size, w / size, h / size])
+            if refiner is not None and len(boxes):
+                boxes = torch.tensor(refine_boxes(refiner, image, boxes.tolist(), rounds), dtype=boxes.dtype)
             results.append({"boxes": boxes, "scores": det["scores"], "labels": det["labels"]})
     return results
 

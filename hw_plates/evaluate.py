@@ -77,11 +77,13 @@ def main(argv: list[str] | None = None) -> dict:
         write_readings(run / "readings.csv", crops, predictions)
         worst_readings_figure(crops, predictions, run.plots / "worst_readings.png")
     if detector is not None:
-        metrics.update(detector_metrics(detector, photos, det_config["size"], det_config.get("flip", False)))
+        metrics.update(detector_metrics(detector, photos, det_config["size"], det_config.get("flip", False),
+                                        loaded.model.refiner, det_config.get("refine_rounds", 0)))
     if reader is not None and detector is not None:
         scores, rows = end_to_end(detector, reader, photos, det_config["size"], det_config["margin"],
                                   det_config["score_threshold"], args.beam_width, flip=det_config.get("flip", False),
-                                  widen=det_config.get("widen", [0.0]))
+                                  widen=det_config.get("widen", [0.0]), refiner=loaded.model.refiner,
+                                  rounds=det_config.get("refine_rounds", 0))
         metrics.update(scores)
         metrics.update(cut_metrics(reader, photos, crops, args.beam_width, margin=det_config["margin"]))
         write_plates(run / "plates.csv", rows)

@@ -13,16 +13,19 @@ Several readers trained apart can read as one (:class:`ReaderEnsemble`: each rea
 text the members find most likely on average is kept).
 
 The detector, :class:`PlateNet`, is a small CenterNet for one class on a backbone of this
-homework's own, sized for a CPU.
+homework's own, sized for a CPU; a box refiner (:class:`hw_plates.refine.BoxRefiner`) trained
+with it moves the boxes it finds onto their plates.
 
 A run's ``model.pt`` (:func:`core.runs.save_model`) holds a :class:`PlateModel`, the container
 of the parts the run trained (``--stage read``: the reader only; ``detect``: the detector
 only; ``both``)::
 
     config  {"reader": {"arch", "height", "width", "channels", "hidden", "members"} or None,
-             "detector": {"width"} or None}
+             "detector": {"width"} or None,
+             "refiner": {"width", "window", "input_size"} or None (absent in older runs)}
     extras  {"parts": ["reader", "detector"] (those present), "alphabet": the reader's
-             characters or None, "detection": {"size", "margin", "score_threshold"} or None}
+             characters or None, "detection": {"size", "margin", "score_threshold", "flip",
+             "widen", "refine_rounds"} or None}
 
 :func:`load_model` rebuilds it; a missing part is ``None`` in the container and absent from
 ``extras["parts"]``, and :meth:`PlateModel.require` stops a command that needs it with one line.
@@ -41,6 +44,7 @@ from core import runs
 from core.data import IMAGENET_MEAN, IMAGENET_STD
 from core.errors import UserError
 
+from .refine import BoxRefiner
 from .text import Alphabet, decode
 
 HOMEWORK = "hw_plates"
@@ -259,15 +263,20 @@ class PlateNet(nn.Module):
 class PlateModel(nn.Module):
     """The parts of a plates run: ``reader`` (a :class:`CRNN`, or a :class:`ReaderEnsemble`
     of ``members`` of them) and ``detector`` (a
-    :class:`PlateNet`), either ``None`` when the run did not train it (at least one is set).
-    Its state dict is the parts' under ``reader.`` and ``detector.``."""
+    :class:`PlateNet`), either ``None`` when the run did not train it (at least one is set),
+    and the detector's ``refiner`` (a :class:`hw_plates.refine.BoxRefiner`, or ``None``).
+    Its state dict is the parts' under ``reader.``, ``detector.`` and ``refiner.``."""
 
-    def __init__(self, reader: CRNN | None = None, detector: PlateNet | None = None):
+    def __init__(self, reader: CRNN | None = None, detector: PlateNet | None = None,
+                 refiner: BoxRefiner | None = None):
         super().__init__()
         if reader is None and detector is None:
             raise ValueError("a PlateModel needs a reader, a detector or both")
+        if refiner is not None and detector is None:
+            raise ValueError("a box refiner refines a detector's boxes: give the detector with it")
         self.reader = reader
         self.detector = detector
+        self.refiner = refiner
 
     @property
     def parts(self) -> list[str]:
@@ -287,15 +296,17 @@ class PlateModel(nn.Module):
 
 def save_plate_model(run: str | os.PathLike, reader: CRNN | ReaderEnsemble | None = None, reader_config: dict | None = None,
                      detector: PlateNet | None = None, detector_config: dict | None = None,
-                     detection: dict | None = None) -> Path:
+                     detection: dict | None = None, refiner: BoxRefiner | None = None) -> Path:
     """Write the run's ``model.pt`` with the parts given (see the module docstring):
     ``reader_config`` rebuilds the reader (arch, height, width, channels, hidden; members, the
     number of readers of an ensemble, 1 if absent),
     ``detector_config`` the detector (width), ``detection`` says how to use it (size, margin,
-    score_threshold)."""
-    container = PlateModel(reader, detector)
+    score_threshold, flip, widen, refine_rounds); the refiner's config is read off it."""
+    container = PlateModel(reader, detector, refiner)
     config = {"reader": dict(reader_config) if reader is not None else None,
-              "detector": dict(detector_config) if detector is not None else None}
+              "detector": dict(detector_config) if detector is not None else None,
+              "refiner": {"width": refiner.width, "window": list(refiner.window),
+                          "input_size": list(refiner.input_size)} if refiner is not None else None}
     extras = {"parts": container.parts, "alphabet": reader.alphabet.chars if reader is not None else None,
               "detection": dict(detection) if detector is not None else None}
     return runs.save_model(run, homework=HOMEWORK, kind=KIND, config=config, state_dict=container.state_dict(),
@@ -305,14 +316,17 @@ def save_plate_model(run: str | os.PathLike, reader: CRNN | ReaderEnsemble | Non
 def build_model(config: dict, extras: dict) -> PlateModel:
     """The :class:`PlateModel` a model file's ``config`` and ``extras`` describe, freshly
     initialised (no download: weights come from the file)."""
-    reader = detector = None
+    reader = detector = refiner = None
     if config.get("reader") is not None:
         c = config["reader"]
         reader = make_reader([CRNN(extras["alphabet"], c["arch"], c["height"], c["channels"], c["hidden"],
                                    width=c["width"]) for _ in range(c.get("members", 1))])
     if config.get("detector") is not None:
         detector = PlateNet(config["detector"]["width"])
-    return PlateModel(reader, detector)
+    if config.get("refiner") is not None:
+        c = config["refiner"]
+        refiner = BoxRefiner(c["width"], tuple(c["window"]), tuple(c["input_size"]))
+    return PlateModel(reader, detector, refiner)
 
 
 def load_model(run: str | os.PathLike) -> runs.LoadedModel:

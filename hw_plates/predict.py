@@ -23,12 +23,14 @@ from core.predictor import Predictor, detection_result, predict_main
 
 from .detect import detect_plates
 from .models import CRNN, load_model
+from .refine import BoxRefiner
 from .task import read_boxes
 
 
 def read_photo(image: np.ndarray, reader: CRNN, detector=None, config: dict | None = None,
-               beam_width: int = 1) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    """Plates of an RGB photo (H, W, 3): boxes (K, 4) in its pixels, scores and texts (read by
+               beam_width: int = 1, refiner: BoxRefiner | None = None) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """Plates of an RGB photo (H, W, 3): boxes (K, 4) in its pixels (refined by ``refiner``
+    the run's ``refine_rounds`` times), scores and texts (read by
     :func:`hw_plates.task.read_boxes` with the run's margin and widening). Without a detector
     the whole image is one plate."""
     h, w = image.shape[:2]
@@ -38,7 +40,8 @@ def read_photo(image: np.ndarray, reader: CRNN, detector=None, config: dict | No
     if detector is None:
         boxes, scores = np.array([[0, 0, w, h]], dtype=np.float32), np.ones(1)
         return boxes, scores, read_boxes(reader, image, boxes, 0.0, (0.0,), beam_width)
-    (found,) = detect_plates(detector, [image], config["size"], flip=config.get("flip", False))
+    (found,) = detect_plates(detector, [image], config["size"], flip=config.get("flip", False), refiner=refiner,
+                             rounds=config.get("refine_rounds", 0))
     keep = found["scores"] >= config["score_threshold"]
     boxes, scores = found["boxes"][keep].numpy(), found["scores"][keep].numpy()
     readable = (boxes[:, 2] - boxes[:, 0] >= 2) & (boxes[:, 3] - boxes[:, 1] >= 2)  # at least 2x2 px
@@ -50,14 +53,16 @@ class PlatePredictor(Predictor):
     """Plates found in an image (boxes), each labelled with the text the reader reads."""
 
     def __init__(self, run_dir: str | Path, reader: CRNN, detector=None, detector_config: dict | None = None,
-                 beam_width: int = 1):
+                 beam_width: int = 1, refiner: BoxRefiner | None = None):
         super().__init__(run_dir, kind="detection", classes=["plate"], input_size=reader.input_size,
                          alphabet=reader.alphabet.chars, stages=["detect", "read"] if detector else ["read"])
         self.reader, self.detector, self.config, self.beam_width = reader, detector, detector_config, beam_width
+        self.refiner = refiner
 
     def predict(self, image: Image.Image) -> dict:
         array = np.asarray(image.convert("RGB"))
-        boxes, scores, texts = read_photo(array, self.reader, self.detector, self.config, self.beam_width)
+        boxes, scores, texts = read_photo(array, self.reader, self.detector, self.config, self.beam_width,
+                                          self.refiner)
         return detection_result(boxes, scores, texts, array.shape[1], array.shape[0])
 
 
@@ -69,7 +74,8 @@ def load_predictor(run_dir: str | Path) -> PlatePredictor:
     """
     loaded = load_model(run_dir)
     reader = loaded.model.require("reader", "hw_plates.predict (reading plates)")
-    return PlatePredictor(run_dir, reader, loaded.model.detector, loaded.extras["detection"])
+    return PlatePredictor(run_dir, reader, loaded.model.detector, loaded.extras["detection"],
+                          refiner=loaded.model.refiner)
 
 
 def main(argv: list[str] | None = None) -> None:

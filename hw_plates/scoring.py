@@ -15,6 +15,7 @@ from core.plots import box_overlays, image_grid
 from .data import BoxNoise, CropSet, Photo, PhotoCutDataset, cut_plate, to_input
 from .detect import detect_plates, match_plates
 from .models import CRNN
+from .refine import BoxRefiner
 from .task import read_boxes, read_crops
 from .text import end_to_end_metrics, levenshtein, reading_metrics
 
@@ -63,20 +64,29 @@ def worst_readings_figure(crops: CropSet, predictions: Sequence[str], path: str 
                       title="worst readings: truth -> reading (edits)")
 
 
-def detector_metrics(detector, photos: Sequence[Photo], size: int, flip: bool = False) -> dict:
+def detector_metrics(detector, photos: Sequence[Photo], size: int, flip: bool = False,
+                     refiner: BoxRefiner | None = None, rounds: int = 2) -> dict:
     """``map50`` and ``map`` (COCO's, IoU 0.5:0.95) of the plate detector on ``photos``
-    (``flip``: with the test-time flip)."""
-    detections = detect_plates(detector, [p.load() for p in photos], size, flip=flip)
+    (``flip``: with the test-time flip); with a ``refiner``, of the boxes it refines (``rounds``
+    times), and ``unrefined_map50`` / ``unrefined_map`` of the boxes as found."""
+    images = [p.load() for p in photos]
     targets = [{"boxes": torch.as_tensor(p.boxes), "labels": torch.zeros(len(p.boxes), dtype=torch.long)}
                for p in photos]
-    scores = mean_average_precision(detections, targets)
-    return {"photos": len(photos), "map50": round(scores["map50"], 4), "map": round(scores["map"], 4)}
+    scores = mean_average_precision(detect_plates(detector, images, size, flip=flip, refiner=refiner, rounds=rounds),
+                                    targets)
+    out = {"photos": len(photos), "map50": round(scores["map50"], 4), "map": round(scores["map"], 4)}
+    if refiner is not None and rounds:
+        raw = mean_average_precision(detect_plates(detector, images, size, flip=flip), targets)
+        out.update(unrefined_map50=round(raw["map50"], 4), unrefined_map=round(raw["map"], 4))
+    return out
 
 
 def end_to_end(detector, reader: CRNN, photos: Sequence[Photo], size: int, margin: float,
                score_threshold: float = 0.3, beam_width: int = 1, flip: bool = False,
-               widen: Sequence[float] = (0.0,)) -> tuple[dict, list[dict]]:
-    """Detect (``flip``: with the test-time flip), cut each matched plate with ``margin`` from
+               widen: Sequence[float] = (0.0,), refiner: BoxRefiner | None = None,
+               rounds: int = 2) -> tuple[dict, list[dict]]:
+    """Detect (``flip``: with the test-time flip; ``refiner``: boxes refined ``rounds`` times,
+    :func:`hw_plates.detect.detect_plates`), cut each matched plate with ``margin`` from
     the photo as loaded and read it (:func:`hw_plates.task.read_boxes`, with ``widen``); the
     photo-level scores (:func:`hw_plates.text.end_to_end_metrics`), ``e2e_found`` /
     ``e2e_missed`` (true plates with / without a matching detection), ``e2e_misread`` (found
@@ -84,7 +94,7 @@ def end_to_end(detector, reader: CRNN, photos: Sequence[Photo], size: int, margi
     on the detector's cuts), and one row per true plate (photo, text, box, detection box and
     score, reading)."""
     images = [p.load() for p in photos]
-    detections = detect_plates(detector, images, size, flip=flip)
+    detections = detect_plates(detector, images, size, flip=flip, refiner=refiner, rounds=rounds)
     rows = []
     for photo, image, det in zip(photos, images, detections):
         first = len(rows)

@@ -8,16 +8,17 @@
 the size a plate has in a photo) and on the plates cut from the photos at their true boxes
 with detector-like box noise (``--cut-repeats``; the cuts the pipeline will hand it, from the
 photo as loaded, not from the detector's resized input); ``--readers N`` trains N of them
-that read as one. ``--stage detect``: a CenterNet on the photos. ``--stage both``: the two,
-then the photos read end to end (detector with the test-time flip, each plate cut as found
-and widened, ``--widen``, the more confident reading kept). The plates are
+that read as one. ``--stage detect``: a CenterNet on the photos, then a box refiner that moves each box
+it finds onto the plate (hw_plates.refine; ``--refine-rounds``). ``--stage both``: the two,
+then the photos read end to end (detector with the test-time flip, boxes refined, each plate
+cut as found and widened, ``--widen``, the more confident reading kept). The plates are
 split by text (hw_plates.data.split_of): 70% train, 10% val (picks the best epoch), 20%
 test, never trained nor tuned on; the figures reported are the test plates' (the reader on
 clean crops and on cuts from the test photos side by side: ``test_exact``,
 ``test_photo_crops_exact``, ``test_cut_exact``, ``test_noisy_cut_exact``, ``test_cut_loss``;
 on the detector's own cuts ``test_detector_cut_exact``). Epochs, batch sizes and learning
 rates default to a recipe for the data in use (printed at the start). The run folder gets
-args.json, reader/ (reader2/ ...) and detector/ (history.csv, best.pt, last.pt), model.pt (the parts
+args.json, reader/ (reader2/ ...), detector/ and refiner/ (history.csv, best.pt, last.pt), model.pt (the parts
 trained, the alphabet and what rebuilds them: :mod:`hw_plates.models`;
 ``hw_plates.load_model`` reads it), metrics.json and plots (curves, the worst readings of
 crops and of photos).
@@ -43,15 +44,16 @@ from core.plots import plot_history
 from .data import CropDataset, CropSet, Photo, PhotoCutDataset, collate_crops, load_crops, load_photos, make_rendered_plates
 from .detect import PlateDetectionDataset
 from .models import CRNN, READER_ARCHS, PlateNet, ReaderEnsemble, make_reader, save_plate_model
+from .refine import BoxRefiner, RefineDataset, RefinerTask, collate_windows
 from .scoring import crop_metrics, cut_metrics, detector_metrics, end_to_end, worst_photos_figure, worst_readings_figure
 from .task import ReaderTask
 from .text import DEFAULT_ALPHABET, Alphabet
 
 RECIPES = {
     "built-in": dict(epochs=12, batch_size=32, lr=2e-3, readers=1, low_res=0.0,
-                     det_epochs=12, det_batch_size=16, det_lr=2e-3),
+                     det_epochs=12, det_batch_size=16, det_lr=2e-3, refine_epochs=4),
     "plates": dict(epochs=25, batch_size=32, lr=2e-3, readers=2, low_res=0.5,
-                   det_epochs=40, det_batch_size=16, det_lr=3e-3),
+                   det_epochs=40, det_batch_size=16, det_lr=3e-3, refine_epochs=12),
 }
 STAGES = ("read", "detect", "both")
 
@@ -114,6 +116,12 @@ def build_parser() -> argparse.ArgumentParser:
                      help="comma-separated fractions of the box width: each found plate is cut widened by each on "
                           "both sides and the most confident reading kept (a box that clips a plate's first or last "
                           "character gets it back); 0: the box as found")
+    det.add_argument("--refine-rounds", type=cli.nonneg_int, default=2,
+                     help="a box refiner is trained after the detector (hw_plates.refine) and moves each box it "
+                          "finds onto its plate this many times; 0: no refiner, the boxes as found")
+    det.add_argument("--refine-epochs", type=cli.positive_int, default=None,
+                     help="the refiner's epochs (each training plate 16 times with fresh edge noise); None: the "
+                          "recipe's")
     det.add_argument("--score-threshold", type=cli.probability, default=0.3,
                      help="end to end: detections scoring less are not read")
     group.add_argument("--select", choices=("best", "last"), default="best",
@@ -248,6 +256,30 @@ def train_detector(args, photos: list[Photo], run: runs.RunDir, start_run: bool)
                           "detector_parameters": count_parameters(model)}
 
 
+def train_refiner(args, photos: list[Photo], run: runs.RunDir) -> tuple[BoxRefiner, dict]:
+    """Fit the box refiner on the train photos' true boxes with edge noise (each plate 16 times
+    an epoch), validated on the val photos' (4 fixed draws each); returns it with the weights
+    ``--select`` picks (the best epoch by val edge error, or the last) in eval mode, and its
+    numbers."""
+    torch.manual_seed(args.seed)
+    model = BoxRefiner()
+    train = RefineDataset([p for p in photos if p.split == "train"], model, augment=True, repeats=16)
+    val = RefineDataset([p for p in photos if p.split == "val"], model, repeats=4, seed=args.seed)
+    train_loader = DataLoader(train, batch_size=64, shuffle=True, num_workers=args.num_workers,
+                              collate_fn=collate_windows, drop_last=len(train) > 64)
+    val_loader = DataLoader(val, batch_size=64, num_workers=args.num_workers, collate_fn=collate_windows)
+    echo(f"refiner: {count_parameters(model):,} parameters, windows {model.window[0]}x{model.window[1]} a box's "
+         f"size at {model.input_size[0]}x{model.input_size[1]} px; {len(train)} train / {len(val)} val windows")
+    trainer = cli.build_trainer(args, run_dir=run / "refiner", monitor="val_edge_error", mode="min",
+                                max_epochs=args.refine_epochs)
+    start = time.perf_counter()
+    history = trainer.fit(RefinerTask(model), train_loader, val_loader)
+    load_checkpoint(run / "refiner" / f"{args.select}.pt", RefinerTask(model))
+    plot_history(run / "refiner" / "history.csv", run.plots / "refiner_history.png", title="box refiner")
+    return model.eval(), {"refiner_epochs": len(history), "refiner_seconds": round(time.perf_counter() - start, 1),
+                          "refiner_parameters": count_parameters(model)}
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = build_parser()
     args = cli.parse_args(parser, argv)
@@ -257,7 +289,7 @@ def main(argv: list[str] | None = None) -> dict:
     echo("recipe: " + "  ".join(f"{k}={v}" for k, v in recipe.items()) + f"  stage={args.stage}")
     run = runs.RunDir.reserve("hw_plates", args)
 
-    metrics, reader, detector = {}, None, None
+    metrics, reader, detector, refiner = {}, None, None, None
     if args.stage in ("read", "both"):
         reader, numbers = train_reader(args, crops, photos, run)
         test = crops.split("test")
@@ -269,15 +301,21 @@ def main(argv: list[str] | None = None) -> dict:
         worst_readings_figure(test, readings, run.plots / "worst_readings.png")
     if args.stage in ("detect", "both"):
         detector, numbers = train_detector(args, photos, run, start_run=reader is None)
+        metrics.update(numbers)
+        if args.refine_rounds:
+            refiner, numbers = train_refiner(args, photos, run)
+            metrics.update(numbers)
         test_photos = [p for p in photos if p.split == "test"]
-        metrics.update(numbers, **{f"test_{k}": v for k, v in
-                                   detector_metrics(detector, test_photos, args.det_size, not args.no_flip).items()})
+        metrics.update({f"test_{k}": v for k, v in detector_metrics(
+            detector, test_photos, args.det_size, not args.no_flip, refiner, args.refine_rounds).items()})
     if reader is not None and detector is not None:
         scores, rows = end_to_end(detector, reader, test_photos, args.det_size, args.margin, args.score_threshold,
-                                  args.beam_width, flip=not args.no_flip, widen=args.widen)
+                                  args.beam_width, flip=not args.no_flip, widen=args.widen, refiner=refiner,
+                                  rounds=args.refine_rounds)
         metrics.update({f"test_{k}": v for k, v in scores.items()})
         worst_photos_figure(rows, run.plots / "worst_photos.png")
-    save_plate_model(run, reader, reader_config(args), detector, detector_config(args), detection_settings(args))
+    save_plate_model(run, reader, reader_config(args), detector, detector_config(args), detection_settings(args),
+                     refiner)
     run.save_metrics(metrics)
     run.summary(metrics)
     return metrics
@@ -296,9 +334,9 @@ def detector_config(args) -> dict:
 
 def detection_settings(args) -> dict:
     """How the detector is used: input size, the margin plates are cut with, the score threshold,
-    the test-time flip, the widened cuts read."""
+    the test-time flip, the widened cuts read, the refiner's rounds."""
     return {"size": args.det_size, "margin": args.margin, "score_threshold": args.score_threshold,
-            "flip": not args.no_flip, "widen": list(args.widen)}
+            "flip": not args.no_flip, "widen": list(args.widen), "refine_rounds": args.refine_rounds}
 
 
 if __name__ == "__main__":
