@@ -8,7 +8,7 @@
   included; ``beam_over_greedy`` is the ratio of their times.
 * ``photos_per_s``: photos read end to end (detector at the run's size, its boxes refined by
   the run's refiner, or an untrained one for two rounds without a run, plates cut with the
-  run's margin and widened cuts, reader with greedy decoding), one photo at a time as
+  run's margin in the run's views (five without a run), reader with greedy decoding), one photo at a time as
   ``predict`` does.
 
 With ``--run`` the run's trained models are timed (beam search is faster on a confident
@@ -33,7 +33,7 @@ from hw_plates.data import load_crops, load_photos, make_rendered_plates, to_inp
 from hw_plates.models import CRNN, PlateNet, load_model
 from hw_plates.predict import read_photo
 from hw_plates.refine import BoxRefiner
-from hw_plates.task import read_crops
+from hw_plates.task import FIVE_VIEWS, read_crops
 from hw_plates.text import Alphabet
 
 
@@ -45,7 +45,8 @@ def load_models(run: str | None):
             return reader, loaded.model.detector, loaded.extras["detection"], loaded.model.refiner
         return reader, PlateNet().eval(), {"size": 384, "margin": 0.0, "score_threshold": 0.3, "flip": True}, None
     return (CRNN(Alphabet(), channels=16).eval(), PlateNet().eval(),
-            {"size": 384, "margin": 0.0, "score_threshold": 0.3, "flip": True, "refine_rounds": 2},
+            {"size": 384, "margin": 0.0, "score_threshold": 0.3, "flip": True, "refine_rounds": 2,
+             "views": [list(view) for view in FIVE_VIEWS]},
             BoxRefiner().eval())
 
 

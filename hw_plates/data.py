@@ -221,11 +221,13 @@ def grown(box, margin: float) -> list[float]:
     return [x1 - pad, y1 - pad, x2 + pad, y2 + pad]
 
 
-def widened(box, fraction: float) -> list[float]:
-    """``box`` grown by ``fraction`` of its width on the left and on the right."""
+def viewed(box, view) -> list[float]:
+    """``box`` with ``view`` = (left, right, top, bottom) fractions of its width (left, right) or
+    height (top, bottom) added on each side; a negative fraction takes away."""
     x1, y1, x2, y2 = (float(v) for v in box)
-    pad = fraction * (x2 - x1)
-    return [x1 - pad, y1, x2 + pad, y2]
+    left, right, top, bottom = (float(f) for f in view)
+    w, h = x2 - x1, y2 - y1
+    return [x1 - left * w, y1 - top * h, x2 + right * w, y2 + bottom * h]
 
 
 # -- built-in rendered plates -------------------------------------------------------------------

@@ -24,6 +24,7 @@ from core.console import echo
 from .data import SPLITS, CropSet, load_crops, load_photos, make_rendered_plates
 from .models import load_model
 from .scoring import crop_metrics, cut_metrics, detector_metrics, end_to_end, worst_photos_figure, worst_readings_figure
+from .task import reading_views
 from .text import Alphabet, levenshtein
 
 
@@ -82,7 +83,7 @@ def main(argv: list[str] | None = None) -> dict:
     if reader is not None and detector is not None:
         scores, rows = end_to_end(detector, reader, photos, det_config["size"], det_config["margin"],
                                   det_config["score_threshold"], args.beam_width, flip=det_config.get("flip", False),
-                                  widen=det_config.get("widen", [0.0]), refiner=loaded.model.refiner,
+                                  views=reading_views(det_config), refiner=loaded.model.refiner,
                                   rounds=det_config.get("refine_rounds", 0))
         metrics.update(scores)
         metrics.update(cut_metrics(reader, photos, crops, args.beam_width, margin=det_config["margin"]))

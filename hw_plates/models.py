@@ -25,7 +25,7 @@ only; ``both``)::
              "refiner": {"width", "window", "input_size"} or None (absent in older runs)}
     extras  {"parts": ["reader", "detector"] (those present), "alphabet": the reader's
              characters or None, "detection": {"size", "margin", "score_threshold", "flip",
-             "widen", "refine_rounds"} or None}
+             "views", "refine_rounds"} or None; runs saved before views have "widen")
 
 :func:`load_model` rebuilds it; a missing part is ``None`` in the container and absent from
 ``extras["parts"]``, and :meth:`PlateModel.require` stops a command that needs it with one line.
@@ -152,6 +152,10 @@ class CRNN(nn.Module):
         log_probs = F.log_softmax(self(images).float(), dim=-1)
         return decode(log_probs, self.alphabet, beam_width), log_probs.max(dim=-1).values.mean(dim=0).cpu()
 
+    def log_probs(self, images: torch.Tensor) -> torch.Tensor:
+        """Frame log-probabilities of crops (N, 3, H, W) as one source: (1, T, N, C)."""
+        return F.log_softmax(self(images).float(), dim=-1)[None]
+
 
 class ReaderEnsemble(nn.Module):
     """Readers of one alphabet and input size read as one, without assuming that they align.
@@ -183,29 +187,42 @@ class ReaderEnsemble(nn.Module):
         """The members' frame log-probabilities, stacked: (M, T, N, C)."""
         return torch.stack([F.log_softmax(member(images).float(), dim=-1) for member in self.members])
 
+    def log_probs(self, images: torch.Tensor) -> torch.Tensor:
+        """Frame log-probabilities of crops (N, 3, H, W), one source per member: (M, T, N, C)."""
+        return self(images)
+
     @torch.no_grad()
     def read(self, images: torch.Tensor, beam_width: int = 1) -> tuple[list[str], torch.Tensor]:
         """The text of each crop (N, 3, H, W) and its score: the mean over members of the text's
-        log-likelihood, divided by the number of frames. The candidates are the members' own
-        readings (greedy, or prefix beam search for ``beam_width`` > 1)."""
-        log_probs = self(images)
-        members, frames, n, classes = log_probs.shape
-        alphabet = self.alphabet
-        readings = [decode(member_lp, alphabet, beam_width) for member_lp in log_probs]
-        texts, scores = [], []
-        for i in range(n):
-            options = sorted({reading[i] for reading in readings})
-            targets, lengths = alphabet.encode_batch(options)
-            k = len(options)
-            paths = log_probs[:, :, i].unsqueeze(2).expand(members, frames, k, classes)
-            paths = paths.permute(1, 0, 2, 3).reshape(frames, members * k, classes)   # sequence m * k + j
-            nll = F.ctc_loss(paths, targets.repeat(members), torch.full((members * k,), frames, dtype=torch.long),
-                             lengths.repeat(members), blank=0, reduction="none")
-            likelihood = -nll.view(members, k).mean(dim=0)
-            best = int(likelihood.argmax())
-            texts.append(options[best])
-            scores.append(float(likelihood[best]) / frames)
-        return texts, torch.tensor(scores)
+        log-likelihood, divided by the number of frames (:func:`likeliest_texts`). The
+        candidates are the members' own readings (greedy, or prefix beam search for
+        ``beam_width`` > 1)."""
+        return likeliest_texts(self(images), self.alphabet, beam_width)
+
+
+def likeliest_texts(log_probs: torch.Tensor, alphabet: Alphabet, beam_width: int = 1) -> tuple[list[str], torch.Tensor]:
+    """For each of N items read by S sources (readers, or views of a plate, or both), frame
+    log-probabilities (S, T, N, C): the text with the highest log-likelihood averaged over the
+    sources, among the texts the sources read (greedy, or prefix beam search for
+    ``beam_width`` > 1), and that mean log-likelihood divided by the number of frames. Each
+    likelihood sums over every frame path of the text (the CTC forward pass), so it does not
+    matter on which frames a source puts a character's peak."""
+    sources, frames, n, classes = log_probs.shape
+    readings = [decode(source_lp, alphabet, beam_width) for source_lp in log_probs]
+    texts, scores = [], []
+    for i in range(n):
+        options = sorted({reading[i] for reading in readings})
+        targets, lengths = alphabet.encode_batch(options)
+        k = len(options)
+        paths = log_probs[:, :, i].unsqueeze(2).expand(sources, frames, k, classes)
+        paths = paths.permute(1, 0, 2, 3).reshape(frames, sources * k, classes)   # sequence s * k + j
+        nll = F.ctc_loss(paths, targets.repeat(sources), torch.full((sources * k,), frames, dtype=torch.long),
+                         lengths.repeat(sources), blank=0, reduction="none")
+        likelihood = -nll.view(sources, k).mean(dim=0)
+        best = int(likelihood.argmax())
+        texts.append(options[best])
+        scores.append(float(likelihood[best]) / frames)
+    return texts, torch.tensor(scores)
 
 
 def make_reader(members: list[CRNN]) -> CRNN | ReaderEnsemble:
@@ -301,7 +318,7 @@ def save_plate_model(run: str | os.PathLike, reader: CRNN | ReaderEnsemble | Non
     ``reader_config`` rebuilds the reader (arch, height, width, channels, hidden; members, the
     number of readers of an ensemble, 1 if absent),
     ``detector_config`` the detector (width), ``detection`` says how to use it (size, margin,
-    score_threshold, flip, widen, refine_rounds); the refiner's config is read off it."""
+    score_threshold, flip, views, refine_rounds); the refiner's config is read off it."""
     container = PlateModel(reader, detector, refiner)
     config = {"reader": dict(reader_config) if reader is not None else None,
               "detector": dict(detector_config) if detector is not None else None,

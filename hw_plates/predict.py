@@ -24,14 +24,14 @@ from core.predictor import Predictor, detection_result, predict_main
 from .detect import detect_plates
 from .models import CRNN, load_model
 from .refine import BoxRefiner
-from .task import read_boxes
+from .task import BOX_VIEW, read_boxes, reading_views
 
 
 def read_photo(image: np.ndarray, reader: CRNN, detector=None, config: dict | None = None,
                beam_width: int = 1, refiner: BoxRefiner | None = None) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """Plates of an RGB photo (H, W, 3): boxes (K, 4) in its pixels (refined by ``refiner``
     the run's ``refine_rounds`` times), scores and texts (read by
-    :func:`hw_plates.task.read_boxes` with the run's margin and widening). Without a detector
+    :func:`hw_plates.task.read_boxes` with the run's margin and views). Without a detector
     the whole image is one plate."""
     h, w = image.shape[:2]
     if min(h, w) < 2:
@@ -39,14 +39,14 @@ def read_photo(image: np.ndarray, reader: CRNN, detector=None, config: dict | No
                         "(needs at least 2x2 pixels)")
     if detector is None:
         boxes, scores = np.array([[0, 0, w, h]], dtype=np.float32), np.ones(1)
-        return boxes, scores, read_boxes(reader, image, boxes, 0.0, (0.0,), beam_width)
+        return boxes, scores, read_boxes(reader, image, boxes, 0.0, BOX_VIEW, beam_width)
     (found,) = detect_plates(detector, [image], config["size"], flip=config.get("flip", False), refiner=refiner,
                              rounds=config.get("refine_rounds", 0))
     keep = found["scores"] >= config["score_threshold"]
     boxes, scores = found["boxes"][keep].numpy(), found["scores"][keep].numpy()
     readable = (boxes[:, 2] - boxes[:, 0] >= 2) & (boxes[:, 3] - boxes[:, 1] >= 2)  # at least 2x2 px
     boxes, scores = boxes[readable], scores[readable]
-    return boxes, scores, read_boxes(reader, image, boxes, config["margin"], config.get("widen", [0.0]), beam_width)
+    return boxes, scores, read_boxes(reader, image, boxes, config["margin"], reading_views(config), beam_width)
 
 
 class PlatePredictor(Predictor):

@@ -16,7 +16,7 @@ from .data import BoxNoise, CropSet, Photo, PhotoCutDataset, cut_plate, to_input
 from .detect import detect_plates, match_plates
 from .models import CRNN
 from .refine import BoxRefiner
-from .task import read_boxes, read_crops
+from .task import BOX_VIEW, read_boxes, read_crops
 from .text import end_to_end_metrics, levenshtein, reading_metrics
 
 
@@ -83,11 +83,11 @@ def detector_metrics(detector, photos: Sequence[Photo], size: int, flip: bool = 
 
 def end_to_end(detector, reader: CRNN, photos: Sequence[Photo], size: int, margin: float,
                score_threshold: float = 0.3, beam_width: int = 1, flip: bool = False,
-               widen: Sequence[float] = (0.0,), refiner: BoxRefiner | None = None,
+               views: Sequence[Sequence[float]] = BOX_VIEW, refiner: BoxRefiner | None = None,
                rounds: int = 2) -> tuple[dict, list[dict]]:
     """Detect (``flip``: with the test-time flip; ``refiner``: boxes refined ``rounds`` times,
     :func:`hw_plates.detect.detect_plates`), cut each matched plate with ``margin`` from
-    the photo as loaded and read it (:func:`hw_plates.task.read_boxes`, with ``widen``); the
+    the photo as loaded and read it (:func:`hw_plates.task.read_boxes`, in ``views``); the
     photo-level scores (:func:`hw_plates.text.end_to_end_metrics`), ``e2e_found`` /
     ``e2e_missed`` (true plates with / without a matching detection), ``e2e_misread`` (found
     but read wrong) and ``detector_cut_exact`` (the share of found plates read whole: the reader
@@ -106,7 +106,7 @@ def end_to_end(detector, reader: CRNN, photos: Sequence[Photo], size: int, margi
                          "det_box": [round(float(v), 1) for v in det["boxes"][index].tolist()] if found else None,
                          "score": round(float(det["scores"][index]), 4) if found else None})
         mine = [row for row in rows[first:] if row["det_box"] is not None]
-        readings = read_boxes(reader, image, [row["det_box"] for row in mine], margin, widen, beam_width)
+        readings = read_boxes(reader, image, [row["det_box"] for row in mine], margin, views, beam_width)
         for row, reading in zip(mine, readings):
             row["reading"] = reading
     by_photo: dict[str, tuple[list, list]] = {}

@@ -10,8 +10,8 @@ import torch.nn.functional as F
 from core.optim import adamw_one_cycle
 from core.trainer import Task
 
-from .data import cut_plate, prepare_crop, to_input, widened
-from .models import CRNN, ReaderEnsemble
+from .data import cut_plate, prepare_crop, to_input, viewed
+from .models import CRNN, ReaderEnsemble, likeliest_texts
 from .text import decode, levenshtein
 
 
@@ -67,43 +67,54 @@ class ReaderTask(Task):
 
 def read_crops(model: CRNN | ReaderEnsemble, images: torch.Tensor, beam_width: int = 1, batch_size: int = 64,
                device: torch.device | str = "cpu") -> list[str]:
-    """Texts of crops (N, 3, H, W) read by ``model`` in eval mode (its ``read``)."""
-    return read_crops_scored(model, images, batch_size, device, beam_width)[0]
+    """Texts of crops (N, 3, H, W) read by ``model`` in eval mode (its ``read``: greedy, or
+    prefix beam search for ``beam_width`` > 1)."""
+    model.eval().to(device)
+    texts: list[str] = []
+    with torch.no_grad():
+        for i in range(0, len(images), batch_size):
+            texts += model.read(images[i:i + batch_size].to(device), beam_width)[0]
+    return texts
+
+
+# The views :func:`read_boxes` reads a found plate in by default: (left, right, top, bottom)
+# fractions of the box's width (left, right) or height (top, bottom) added on each side (a
+# negative one takes away): the box, widened by 5 %, moved by 4 % of its width to the left and
+# to the right, and 10 % taller.
+FIVE_VIEWS = ((0.0, 0.0, 0.0, 0.0), (0.05, 0.05, 0.0, 0.0), (0.04, -0.04, 0.0, 0.0), (-0.04, 0.04, 0.0, 0.0),
+              (0.0, 0.0, 0.1, 0.1))
+BOX_VIEW = ((0.0, 0.0, 0.0, 0.0),)
+
+
+def reading_views(settings: dict) -> list[tuple[float, float, float, float]]:
+    """The views a run's detection settings read plates in: its ``views``, or for a run saved
+    before them, its ``widen`` fractions, each as a widened view."""
+    if "views" in settings:
+        return [tuple(view) for view in settings["views"]]
+    return [(f, f, 0.0, 0.0) for f in settings.get("widen", [0.0])]
 
 
 @torch.no_grad()
-def read_crops_scored(model: CRNN | ReaderEnsemble, images: torch.Tensor, batch_size: int = 64,
-                      device: torch.device | str = "cpu", beam_width: int = 1) -> tuple[list[str], torch.Tensor]:
-    """Texts of crops (N, 3, H, W) read by ``model`` in eval mode, greedy by default, and each
-    one's confidence, comparable between crops of one input size: :meth:`CRNN.read
-    <hw_plates.models.CRNN.read>` (the best path's mean log-probability per frame) or
-    :meth:`ReaderEnsemble.read <hw_plates.models.ReaderEnsemble.read>` (the kept text's mean
-    log-likelihood per frame)."""
-    model.eval().to(device)
-    texts: list[str] = []
-    scores = []
-    for i in range(0, len(images), batch_size):
-        batch_texts, batch_scores = model.read(images[i:i + batch_size].to(device), beam_width)
-        texts += batch_texts
-        scores.append(batch_scores.cpu())
-    return texts, torch.cat(scores) if scores else torch.zeros(0)
-
-
-def read_boxes(reader: CRNN, image: np.ndarray, boxes, margin: float = 0.0, widen: Sequence[float] = (0.0,),
-               beam_width: int = 1) -> list[str]:
-    """The text of each box (x1, y1, x2, y2) of an RGB photo (H, W, 3), cut from the photo with
-    ``margin`` (:func:`hw_plates.data.cut_plate`). With several ``widen`` fractions each box is
-    also cut widened by each (:func:`hw_plates.data.widened`: a box that clips a plate's first
-    or last character gets it back) and the reading of the cut read most confidently
-    (:func:`read_crops_scored`, greedy) is kept; with one, that cut is read (``beam_width``)."""
+def read_boxes(reader: CRNN | ReaderEnsemble, image: np.ndarray, boxes, margin: float = 0.0,
+               views: Sequence[Sequence[float]] = BOX_VIEW, beam_width: int = 1) -> list[str]:
+    """The text of each box (x1, y1, x2, y2) of an RGB photo (H, W, 3), cut from the photo in
+    each of ``views`` (:func:`hw_plates.data.viewed`), each cut grown by ``margin``
+    (:func:`hw_plates.data.cut_plate`). With one view, that cut is read (the reader's ``read``);
+    with several, every reader reads every cut and the text with the highest log-likelihood
+    averaged over all of them is kept (:func:`hw_plates.models.likeliest_texts`): a box that
+    clips a plate's first or last character, or cuts into the row of characters, is read in
+    the views that do not."""
     if not len(boxes):
         return []
     height, width = reader.input_size
-    fractions = list(widen) or [0.0]
-    cuts = torch.stack([to_input(prepare_crop(cut_plate(image, widened(box, f), margin), height, width))
-                        for box in boxes for f in fractions])
-    if len(fractions) == 1:
+    views = list(views) or list(BOX_VIEW)
+    cuts = torch.stack([to_input(prepare_crop(cut_plate(image, viewed(box, view), margin), height, width))
+                        for view in views for box in boxes])                   # view-major: view v, box i
+    if len(views) == 1:
         return read_crops(reader, cuts, beam_width)
-    texts, scores = read_crops_scored(reader, cuts)
-    best = scores.view(len(boxes), len(fractions)).argmax(dim=1).tolist()
-    return [texts[i * len(fractions) + j] for i, j in enumerate(best)]
+    reader.eval()
+    log_probs = reader.log_probs(cuts)                                         # (S, T, V * N, C)
+    sources, frames, _, classes = log_probs.shape
+    log_probs = log_probs.view(sources, frames, len(views), len(boxes), classes).permute(0, 2, 1, 3, 4)
+    return likeliest_texts(log_probs.reshape(sources * len(views), frames, len(boxes), classes),
+                           reader.alphabet, beam_width)[0]

@@ -11,7 +11,7 @@ photo as loaded, not from the detector's resized input); ``--readers N`` trains 
 that read as one. ``--stage detect``: a CenterNet on the photos, then a box refiner that moves each box
 it finds onto the plate (hw_plates.refine; ``--refine-rounds``). ``--stage both``: the two,
 then the photos read end to end (detector with the test-time flip, boxes refined, each plate
-cut as found and widened, ``--widen``, the more confident reading kept). The plates are
+cut in five views, ``--views``, and the text likeliest over all of them kept). The plates are
 split by text (hw_plates.data.split_of): 70% train, 10% val (picks the best epoch), 20%
 test, never trained nor tuned on; the figures reported are the test plates' (the reader on
 clean crops and on cuts from the test photos side by side: ``test_exact``,
@@ -46,7 +46,7 @@ from .detect import PlateDetectionDataset
 from .models import CRNN, READER_ARCHS, PlateNet, ReaderEnsemble, make_reader, save_plate_model
 from .refine import BoxRefiner, RefineDataset, RefinerTask, collate_windows
 from .scoring import crop_metrics, cut_metrics, detector_metrics, end_to_end, worst_photos_figure, worst_readings_figure
-from .task import ReaderTask
+from .task import BOX_VIEW, FIVE_VIEWS, ReaderTask
 from .text import DEFAULT_ALPHABET, Alphabet
 
 RECIPES = {
@@ -112,10 +112,12 @@ def build_parser() -> argparse.ArgumentParser:
     det.add_argument("--no-flip", action="store_true",
                      help="detect without the test-time flip (by default each photo's heat map is averaged with its "
                           "mirror image's)")
-    det.add_argument("--widen", default="0,0.1",
-                     help="comma-separated fractions of the box width: each found plate is cut widened by each on "
-                          "both sides and the most confident reading kept (a box that clips a plate's first or last "
-                          "character gets it back); 0: the box as found")
+    det.add_argument("--views", default="five",
+                     help="the cuts each found plate is read in, the text likeliest over all of them kept "
+                          "(hw_plates.task.read_boxes): 'five' (the box, 5 %% wider, 4 %% of its width to the left "
+                          "and to the right, 10 %% taller: hw_plates.task.FIVE_VIEWS), 'box' (the box as found), or "
+                          "views 'L,R,T,B;...' (fractions of the box's width or height added on the left, right, top "
+                          "and bottom)")
     det.add_argument("--refine-rounds", type=cli.nonneg_int, default=2,
                      help="a box refiner is trained after the detector (hw_plates.refine) and moves each box it "
                           "finds onto its plate this many times; 0: no refiner, the boxes as found")
@@ -142,12 +144,7 @@ def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Alp
         parser.error(f"--det-crop must be a multiple of 32 no larger than --det-size, got {args.det_crop}")
     if args.height % 16 or args.width % 4:
         parser.error(f"--height must be a multiple of 16 and --width of 4, got {args.height}x{args.width}")
-    try:
-        args.widen = [float(f) for f in str(args.widen).split(",")]
-    except ValueError:
-        parser.error(f"--widen: expected comma-separated numbers, got {args.widen!r}")
-    if any(f < 0 for f in args.widen):
-        parser.error(f"--widen: fractions must be at least 0, got {args.widen}")
+    args.views = parse_views(parser, args.views)
     if args.det_max_scale < 0.6:
         parser.error(f"--det-max-scale must be at least 0.6, got {args.det_max_scale}")
     if args.det_ema >= 1:
@@ -158,6 +155,23 @@ def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Alp
         return Alphabet(args.alphabet)
     except ValueError as exc:
         parser.error(f"--alphabet: {exc}")
+
+
+def parse_views(parser: argparse.ArgumentParser, text: str) -> list[tuple[float, ...]]:
+    """``--views``: 'five', 'box', or 'L,R,T,B;...' (each fraction above -0.5, so a view keeps
+    part of the box)."""
+    named = {"five": FIVE_VIEWS, "box": BOX_VIEW}
+    if text in named:
+        return [tuple(view) for view in named[text]]
+    try:
+        views = [tuple(float(f) for f in part.split(",")) for part in text.split(";")]
+    except ValueError:
+        parser.error(f"--views: expected 'five', 'box' or views 'L,R,T,B;...' of numbers, got {text!r}")
+    if any(len(view) != 4 for view in views):
+        parser.error(f"--views: each view has 4 fractions (left, right, top, bottom), got {text!r}")
+    if any(f <= -0.5 for view in views for f in view):
+        parser.error(f"--views: fractions must be above -0.5, got {text!r}")
+    return views
 
 
 def load_data(args, alphabet: Alphabet) -> tuple[CropSet, list[Photo], bool]:
@@ -310,7 +324,7 @@ def main(argv: list[str] | None = None) -> dict:
             detector, test_photos, args.det_size, not args.no_flip, refiner, args.refine_rounds).items()})
     if reader is not None and detector is not None:
         scores, rows = end_to_end(detector, reader, test_photos, args.det_size, args.margin, args.score_threshold,
-                                  args.beam_width, flip=not args.no_flip, widen=args.widen, refiner=refiner,
+                                  args.beam_width, flip=not args.no_flip, views=args.views, refiner=refiner,
                                   rounds=args.refine_rounds)
         metrics.update({f"test_{k}": v for k, v in scores.items()})
         worst_photos_figure(rows, run.plots / "worst_photos.png")
@@ -334,9 +348,9 @@ def detector_config(args) -> dict:
 
 def detection_settings(args) -> dict:
     """How the detector is used: input size, the margin plates are cut with, the score threshold,
-    the test-time flip, the widened cuts read, the refiner's rounds."""
+    the test-time flip, the views plates are read in, the refiner's rounds."""
     return {"size": args.det_size, "margin": args.margin, "score_threshold": args.score_threshold,
-            "flip": not args.no_flip, "widen": list(args.widen), "refine_rounds": args.refine_rounds}
+            "flip": not args.no_flip, "views": [list(view) for view in args.views], "refine_rounds": args.refine_rounds}
 
 
 if __name__ == "__main__":

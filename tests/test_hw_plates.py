@@ -16,10 +16,13 @@ from torch.utils.data import DataLoader
 from core.data import DataError
 from core.trainer import Trainer
 from hw_plates.data import (BoxNoise, CropDataset, PhotoResolution, at_photo_resolution, grown, PhotoCutDataset, collate_crops, cut_plate, cut_rotated,
-                            load_crops, load_photos, make_rendered_plates, noisy_cut, prepare_crop, split_of, to_input)
+                            load_crops, load_photos, make_rendered_plates, noisy_cut, prepare_crop, split_of, to_input,
+                            viewed)
 from hw_plates.detect import PlateDetectionDataset, detect_plates, match_plates
 from hw_plates.models import CRNN, PlateNet, ReaderEnsemble, load_model, make_reader, save_plate_model
-from hw_plates.task import ReaderTask, ctc_loss, read_crops
+from hw_plates.refine import (BoxRefiner, EdgeNoise, RefineDataset, RefinerTask, collate_windows, cut_window,
+                               edge_errors, from_window, refine_boxes, to_window, window_around)
+from hw_plates.task import FIVE_VIEWS, ReaderTask, ctc_loss, read_crops
 from hw_plates.text import (Alphabet, beam_decode, beam_decode_one, collapse, end_to_end_metrics, greedy_decode,
                             levenshtein, reading_metrics)
 
@@ -194,6 +197,80 @@ def test_detector_finds_the_plates_of_a_few_photos_it_overfits():
     assert all(match_plates(p.boxes, f, score_threshold=0.3, iou_threshold=0.5) == [0] for p, f in zip(photos, found))
 
 
+# -- box refiner -----------------------------------------------------------------------------------
+def test_a_window_maps_a_box_to_its_units_and_back_and_repeats_the_border_outside_the_photo():
+    image = np.zeros((40, 60, 3), dtype=np.uint8)
+    image[:, :30] = 200                                         # left half light, right half dark
+    box = [10.0, 15.0, 30.0, 25.0]
+    assert window_around(box, (2.0, 3.0)) == [0.0, 5.0, 40.0, 35.0]
+    pixels, corners = cut_window(image, box, (2.0, 3.0), (30, 40))
+    assert pixels.shape == (30, 40, 3) and corners == [0, 5, 40, 35]
+    assert to_window(box, corners) == [0.25, 1 / 3, 0.75, 2 / 3]
+    assert from_window(to_window(box, corners), corners) == pytest.approx(box)
+    assert (pixels[:, :29] == 200).all() and (pixels[:, 31:] == 0).all()     # 1 px per window pixel here
+    # a box at the photo's top-left corner: the window reaches outside and repeats the border
+    pixels, corners = cut_window(image, [0.0, 0.0, 10.0, 10.0], (3.0, 3.0), (30, 30))
+    assert corners == [-10, -10, 20, 20] and (pixels == 200).all()
+    pixels, corners = cut_window(image, [50.0, 30.0, 60.0, 40.0], (3.0, 3.0), (30, 30))
+    assert corners == [40, 20, 70, 50] and (pixels == 0).all()
+
+
+def test_an_untrained_refiner_keeps_each_box_and_zero_rounds_change_nothing():
+    refiner = BoxRefiner(width=4).eval()                         # its last layer starts at zero
+    image = np.random.default_rng(0).integers(0, 255, (120, 200, 3), dtype=np.uint8)
+    boxes = [[20.0, 30.0, 80.0, 50.0], [100.5, 60.2, 150.7, 75.9]]
+    assert refine_boxes(refiner, image, boxes, rounds=0) == boxes
+    for refined, box in zip(refine_boxes(refiner, image, boxes, rounds=2), boxes):
+        assert refined == pytest.approx(box, abs=1.0)        # up to the window's rounding to whole pixels
+    with pytest.raises(ValueError, match="multiples of 16"):
+        BoxRefiner(input_size=(30, 128))
+    with pytest.raises(ValueError, match="larger than the box"):
+        BoxRefiner(window=(1.0, 2.0))
+
+
+def test_refine_windows_are_fixed_in_validation_fresh_in_training_and_mirror_with_their_edges():
+    _, photos = make_rendered_plates(0, 4, Alphabet(), 32, 128, seed=3)
+    refiner = BoxRefiner(width=4)
+    val = RefineDataset(photos, refiner, repeats=2, seed=7)
+    assert len(val) == 8
+    (a, ta), (b, tb) = val[1], val[1]
+    assert torch.equal(a, b) and torch.equal(ta, tb) and a.shape == (3, 32, 128)
+    exact = RefineDataset(photos, refiner, noise=EdgeNoise(0.0, 0.0, 0.0))
+    for i in range(4):
+        assert exact[i][1].tolist() == pytest.approx(refiner.start.tolist(), abs=0.02)   # the box in the middle
+    torch.manual_seed(0)
+    train = RefineDataset(photos, refiner, augment=True)
+    draws = [train[0][1] for _ in range(6)]
+    assert len({tuple(t.tolist()) for t in draws}) == 6
+    for t in draws:                                           # edges stay ordered, mirrored or not
+        assert t[0] < t[2] and t[1] < t[3]
+    images, targets = collate_windows([train[i] for i in range(4)])
+    assert images.shape == (4, 3, 32, 128) and targets.shape == (4, 4)
+    # an edge error in plate units: half a plate width off on the left, nothing else
+    truth = torch.tensor([[0.2, 0.3, 0.6, 0.7]])
+    assert edge_errors(torch.tensor([[0.0, 0.3, 0.6, 0.7]]), truth).item() == pytest.approx(0.5 / 4)
+
+
+def test_a_trained_refiner_brings_noisy_boxes_closer_to_unseen_plates():
+    _, photos = make_rendered_plates(0, 48, Alphabet(), 32, 128, seed=11)
+    train_photos, test_photos = photos[:40], photos[40:]
+    torch.manual_seed(0)
+    refiner = BoxRefiner(width=8)
+    loader = DataLoader(RefineDataset(train_photos, refiner, augment=True, repeats=8), batch_size=32, shuffle=True,
+                        collate_fn=collate_windows)
+    Trainer(max_epochs=12, monitor=None, progress=False, log_every_epoch=False, seed=0).fit(RefinerTask(refiner), loader)
+    rng, before, after = np.random.default_rng(1), [], []
+    for photo in test_photos * 4:                                # boxes off by about a tenth, around unseen plates
+        truth = photo.boxes[0].tolist()
+        scale = [truth[2] - truth[0], truth[3] - truth[1]] * 2
+        box = list(np.add(truth, np.clip(rng.normal(0.0, 0.1, 4), -0.3, 0.3) * scale))
+        (refined,) = refine_boxes(refiner.eval(), photo.image, [box], rounds=2)
+        before.append(np.mean([abs(b - t) / s for b, t, s in zip(box, truth, scale)]))
+        after.append(np.mean([abs(b - t) / s for b, t, s in zip(refined, truth, scale)]))
+    assert np.mean(before) > 0.05
+    assert np.mean(after) < 0.6 * np.mean(before)
+
+
 # -- data ------------------------------------------------------------------------------------------
 def test_split_is_by_text_stable_and_about_70_10_20():
     assert split_of("RK099AN") == split_of("RK099AN")
@@ -337,28 +414,51 @@ def test_crop_dataset_brings_the_low_res_share_down_and_repeats_with_the_seed():
     assert [blurred[i][1] for i in range(4)] == crops.texts
 
 
-def test_reading_widened_cuts_keeps_the_most_confident_reading():
-    from hw_plates.task import read_boxes, read_crops_scored
+class EdgeReader(torch.nn.Module):
+    """A stand-in reader that reads "AB" when its cut's left column is dark (the cut reaches past
+    the plate's left end, so the first character is in it) and "B" when it is not."""
 
+    read, log_probs = CRNN.read, CRNN.log_probs
+
+    def __init__(self, alphabet: Alphabet):
+        super().__init__()
+        self.input_size, self.alphabet = (32, 64), alphabet
+
+    def forward(self, images):
+        dark_left = images[:, :, :, 0].mean(dim=(1, 2)) < 0.5
+        return torch.cat([peaks(self.alphabet, "A-B---" if dark else "B-----") for dark in dark_left], dim=1)
+
+
+def test_reading_in_views_keeps_the_text_likeliest_over_all_cuts():
+    from hw_plates.models import likeliest_texts
+    from hw_plates.task import read_boxes
+
+    image = np.zeros((40, 120, 3), dtype=np.uint8)
+    image[10:30, 20:100] = 255                                    # a white plate on black
+    clipped = [30.0, 10.0, 100.0, 30.0]                           # the box ends inside its first character
+    reader = EdgeReader(Alphabet())
+    assert read_boxes(reader, image, [clipped]) == ["B"]          # the box as found
+    # four of five cuts reach past the plate's left end (widened, moved left, ...); their text wins
+    views = [(0.0, 0.0, 0.0, 0.0), (0.3, 0.0, 0.0, 0.0), (0.2, 0.2, 0.0, 0.0), (0.2, 0.0, 0.2, 0.2), (0.25, -0.1, 0, 0)]
+    assert read_boxes(reader, image, [clipped, [10.0, 10.0, 100.0, 30.0]], views=views) == ["AB", "AB"]
+    assert read_boxes(reader, image, [clipped], views=[views[0], views[1], (0.0, 0.0, 0.2, 0.2)]) == ["B"]  # 1 in 3
+    assert read_boxes(reader, image, []) == []
+    # a real reader: every view of every box is a source of the likelihood, box by box
     torch.manual_seed(0)
-    reader = CRNN(Alphabet(), channels=4, hidden=8, width=64).eval()
+    crnn = CRNN(Alphabet(), channels=4, hidden=8, width=64).eval()
     _, photos = make_rendered_plates(0, 2, Alphabet(), 32, 64, seed=3)
-    image, box = photos[0].image, photos[0].boxes[0]
-    cut = lambda f: to_input(prepare_crop(cut_plate(image, [box[0] - f * (box[2] - box[0]), box[1],
-                                                            box[2] + f * (box[2] - box[0]), box[3]]), 32, 64))
-    fractions = (0.0, 0.1, 0.3)
-    texts, scores = read_crops_scored(reader, torch.stack([cut(f) for f in fractions]))
-    assert scores.shape == (3,) and bool((scores <= 0).all())
-    # the score is the mean over frames of the best symbol's log-probability
+    boxes = [photos[0].boxes[0], photos[0].boxes[0] * np.array([1.0, 1.0, 0.9, 1.0])]
+    cut = lambda box, view: to_input(prepare_crop(cut_plate(photos[0].image, viewed(box, view)), 32, 64))
     with torch.no_grad():
-        logits = torch.log_softmax(reader(cut(0.3)[None]), -1)
-    assert float(scores[2]) == pytest.approx(float(logits.max(-1).values.mean()), abs=1e-5)
-    assert read_boxes(reader, image, [box, box], widen=fractions) == [texts[int(scores.argmax())]] * 2
-    assert read_boxes(reader, image, [box]) == read_crops(reader, cut(0.0)[None]) and read_boxes(reader, image, []) == []
+        expected = [likeliest_texts(torch.cat([crnn.log_probs(cut(box, view)[None]) for view in FIVE_VIEWS]),
+                                    crnn.alphabet)[0][0] for box in boxes]
+    assert read_boxes(crnn, photos[0].image, boxes, views=FIVE_VIEWS) == expected
+    assert read_boxes(crnn, photos[0].image, boxes[:1]) == read_crops(crnn, cut(boxes[0], (0, 0, 0, 0))[None])
+    assert viewed([10, 20, 30, 30], (0.5, -0.25, 1.0, 0.0)) == [0.0, 10.0, 25.0, 30.0]
 
 
 TINY = ["--n-rendered", "40", "--epochs", "1", "--channels", "4", "--hidden", "8", "--width", "64",
-        "--n-scenes", "20", "--det-epochs", "1", "--det-size", "64", "--det-width", "4"]
+        "--n-scenes", "20", "--det-epochs", "1", "--det-size", "64", "--det-width", "4", "--refine-epochs", "1"]
 
 
 def test_train_evaluate_predict_on_rendered_plates(runs_root, monkeypatch, tmp_path, capsys):
@@ -513,28 +613,32 @@ def test_load_model_gives_the_selected_weights_and_the_run_test_scores(runs_root
     loaded = hw_plates.load_model(run)
     assert (loaded.homework, loaded.kind, loaded.model.parts) == ("hw_plates", "detection", ["reader", "detector"])
     assert loaded.config == {"reader": {"arch": "crnn_small", "height": 32, "width": 64, "channels": 4, "hidden": 8,
-                                        "members": 1}, "detector": {"width": 4}}
+                                        "members": 1}, "detector": {"width": 4},
+                             "refiner": {"width": 16, "window": [1.8, 2.6], "input_size": [32, 128]}}
     assert loaded.extras == {"parts": ["reader", "detector"], "alphabet": Alphabet().chars,
                              "detection": {"size": 64, "margin": 0.0, "score_threshold": 0.3, "flip": True,
-                                           "widen": [0.0, 0.1]}}
+                                           "views": [list(v) for v in FIVE_VIEWS], "refine_rounds": 2}}
     assert not loaded.model.training and loaded.metrics == metrics and loaded.settings["stage"] == "both"
     # the weights are each stage's best epoch (--select best)
     reader_task, detector_task = ReaderTask(CRNN(Alphabet(), channels=4, hidden=8, width=64)), CenterNetTask(PlateNet(4))
     load_checkpoint(run / "reader" / "best.pt", reader_task)
     load_checkpoint(run / "detector" / "best.pt", detector_task)
+    refiner_task = RefinerTask(BoxRefiner())
+    load_checkpoint(run / "refiner" / "best.pt", refiner_task)
     with torch.no_grad():
-        crops_in, photos_in = torch.rand(3, 3, 32, 64), torch.rand(2, 3, 64, 64)
+        crops_in, photos_in, windows_in = torch.rand(3, 3, 32, 64), torch.rand(2, 3, 64, 64), torch.rand(2, 3, 32, 128)
         assert torch.equal(loaded.model.reader(crops_in), reader_task.model.eval()(crops_in))
         ours, theirs = loaded.model.detector(photos_in), detector_task.model.eval()(photos_in)
         assert all(torch.equal(ours[key], theirs[key]) for key in ("heatmap", "size", "offset"))
+        assert torch.equal(loaded.model.refiner(windows_in), refiner_task.model.eval()(windows_in))
     # the held-out plates scored through the loaded parts: the run's own test figures
     crops, photos = make_rendered_plates(40, 20, Alphabet(), 32, 64, seed=42)    # the run's data (seed 42)
     test_photos = [p for p in photos if p.split == "test"]
     scores = {**crop_metrics(loaded.model.reader, crops.split("test"))[0],
               **cut_metrics(loaded.model.reader, test_photos, crops.split("test")),
-              **detector_metrics(loaded.model.detector, test_photos, 64, flip=True),
+              **detector_metrics(loaded.model.detector, test_photos, 64, flip=True, refiner=loaded.model.refiner),
               **end_to_end(loaded.model.detector, loaded.model.reader, test_photos, 64, 0.0, flip=True,
-                           widen=[0.0, 0.1])[0]}
+                           views=FIVE_VIEWS, refiner=loaded.model.refiner)[0]}
     assert {f"test_{key}": value for key, value in scores.items()} == \
         {key: value for key, value in metrics.items() if key.startswith("test_")}
     assert scores["mean_levenshtein"] > 0 and scores["crops"] > 0 and scores["photos"] > 0
@@ -561,7 +665,11 @@ def test_load_model_gives_the_selected_weights_and_the_run_test_scores(runs_root
     (["--low-res", "1.5"], "--low-res"),
     (["--readers", "0"], "argument --readers: expected an integer >= 1, got '0'"),
     (["--det-ema", "1"], "--det-ema must be below 1"),
-    (["--widen", "0,x"], "--widen: expected comma-separated numbers"),
+    (["--views", "0,x,0,0"], "--views: expected 'five', 'box' or views"),
+    (["--views", "0,0,0"], "--views: each view has 4 fractions"),
+    (["--views", "0,0,0,0;-0.5,0,0,0"], "--views: fractions must be above -0.5"),
+    (["--refine-rounds", "-1"], "argument --refine-rounds: expected an integer >= 0, got '-1'"),
+    (["--refine-epochs", "0"], "argument --refine-epochs: expected an integer >= 1, got '0'"),
 ])
 def test_bad_options_stop_with_one_line_before_any_work(option, message, runs_root, capsys):
     from hw_plates import train
