@@ -135,8 +135,8 @@ def refine_boxes(refiner: BoxRefiner, image: np.ndarray, boxes, rounds: int = 2)
 class EdgeNoise:
     """Each edge of a true box moved independently by a normal draw of ``sd_x`` times the box's
     width (left and right edges) or ``sd_y`` times its height (top and bottom), clipped to
-    ``clip`` times that size: boxes as wrong as the detector's (its edges are off by 6-7 % of
-    a plate's size on average on the shared photos, by 15-20 % in one case in ten)."""
+    ``clip`` times that size. The defaults make boxes about as wrong as the plate detector's
+    (its errors are in ``docs/homeworks/plates.md``)."""
 
     sd_x: float = 0.09
     sd_y: float = 0.10
