@@ -651,6 +651,24 @@ def test_load_model_gives_the_selected_weights_and_the_run_test_scores(runs_root
     assert "\n" not in str(error.value) and "reader/last.pt" in str(error.value)
 
 
+def test_refine_rounds_0_trains_no_refiner_and_reads_the_boxes_as_found(runs_root, monkeypatch, tmp_path):
+    import hw_plates
+    from hw_plates import train
+    from hw_plates.scoring import detector_metrics
+
+    monkeypatch.delenv("DLS_DATA", raising=False)
+    run = tmp_path / "run"
+    metrics = train.main(TINY + ["--stage", "detect", "--refine-rounds", "0", "--run-dir", str(run)])
+    loaded = hw_plates.load_model(run)
+    assert loaded.model.refiner is None and loaded.config["refiner"] is None
+    assert loaded.extras["detection"]["refine_rounds"] == 0 and not (run / "refiner").exists()
+    assert "refiner_epochs" not in metrics and "test_unrefined_map50" not in metrics
+    _, photos = make_rendered_plates(40, 20, Alphabet(), 32, 64, seed=42)
+    test_photos = [p for p in photos if p.split == "test"]
+    scores = detector_metrics(loaded.model.detector, test_photos, 64, flip=True)
+    assert (scores["map50"], scores["map"]) == (metrics["test_map50"], metrics["test_map"])
+
+
 @pytest.mark.parametrize("option, message", [
     (["--height", "40"], "--height must be a multiple of 16"),
     (["--epochs", "0"], "argument --epochs: expected an integer >= 1, got '0'"),
