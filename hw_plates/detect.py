@@ -61,7 +61,7 @@ def detect_plates(model: PlateNet, images: Sequence[np.ndarray], size: int, topk
     from core.detection.centernet import decode, flip_averaged
 
     model.eval()
-    results = []
+    results: list[dict[str, torch.Tensor]] = []
     for start in range(0, len(images), batch_size):
         chunk = images[start:start + batch_size]
         batch = torch.stack([resize_photo(image, size) for image in chunk])
@@ -69,10 +69,22 @@ def detect_plates(model: PlateNet, images: Sequence[np.ndarray], size: int, topk
         for image, det in zip(chunk, decode(outputs, model.stride, topk, (size, size))):
             h, w = image.shape[:2]
             boxes = det["boxes"] * torch.tensor([w / size, h / size, w / size, h / size])
-            if refiner is not None and len(boxes):
-                boxes = torch.tensor(refine_boxes(refiner, image, boxes.tolist(), rounds), dtype=boxes.dtype)
             results.append({"boxes": boxes, "scores": det["scores"], "labels": det["labels"]})
-    return results
+    return refined(results, images, refiner, rounds) if refiner is not None else results
+
+
+def refined(detections: Sequence[dict[str, torch.Tensor]], images: Sequence[np.ndarray], refiner: BoxRefiner,
+            rounds: int = 2) -> list[dict[str, torch.Tensor]]:
+    """:func:`detect_plates`' ``detections`` of ``images`` with every box moved onto its plate
+    ``rounds`` times by ``refiner`` (:func:`hw_plates.refine.refine_boxes`), as new
+    dictionaries; scores and labels unchanged."""
+    out = []
+    for image, det in zip(images, detections):
+        boxes = det["boxes"]
+        if len(boxes):
+            boxes = torch.tensor(refine_boxes(refiner, image, boxes.tolist(), rounds), dtype=boxes.dtype)
+        out.append({**det, "boxes": boxes})
+    return out
 
 
 def resize_photo(image: np.ndarray, size: int) -> torch.Tensor:

@@ -144,13 +144,9 @@ class CRNN(nn.Module):
         return self.head(out + sequence)
 
     @torch.no_grad()
-    def read(self, images: torch.Tensor, beam_width: int = 1) -> tuple[list[str], torch.Tensor]:
-        """The text of each crop (N, 3, H, W), greedy or by prefix beam search (``beam_width``
-        > 1), and its score: the mean over frames of the best symbol's log-probability (the
-        log-probability of the best path divided by the number of frames, comparable between
-        crops of one input size)."""
-        log_probs = F.log_softmax(self(images).float(), dim=-1)
-        return decode(log_probs, self.alphabet, beam_width), log_probs.max(dim=-1).values.mean(dim=0).cpu()
+    def read(self, images: torch.Tensor, beam_width: int = 1) -> list[str]:
+        """The text of each crop (N, 3, H, W), greedy or by prefix beam search (``beam_width`` > 1)."""
+        return decode(F.log_softmax(self(images).float(), dim=-1), self.alphabet, beam_width)
 
     def log_probs(self, images: torch.Tensor) -> torch.Tensor:
         """Frame log-probabilities of crops (N, 3, H, W) as one source: (1, T, N, C)."""
@@ -192,12 +188,11 @@ class ReaderEnsemble(nn.Module):
         return self(images)
 
     @torch.no_grad()
-    def read(self, images: torch.Tensor, beam_width: int = 1) -> tuple[list[str], torch.Tensor]:
-        """The text of each crop (N, 3, H, W) and its score: the mean over members of the text's
-        log-likelihood, divided by the number of frames (:func:`likeliest_texts`). The
-        candidates are the members' own readings (greedy, or prefix beam search for
-        ``beam_width`` > 1)."""
-        return likeliest_texts(self(images), self.alphabet, beam_width)
+    def read(self, images: torch.Tensor, beam_width: int = 1) -> list[str]:
+        """The text of each crop (N, 3, H, W): of the members' own readings (greedy, or prefix
+        beam search for ``beam_width`` > 1), the one likeliest on average over the members
+        (:func:`likeliest_texts`)."""
+        return likeliest_texts(self(images), self.alphabet, beam_width)[0]
 
 
 def likeliest_texts(log_probs: torch.Tensor, alphabet: Alphabet, beam_width: int = 1) -> tuple[list[str], torch.Tensor]:

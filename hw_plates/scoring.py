@@ -13,7 +13,7 @@ from core.detection.evaluate import mean_average_precision
 from core.plots import box_overlays, image_grid
 
 from .data import BoxNoise, CropSet, Photo, PhotoCutDataset, cut_plate, to_input
-from .detect import detect_plates, match_plates
+from .detect import detect_plates, match_plates, refined
 from .models import CRNN
 from .refine import BoxRefiner
 from .task import BOX_VIEW, read_boxes, read_crops
@@ -72,13 +72,14 @@ def detector_metrics(detector, photos: Sequence[Photo], size: int, flip: bool = 
     images = [p.load() for p in photos]
     targets = [{"boxes": torch.as_tensor(p.boxes), "labels": torch.zeros(len(p.boxes), dtype=torch.long)}
                for p in photos]
-    scores = mean_average_precision(detect_plates(detector, images, size, flip=flip, refiner=refiner, rounds=rounds),
-                                    targets)
-    out = {"photos": len(photos), "map50": round(scores["map50"], 4), "map": round(scores["map"], 4)}
-    if refiner is not None and rounds:
-        raw = mean_average_precision(detect_plates(detector, images, size, flip=flip), targets)
-        out.update(unrefined_map50=round(raw["map50"], 4), unrefined_map=round(raw["map"], 4))
-    return out
+    found = detect_plates(detector, images, size, flip=flip)
+    if refiner is None or not rounds:
+        scores = mean_average_precision(found, targets)
+        return {"photos": len(photos), "map50": round(scores["map50"], 4), "map": round(scores["map"], 4)}
+    scores = mean_average_precision(refined(found, images, refiner, rounds), targets)
+    raw = mean_average_precision(found, targets)
+    return {"photos": len(photos), "map50": round(scores["map50"], 4), "map": round(scores["map"], 4),
+            "unrefined_map50": round(raw["map50"], 4), "unrefined_map": round(raw["map"], 4)}
 
 
 def end_to_end(detector, reader: CRNN, photos: Sequence[Photo], size: int, margin: float,

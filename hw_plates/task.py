@@ -73,7 +73,7 @@ def read_crops(model: CRNN | ReaderEnsemble, images: torch.Tensor, beam_width: i
     texts: list[str] = []
     with torch.no_grad():
         for i in range(0, len(images), batch_size):
-            texts += model.read(images[i:i + batch_size].to(device), beam_width)[0]
+            texts += model.read(images[i:i + batch_size].to(device), beam_width)
     return texts
 
 

@@ -286,9 +286,9 @@ def train_refiner(args, photos: list[Photo], run: runs.RunDir) -> tuple[BoxRefin
          f"size at {model.input_size[0]}x{model.input_size[1]} px; {len(train)} train / {len(val)} val windows")
     trainer = cli.build_trainer(args, run_dir=run / "refiner", monitor="val_edge_error", mode="min",
                                 max_epochs=args.refine_epochs)
-    start = time.perf_counter()
-    history = trainer.fit(RefinerTask(model), train_loader, val_loader)
-    load_checkpoint(run / "refiner" / f"{args.select}.pt", RefinerTask(model))
+    task, start = RefinerTask(model), time.perf_counter()
+    history = trainer.fit(task, train_loader, val_loader)
+    load_checkpoint(run / "refiner" / f"{args.select}.pt", task)
     plot_history(run / "refiner" / "history.csv", run.plots / "refiner_history.png", title="box refiner")
     return model.eval(), {"refiner_epochs": len(history), "refiner_seconds": round(time.perf_counter() - start, 1),
                           "refiner_parameters": count_parameters(model)}
