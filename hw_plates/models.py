@@ -44,6 +44,7 @@ from core import runs
 from core.data import IMAGENET_MEAN, IMAGENET_STD
 from core.errors import UserError
 
+from .formats import PlateFormats
 from .refine import BoxRefiner
 from .text import Alphabet, decode
 
@@ -131,6 +132,7 @@ class CRNN(nn.Module):
         self.project = nn.Sequential(nn.Linear(features * (height // 16), 2 * hidden), nn.LayerNorm(2 * hidden))
         self.rnn = nn.GRU(2 * hidden, hidden, num_layers=2, bidirectional=True, dropout=0.1)
         self.head = nn.Linear(2 * hidden, alphabet.num_classes)
+        self.formats: PlateFormats | None = None   # plate formats read with (not in the state dict)
 
     @property
     def alphabet(self) -> Alphabet:
@@ -145,8 +147,12 @@ class CRNN(nn.Module):
 
     @torch.no_grad()
     def read(self, images: torch.Tensor, beam_width: int = 1) -> list[str]:
-        """The text of each crop (N, 3, H, W), greedy or by prefix beam search (``beam_width`` > 1)."""
-        return decode(F.log_softmax(self(images).float(), dim=-1), self.alphabet, beam_width)
+        """The text of each crop (N, 3, H, W), greedy or by prefix beam search (``beam_width`` >
+        1); with active :attr:`formats`, the likeliest text with them (:func:`likeliest_texts`)."""
+        log_probs = F.log_softmax(self(images).float(), dim=-1)
+        if self.formats is None or not self.formats.active:
+            return decode(log_probs, self.alphabet, beam_width)
+        return likeliest_texts(log_probs[None], self.alphabet, beam_width, self.formats)[0]
 
     def log_probs(self, images: torch.Tensor) -> torch.Tensor:
         """Frame log-probabilities of crops (N, 3, H, W) as one source: (1, T, N, C)."""
@@ -174,6 +180,7 @@ class ReaderEnsemble(nn.Module):
                 raise ValueError("the readers of an ensemble must share their alphabet and input size")
         self.members = nn.ModuleList(members)
         self.input_size = first.input_size
+        self.formats: PlateFormats | None = None   # plate formats read with (not in the state dict)
 
     @property
     def alphabet(self) -> Alphabet:
@@ -191,22 +198,32 @@ class ReaderEnsemble(nn.Module):
     def read(self, images: torch.Tensor, beam_width: int = 1) -> list[str]:
         """The text of each crop (N, 3, H, W): of the members' own readings (greedy, or prefix
         beam search for ``beam_width`` > 1), the one likeliest on average over the members
-        (:func:`likeliest_texts`)."""
-        return likeliest_texts(self(images), self.alphabet, beam_width)[0]
+        (:func:`likeliest_texts`; with :attr:`formats`, also the texts they propose)."""
+        return likeliest_texts(self(images), self.alphabet, beam_width, self.formats)[0]
 
 
-def likeliest_texts(log_probs: torch.Tensor, alphabet: Alphabet, beam_width: int = 1) -> tuple[list[str], torch.Tensor]:
+def likeliest_texts(log_probs: torch.Tensor, alphabet: Alphabet, beam_width: int = 1,
+                    formats: PlateFormats | None = None) -> tuple[list[str], torch.Tensor]:
     """For each of N items read by S sources (readers, or views of a plate, or both), frame
     log-probabilities (S, T, N, C): the text with the highest log-likelihood averaged over the
     sources, among the texts the sources read (greedy, or prefix beam search for
     ``beam_width`` > 1), and that mean log-likelihood divided by the number of frames. Each
     likelihood sums over every frame path of the text (the CTC forward pass), so it does not
-    matter on which frames a source puts a character's peak."""
+    matter on which frames a source puts a character's peak.
+
+    With active ``formats`` (:class:`hw_plates.formats.PlateFormats`) the candidates also
+    include the texts of the frequent plate shapes the sources' frames spell best
+    (:meth:`~hw_plates.formats.PlateFormats.candidates`), and the text kept is the one with
+    the highest mean log-likelihood plus ``formats.weight`` times its shape's log-prior."""
     sources, frames, n, classes = log_probs.shape
     readings = [decode(source_lp, alphabet, beam_width) for source_lp in log_probs]
+    shaped = formats is not None and formats.active
     texts, scores = [], []
     for i in range(n):
-        options = sorted({reading[i] for reading in readings})
+        options = {reading[i] for reading in readings}
+        if shaped:
+            options |= formats.candidates(log_probs[:, :, i], {len(t) for t in options}, alphabet)
+        options = sorted(options)
         targets, lengths = alphabet.encode_batch(options)
         k = len(options)
         paths = log_probs[:, :, i].unsqueeze(2).expand(sources, frames, k, classes)
@@ -214,7 +231,9 @@ def likeliest_texts(log_probs: torch.Tensor, alphabet: Alphabet, beam_width: int
         nll = F.ctc_loss(paths, targets.repeat(sources), torch.full((sources * k,), frames, dtype=torch.long),
                          lengths.repeat(sources), blank=0, reduction="none")
         likelihood = -nll.view(sources, k).mean(dim=0)
-        best = int(likelihood.argmax())
+        score = likelihood + formats.weight * torch.tensor([formats.log_prior(t) for t in options]) if shaped \
+            else likelihood
+        best = int(score.argmax())
         texts.append(options[best])
         scores.append(float(likelihood[best]) / frames)
     return texts, torch.tensor(scores)
@@ -333,6 +352,8 @@ def build_model(config: dict, extras: dict) -> PlateModel:
         c = config["reader"]
         reader = make_reader([CRNN(extras["alphabet"], c["arch"], c["height"], c["channels"], c["hidden"],
                                    width=c["width"]) for _ in range(c.get("members", 1))])
+        if c.get("formats") is not None:
+            reader.formats = PlateFormats.from_dict(c["formats"])
     if config.get("detector") is not None:
         detector = PlateNet(config["detector"]["width"])
     if config.get("refiner") is not None:

@@ -117,4 +117,4 @@ def read_boxes(reader: CRNN | ReaderEnsemble, image: np.ndarray, boxes, margin: 
     sources, frames, _, classes = log_probs.shape
     log_probs = log_probs.view(sources, frames, len(views), len(boxes), classes).permute(0, 2, 1, 3, 4)
     return likeliest_texts(log_probs.reshape(sources * len(views), frames, len(boxes), classes),
-                           reader.alphabet, beam_width)[0]
+                           reader.alphabet, beam_width, reader.formats)[0]

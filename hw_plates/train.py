@@ -43,6 +43,7 @@ from core.plots import plot_history
 
 from .data import CropDataset, CropSet, Photo, PhotoCutDataset, collate_crops, load_crops, load_photos, make_rendered_plates
 from .detect import PlateDetectionDataset
+from .formats import PlateFormats
 from .models import CRNN, READER_ARCHS, PlateNet, ReaderEnsemble, make_reader, save_plate_model
 from .refine import BoxRefiner, RefineDataset, RefinerTask, collate_windows
 from .scoring import crop_metrics, cut_metrics, detector_metrics, end_to_end, worst_photos_figure, worst_readings_figure
@@ -50,9 +51,9 @@ from .task import BOX_VIEW, FIVE_VIEWS, ReaderTask
 from .text import DEFAULT_ALPHABET, Alphabet
 
 RECIPES = {
-    "built-in": dict(epochs=12, batch_size=32, lr=2e-3, readers=1, low_res=0.0,
+    "built-in": dict(epochs=12, batch_size=32, lr=2e-3, readers=1, low_res=0.0, format_weight=0.0,
                      det_epochs=12, det_batch_size=16, det_lr=2e-3, refine_epochs=4),
-    "plates": dict(epochs=25, batch_size=32, lr=2e-3, readers=2, low_res=0.5,
+    "plates": dict(epochs=25, batch_size=32, lr=2e-3, readers=2, low_res=0.5, format_weight=0.7,
                    det_epochs=40, det_batch_size=16, det_lr=3e-3, refine_epochs=12),
 }
 STAGES = ("read", "detect", "both")
@@ -84,6 +85,13 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument("--low-res", type=cli.probability, default=None,
                        help="share of the training crops first shrunk to the size a plate has in a photo "
                             "(hw_plates.data.at_photo_resolution), as the pipeline's cuts are; None: the recipe's")
+    group.add_argument("--format-weight", type=cli.nonneg_float, default=None,
+                       help="read with the plate formats of the training texts (hw_plates.formats): candidates of "
+                            "the frequent letter/digit shapes join the readers' own texts, and each text scores its "
+                            "log-likelihood plus this times the log-share of its shape; 0: without; None: the "
+                            "recipe's (0 for the built-in random texts, which have no format)")
+    group.add_argument("--format-min-count", type=cli.positive_int, default=2,
+                       help="shapes seen in fewer training texts propose no candidates")
     group.add_argument("--n-rendered", type=cli.int_at_least(10), default=800, help="number of built-in rendered plates")
     group.add_argument("--n-scenes", type=cli.int_at_least(10), default=300,
                        help="number of built-in photos (rendered plates pasted into scenes)")
@@ -241,6 +249,12 @@ def train_reader(args, crops: CropSet, photos: list[Photo], run: runs.RunDir) ->
         members.append(model.eval())
         epochs += len(history)
     reader = make_reader(members)
+    texts = crops.split("train").texts + [t for p in photos if p.split == "train" for t in p.texts]
+    reader.formats = PlateFormats.from_texts(texts, args.format_weight, args.format_min_count)
+    if reader.formats.active:
+        common = ", ".join(f"{shape} {n}" for shape, n in list(reader.formats.counts.items())[:5])
+        echo(f"formats: {len(reader.formats.counts)} letter/digit shapes in {reader.formats.total} training texts "
+             f"(most common: {common}); read with weight {args.format_weight}")
     return reader, {"reader_epochs": epochs, "reader_seconds": round(time.perf_counter() - start, 1),
                     "reader_parameters": count_parameters(reader)}
 
@@ -328,17 +342,18 @@ def main(argv: list[str] | None = None) -> dict:
                                   rounds=args.refine_rounds)
         metrics.update({f"test_{k}": v for k, v in scores.items()})
         worst_photos_figure(rows, run.plots / "worst_photos.png")
-    save_plate_model(run, reader, reader_config(args), detector, detector_config(args), detection_settings(args),
+    save_plate_model(run, reader, reader_config(args, reader), detector, detector_config(args), detection_settings(args),
                      refiner)
     run.save_metrics(metrics)
     run.summary(metrics)
     return metrics
 
 
-def reader_config(args) -> dict:
-    """What rebuilds the reader, beside its alphabet."""
+def reader_config(args, reader: CRNN | ReaderEnsemble | None = None) -> dict:
+    """What rebuilds the reader, beside its alphabet, and the plate formats it reads with."""
     return {"arch": args.arch, "height": args.height, "width": args.width, "channels": args.channels,
-            "hidden": args.hidden, "members": args.readers}
+            "hidden": args.hidden, "members": args.readers,
+            "formats": reader.formats.to_dict() if reader is not None and reader.formats is not None else None}
 
 
 def detector_config(args) -> dict:
