@@ -3,13 +3,16 @@
     python bench/plates.py [--run runs/hw_plates/<name>] [--crops 128] [--photos 16] [--repeats 5]
 
 * ``reader_crops_per_s``: plate crops read per second by the reader (one CRNN, or a run's
-  ensemble of readers: all of them read each crop) with greedy decoding and with
-  prefix beam search (``--beam-width``, default 8), batches of 64, the network's forward
-  included; ``beam_over_greedy`` is the ratio of their times.
+  ensemble of readers: all of them read each crop) with greedy decoding, with greedy
+  decoding and the plate formats (``hw_plates.formats``: the run's, or without a run or with a
+  run that has none, the shapes of the crops' texts at weight 0.7), and with prefix beam search
+  (``--beam-width``, default 8), batches of 64, the network's forward included;
+  ``beam_over_greedy`` and ``formats_over_greedy`` are the ratios of their times.
 * ``photos_per_s``: photos read end to end (detector at the run's size, its boxes refined by
   the run's refiner, or an untrained one for two rounds without a run, plates cut with the
   run's margin in the run's views (five without a run), reader with greedy decoding), one photo at a time as
-  ``predict`` does.
+  ``predict`` does, with the formats and without (``photos_formats_over_plain``: the ratio of
+  their times).
 
 With ``--run`` the run's trained models are timed (beam search is faster on a confident
 model: fewer symbols pass its pruning); without it, untrained ones of the default sizes.
@@ -30,6 +33,7 @@ from pathlib import Path
 import torch
 
 from hw_plates.data import load_crops, load_photos, make_rendered_plates, to_input
+from hw_plates.formats import PlateFormats
 from hw_plates.models import CRNN, PlateNet, load_model
 from hw_plates.predict import read_photo
 from hw_plates.refine import BoxRefiner
@@ -61,7 +65,7 @@ def load_inputs(reader: CRNN, n_crops: int, n_photos: int):
         crops, scenes = make_rendered_plates(n_crops, n_photos, reader.alphabet, height, width, seed=0)
         photos, source = [p.image for p in scenes], "rendered plates"
     images = torch.stack([to_input(image) for image in crops.images[:n_crops]])
-    return images, photos, source
+    return images, photos, source, crops.texts
 
 
 def timed(fn) -> float:
@@ -80,11 +84,27 @@ def main() -> None:
     args = parser.parse_args()
 
     reader, detector, config, refiner = load_models(args.run)
-    crops, photos, source = load_inputs(reader, args.crops, args.photos)
+    crops, photos, source, texts = load_inputs(reader, args.crops, args.photos)
+    formats = reader.formats if reader.formats is not None and reader.formats.active else \
+        PlateFormats.from_texts(texts, weight=0.7)
+
+    def plain(job):
+        def run():
+            reader.formats = None
+            try:
+                return job()
+            finally:
+                reader.formats = formats
+        return run
+
+    reader.formats = formats
+    photos_job = lambda: [read_photo(photo, reader, detector, config, refiner=refiner) for photo in photos]
     jobs = {
-        "greedy": lambda: read_crops(reader, crops, beam_width=1),
-        "beam": lambda: read_crops(reader, crops, beam_width=args.beam_width),
-        "photos": lambda: [read_photo(photo, reader, detector, config, refiner=refiner) for photo in photos],
+        "greedy": plain(lambda: read_crops(reader, crops, beam_width=1)),
+        "formats": lambda: read_crops(reader, crops, beam_width=1),
+        "beam": plain(lambda: read_crops(reader, crops, beam_width=args.beam_width)),
+        "photos": photos_job,
+        "photos_plain": plain(photos_job),
     }
     jobs["greedy"]()  # warm-up
     times = {name: [] for name in jobs}
@@ -95,10 +115,13 @@ def main() -> None:
     print(json.dumps({
         "models": args.run or "untrained", "data": source, "threads": torch.get_num_threads(),
         "crops": len(crops), "photos": len(photos), "beam_width": args.beam_width,
-        "reader_crops_per_s": {"greedy": round(len(crops) / median["greedy"], 1),
-                               "beam": round(len(crops) / median["beam"], 1)},
+        "formats": {"shapes": len(formats.counts), "weight": formats.weight},
+        "reader_crops_per_s": {name: round(len(crops) / median[name], 1) for name in ("greedy", "formats", "beam")},
         "beam_over_greedy": round(median["beam"] / median["greedy"], 2),
-        "photos_per_s": round(len(photos) / median["photos"], 2),
+        "formats_over_greedy": round(median["formats"] / median["greedy"], 2),
+        "photos_per_s": {"formats": round(len(photos) / median["photos"], 2),
+                         "plain": round(len(photos) / median["photos_plain"], 2)},
+        "photos_formats_over_plain": round(median["photos"] / median["photos_plain"], 2),
         "spread": {name: round((max(t) - min(t)) / median[name], 2) for name, t in times.items()},
     }))
 

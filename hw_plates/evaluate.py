@@ -4,7 +4,8 @@ detector on the photos (``map50``), and both end to end (``e2e_exact``, ``e2e_le
     python -m hw_plates.evaluate --run runs/hw_plates/<name>                 # held-out test plates
     python -m hw_plates.evaluate --run RUN --data-dir PATH/TO/plates --split all --beam-width 8
 
-``--split test`` (default) scores the plates that training held out (the split is a hash of
+``--format-weight W`` reads with the run's plate formats at weight W (0: without them,
+:mod:`hw_plates.formats`). ``--split test`` (default) scores the plates that training held out (the split is a hash of
 the plate text, the same in every run); ``--split all`` scores every plate, for a data set the
 run never saw. Each part the run trained is scored (a ``--stage read`` run has no detector:
 crops only; a ``--stage detect`` run has no reader: photos only). Writes ``metrics.json``,
@@ -19,6 +20,7 @@ import pandas as pd
 
 from core import cli, runs
 from core.data import DataError, resolve_data_root
+from core.errors import UserError
 from core.console import echo
 
 from .data import SPLITS, CropSet, load_crops, load_photos, make_rendered_plates
@@ -35,6 +37,9 @@ def build_parser():
     parser.add_argument("--split", choices=SPLITS + ("all",), default="test", help="which plates to score")
     parser.add_argument("--beam-width", type=cli.positive_int, default=1,
                         help="1: greedy decoding; more: prefix beam search")
+    parser.add_argument("--format-weight", type=cli.nonneg_float, default=None,
+                        help="read with the run's plate formats at this weight (hw_plates.formats); 0: without "
+                             "them; None: the run's weight")
     parser.add_argument("--n-rendered", type=cli.int_at_least(10), default=300,
                         help="rendered plates (and scenes) when no data is found")
     cli.add_run_args(parser, default="<run>/eval-<timestamp>")
@@ -66,6 +71,11 @@ def main(argv: list[str] | None = None) -> dict:
     loaded = load_model(args.run)
     reader, detector, det_config = loaded.model.reader, loaded.model.detector, loaded.extras["detection"]
     alphabet = reader.alphabet if reader is not None else Alphabet()
+    if args.format_weight is not None and reader is not None:
+        if reader.formats is None:
+            raise UserError(f"{args.run}: its reader was saved without plate formats (a run older than them); "
+                            f"leave out --format-weight")
+        reader.formats.weight = args.format_weight
     crops, photos = load_eval_data(args, reader, detector, alphabet)
     echo(f"model from {args.run}: {' + '.join(loaded.model.parts)}; scoring the {args.split} split: "
          f"{len(crops) if crops is not None else 0} crops, {len(photos)} photos")

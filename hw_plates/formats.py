@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -83,21 +83,27 @@ class PlateFormats:
         """The shapes of ``length`` characters seen at least ``min_count`` times."""
         return [s for s, n in self.counts.items() if len(s) == length and n >= self.min_count]
 
-    def candidates(self, log_probs: torch.Tensor, lengths: Iterable[int], alphabet: Alphabet) -> set[str]:
-        """For each source's frame log-probabilities (S, T, C) and each frequent shape of a
-        length within one of ``lengths``, the text of the best frame path of that shape
-        (:func:`shaped_paths`); shapes with a character outside ``alphabet`` are skipped."""
-        out: set[str] = set()
-        wanted = sorted({n + d for n in lengths for d in (-1, 0, 1) if n + d > 0})
-        for n in wanted:
-            masks = [shape_mask(s, alphabet) for s in self.shapes(n)]
-            masks = [m for m in masks if m is not None]
-            if not masks:
+    def candidates(self, log_probs: torch.Tensor, lengths: Sequence[Iterable[int]], alphabet: Alphabet
+                   ) -> list[set[str]]:
+        """For N items read by S sources, frame log-probabilities (S, T, N, C), and each item's
+        reading lengths: for each item, the texts of the best frame paths of every frequent shape
+        of a length within one of its lengths, one per source and shape (:func:`shaped_paths`);
+        shapes with a character outside ``alphabet`` are skipped."""
+        sources, frames, n_items, classes = log_probs.shape
+        wanted = [{n + d for n in item for d in (-1, 0, 1) if n + d > 0} for item in lengths]
+        out: list[set[str]] = [set() for _ in range(n_items)]
+        flat = log_probs.permute(2, 0, 1, 3).reshape(n_items * sources, frames, classes)   # item-major
+        for n in sorted(set().union(*wanted)):
+            masks = [m for m in (shape_mask(s, alphabet) for s in self.shapes(n)) if m is not None]
+            items = [i for i, w in enumerate(wanted) if n in w]
+            if not masks or not items:
                 continue
-            labels, scores = shaped_paths(log_probs, torch.stack(masks))
-            for row, score in zip(labels.reshape(-1, n).tolist(), scores.reshape(-1).tolist()):
-                if score > NEG / 2:          # a path of that shape fits in the frames
-                    out.add(alphabet.decode(row))
+            rows = torch.tensor([i * sources + s for i in items for s in range(sources)])
+            labels, scores = shaped_paths(flat[rows], torch.stack(masks))
+            labels = labels.view(len(items), -1, n).tolist()
+            fits = (scores.view(len(items), -1) > NEG / 2).tolist()     # a path of that shape fits in the frames
+            for item, texts, ok in zip(items, labels, fits):
+                out[item].update(alphabet.decode(t) for t, good in zip(texts, ok) if good)
         return out
 
 

@@ -218,12 +218,13 @@ def likeliest_texts(log_probs: torch.Tensor, alphabet: Alphabet, beam_width: int
     sources, frames, n, classes = log_probs.shape
     readings = [decode(source_lp, alphabet, beam_width) for source_lp in log_probs]
     shaped = formats is not None and formats.active
+    read = [{reading[i] for reading in readings} for i in range(n)]
+    if shaped:
+        proposed = formats.candidates(log_probs, [{len(t) for t in texts} for texts in read], alphabet)
+        read = [texts | more for texts, more in zip(read, proposed)]
     texts, scores = [], []
     for i in range(n):
-        options = {reading[i] for reading in readings}
-        if shaped:
-            options |= formats.candidates(log_probs[:, :, i], {len(t) for t in options}, alphabet)
-        options = sorted(options)
+        options = sorted(read[i])
         targets, lengths = alphabet.encode_batch(options)
         k = len(options)
         paths = log_probs[:, :, i].unsqueeze(2).expand(sources, frames, k, classes)
