@@ -4,10 +4,10 @@ detector on the photos (``map50``), and both end to end (``e2e_exact``, ``e2e_le
     python -m hw_plates.evaluate --run runs/hw_plates/<name>                 # held-out test plates
     python -m hw_plates.evaluate --run RUN --data-dir PATH/TO/plates --split all --beam-width 8
 
-``--format-weight W`` reads with the run's plate formats at weight W (0: without them,
-:mod:`hw_plates.formats`). ``--split test`` (default) scores the plates that training held out (the split is a hash of
+``--split test`` (default) scores the plates that training held out (the split is a hash of
 the plate text, the same in every run); ``--split all`` scores every plate, for a data set the
-run never saw. Each part the run trained is scored (a ``--stage read`` run has no detector:
+run never saw. ``--format-weight W`` reads with the run's plate formats at weight W instead of
+the run's own (0: without them; :mod:`hw_plates.formats`). Each part the run trained is scored (a ``--stage read`` run has no detector:
 crops only; a ``--stage detect`` run has no reader: photos only). Writes ``metrics.json``,
 ``readings.csv`` (crops), ``plates.csv`` (end to end, per plate: box, detection, score, reading)
 and ``photos.csv`` (per photo: plates found, missed and misread, edits), the figures of the

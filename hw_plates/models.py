@@ -20,7 +20,9 @@ A run's ``model.pt`` (:func:`core.runs.save_model`) holds a :class:`PlateModel`,
 of the parts the run trained (``--stage read``: the reader only; ``detect``: the detector
 only; ``both``)::
 
-    config  {"reader": {"arch", "height", "width", "channels", "hidden", "members"} or None,
+    config  {"reader": {"arch", "height", "width", "channels", "hidden", "members", "formats"}
+             or None ("formats": the plate formats it reads with,
+             :meth:`hw_plates.formats.PlateFormats.to_dict`; absent in older runs),
              "detector": {"width"} or None,
              "refiner": {"width", "window", "input_size"} or None (absent in older runs)}
     extras  {"parts": ["reader", "detector"] (those present), "alphabet": the reader's
@@ -331,7 +333,7 @@ def save_plate_model(run: str | os.PathLike, reader: CRNN | ReaderEnsemble | Non
                      detection: dict | None = None, refiner: BoxRefiner | None = None) -> Path:
     """Write the run's ``model.pt`` with the parts given (see the module docstring):
     ``reader_config`` rebuilds the reader (arch, height, width, channels, hidden; members, the
-    number of readers of an ensemble, 1 if absent),
+    number of readers of an ensemble, 1 if absent; formats, the plate formats it reads with),
     ``detector_config`` the detector (width), ``detection`` says how to use it (size, margin,
     score_threshold, flip, views, refine_rounds); the refiner's config is read off it."""
     container = PlateModel(reader, detector, refiner)

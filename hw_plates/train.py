@@ -11,7 +11,9 @@ photo as loaded, not from the detector's resized input); ``--readers N`` trains 
 that read as one. ``--stage detect``: a CenterNet on the photos, then a box refiner that moves each box
 it finds onto the plate (hw_plates.refine; ``--refine-rounds``). ``--stage both``: the two,
 then the photos read end to end (detector with the test-time flip, boxes refined, each plate
-cut in five views, ``--views``, and the text likeliest over all of them kept). The plates are
+cut in five views, ``--views``, and the text likeliest over all of them kept; readings of crops,
+cuts and photos weigh in the letter/digit shapes of the training texts, ``--format-weight``:
+hw_plates.formats). The plates are
 split by text (hw_plates.data.split_of): 70% train, 10% val (picks the best epoch), 20%
 test, never trained nor tuned on; the figures reported are the test plates' (the reader on
 clean crops and on cuts from the test photos side by side: ``test_exact``,

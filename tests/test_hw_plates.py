@@ -423,7 +423,7 @@ class EdgeReader(torch.nn.Module):
 
     def __init__(self, alphabet: Alphabet):
         super().__init__()
-        self.input_size, self.alphabet = (32, 64), alphabet
+        self.input_size, self.alphabet, self.formats = (32, 64), alphabet, None
 
     def forward(self, images):
         dark_left = images[:, :, :, 0].mean(dim=(1, 2)) < 0.5
@@ -612,6 +612,8 @@ def test_load_model_gives_the_selected_weights_and_the_run_test_scores(runs_root
     metrics = train.main(TINY + ["--det-epochs", "2", "--run-dir", str(run)])
     loaded = hw_plates.load_model(run)
     assert (loaded.homework, loaded.kind, loaded.model.parts) == ("hw_plates", "detection", ["reader", "detector"])
+    formats = loaded.config["reader"].pop("formats")                       # the built-in recipe: weight 0
+    assert (formats["weight"], formats["min_count"]) == (0.0, 2) and sum(formats["counts"].values()) > 0
     assert loaded.config == {"reader": {"arch": "crnn_small", "height": 32, "width": 64, "channels": 4, "hidden": 8,
                                         "members": 1}, "detector": {"width": 4},
                              "refiner": {"width": 16, "window": [1.8, 2.6], "input_size": [32, 128]}}
