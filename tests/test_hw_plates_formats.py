@@ -178,3 +178,16 @@ def test_candidates_of_a_batch_are_each_items_own():
     assert together == alone
     assert {len(t) for t in together[0]} == {2, 3} and {len(t) for t in together[2]} == {6}
     assert all(shape_of(t) in formats.counts for texts in together for t in texts)
+
+
+def test_a_reader_saved_without_formats_loads_without_them_and_evaluate_says_so(tmp_path):
+    from core.errors import UserError
+    from hw_plates import evaluate
+    from hw_plates.models import load_model, save_plate_model
+
+    (tmp_path / "args.json").write_text('{"homework": "hw_plates"}')
+    save_plate_model(tmp_path, reader=CRNN(Alphabet(), channels=4, hidden=8, width=64).eval(),
+                     reader_config={"arch": "crnn_small", "height": 32, "width": 64, "channels": 4, "hidden": 8})
+    assert load_model(tmp_path).model.reader.formats is None
+    with pytest.raises(UserError, match="its reader was saved without plate formats"):
+        evaluate.main(["--run", str(tmp_path), "--format-weight", "0.5"])
